@@ -1,0 +1,79 @@
+"""Request -> cache key, in the seed's readable layout, injective and glob-safe.
+
+Layout::
+
+    {prefix}:{METHOD}:{path}[:{name}:{value}...][:user:{id}][:venue:{id}]
+
+Contract (documented in docs/keys.md):
+
+* Every component is passed through `escape_component`, which percent-encodes `%`, the separator
+  `:`, the Redis glob characters `* ? [ ] \\`, ASCII control characters, space and DEL, and the
+  lone surrogates that stand for undecodable bytes. Since `%` itself is encoded and every escape
+  begins with `%`, escaping is injective; since no escaped component contains `:`, the
+  components of a key can be read back unambiguously.
+* Query parameter *names* `user` and `venue` are written `%75ser` and `%76enue` (an encoding
+  `escape_component` never produces for them), so a parameter can never pose as an identity
+  segment: `/api/me?user=alice` is not alice's private entry.
+* Without `vary_by` every query parameter is keyed, sorted by name with repeated names kept in
+  their original order; with `vary_by` only the listed names are keyed, in the listed order.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+__all__ = ["build_key", "display_key", "escape_component", "query_pairs"]
+
+_ESCAPED = {ord(c): f"%{ord(c):02X}" for c in "%:*?[]\\ "}
+_ESCAPED.update({i: f"%{i:02X}" for i in range(0x20)})
+_ESCAPED[0x7F] = "%7F"
+# surrogateescape maps an undecodable byte 0xXY to U+DCXY: write it back as the byte it was.
+_ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
+
+_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue"}
+
+
+def escape_component(text: str) -> str:
+    """Escape one key component (see module docstring)."""
+    return text.translate(_ESCAPED)
+
+
+def query_pairs(query_string: str, vary_by: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string that belong in the key."""
+    if not query_string:
+        return []
+    pairs = parse_qsl(
+        query_string, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
+    )
+    if vary_by is None:
+        # A stable sort keeps repeated names in request order: `?a=1&a=2` != `?a=2&a=1`.
+        pairs.sort(key=lambda pair: pair[0])
+        return pairs
+    return [(name, value) for name in vary_by for (got, value) in pairs if got == name]
+
+
+def build_key(
+    prefix: str,
+    method: str,
+    path: str,
+    pairs: list[tuple[str, str]],
+    user: str | None,
+    venue: str | None,
+) -> str:
+    """Assemble a key; `prefix` is trusted configuration and is used as given."""
+    parts = [prefix, method, escape_component(path)]
+    for name, value in pairs:
+        parts.append(_RESERVED_NAMES.get(name) or escape_component(name))
+        parts.append(escape_component(value))
+    if user is not None:
+        parts.append("user")
+        parts.append(escape_component(user))
+    if venue is not None:
+        parts.append("venue")
+        parts.append(escape_component(venue))
+    return ":".join(parts)
+
+
+def display_key(key: str) -> str:
+    """The seed's `X-Cache-Key` value: the first 50 characters followed by `...`."""
+    return key[:50] + "..."

@@ -1,0 +1,92 @@
+"""The route table, compiled once at startup.
+
+Contract: `RouteTable.match(path)` returns the `Rule` of the longest configured route that matches
+`path` at a segment boundary (`/api/events` matches `/api/events` and `/api/events/42`, never
+`/api/eventsX`), or None. `{name}` segments match any one non-empty segment; on equal length a
+literal segment beats a placeholder. Matching walks a segment trie: no regex, no per-request
+compilation, cost proportional to the number of segments in the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RouteTable", "Rule", "split_route"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One configured route, with the header bytes it needs prepared ahead of requests."""
+
+    route: str
+    ttl: int
+    vary_by: tuple[str, ...] | None = None
+    private: bool = False
+    condition: Callable[[Any], bool] | None = None
+    ttl_header: bytes = field(init=False)
+    cache_control: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ttl_header", str(self.ttl).encode())
+        scope = b"private" if self.private else b"public"
+        object.__setattr__(self, "cache_control", scope + b", max-age=" + self.ttl_header)
+
+
+class _Node:
+    __slots__ = ("literal", "param", "rule")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.rule: Rule | None = None
+
+
+def split_route(route: str) -> list[str]:
+    """`/api/events/{id}` -> ["api", "events", "{id}"]; `/` -> []."""
+    return [seg for seg in route.strip("/").split("/") if seg] if route != "/" else []
+
+
+def is_placeholder(segment: str) -> bool:
+    return len(segment) > 2 and segment[0] == "{" and segment[-1] == "}"
+
+
+class RouteTable:
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self._root = _Node()
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        for rule in self.rules:
+            node = self._root
+            for seg in split_route(rule.route):
+                if is_placeholder(seg):
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                else:
+                    node = node.literal.setdefault(seg, _Node())
+            node.rule = rule
+
+    def match(self, path: str) -> Rule | None:
+        segments = path.split("/")
+        # segments[0] is "" for an absolute path; a relative one can match nothing.
+        if segments[0]:
+            return None
+        best = self._walk(self._root, segments, 1)
+        return best[1] if best else None
+
+    def _walk(self, node: _Node, segs: list[str], i: int) -> tuple[int, Rule] | None:
+        best = (i, node.rule) if node.rule is not None else None
+        if i < len(segs):
+            seg = segs[i]
+            child = node.literal.get(seg)
+            if child is not None:
+                found = self._walk(child, segs, i + 1)
+                if found is not None and (best is None or found[0] > best[0]):
+                    best = found
+            if node.param is not None and seg:
+                found = self._walk(node.param, segs, i + 1)
+                # Strictly longer only: on a tie the literal branch, walked first, wins.
+                if found is not None and (best is None or found[0] > best[0]):
+                    best = found
+        return best

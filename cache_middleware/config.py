@@ -1,0 +1,336 @@
+"""YAML (or dict) -> frozen, validated `Settings`. The only module that imports yaml.
+
+Users' files are read strictly: unknown fields, duplicate keys, wrong types and YAML tags are a
+`ConfigError` whose message names the source, the route and the field, e.g.
+``cache.yaml: routes./api/search.ttl: must be a positive integer, got -5``.
+`${NAME}` and `${NAME:-default}` in string values are read from the environment, and the
+environment variable CACHE_REDIS_URL, when set, overrides `redis_url`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._core.rules import is_placeholder, split_route
+from .errors import ConfigError
+
+__all__ = ["AdminSettings", "ConfigSource", "RouteSettings", "Settings", "load_config"]
+
+DEFAULT_PREFIX = "gateway:response"
+DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_TIMEOUT = 0.1
+DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    path: str
+    ttl: int
+    vary_by: tuple[str, ...] | None = None
+    private: bool = False
+    condition: str | None = None
+    condition_func: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    routes: tuple[RouteSettings, ...] = ()
+    redis_url: str | None = None
+    key_prefix: str = DEFAULT_PREFIX
+    venue_header: str | None = None
+    user_header: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    redis_timeout: float = DEFAULT_TIMEOUT
+    memory_max_bytes: int = DEFAULT_MEMORY_BYTES
+    expose_key_header: bool = True
+    admin: AdminSettings = AdminSettings()
+    source: str = "<dict>"
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url) and not str(self.redis_url).startswith("memory://")
+
+
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Settings
+
+
+# -- strict YAML --------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError as exc:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value"
+            ) from exc
+        if duplicate:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                f"(first at line {seen[key].start_mark.line + 1})"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text") from exc
+    try:
+        for token in yaml.scan(text, Loader=_StrictLoader):
+            if isinstance(token, yaml.TagToken):
+                raise ConfigError(
+                    f"{name}: line {token.start_mark.line + 1}: YAML tags are not allowed"
+                )
+        return yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as exc:
+        if str(exc).startswith(f"{name}:"):
+            raise
+        raise ConfigError(f"{name}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{name}: {where}invalid YAML: {problem}") from exc
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_PLACEHOLDER_NAME = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_TOP_KEYS = {
+    "redis_url",
+    "key_prefix",
+    "venue_header",
+    "user_header",
+    "max_body_bytes",
+    "redis_timeout",
+    "memory_max_bytes",
+    "expose_key_header",
+    "routes",
+    "admin",
+}
+_ROUTE_KEYS = {"ttl", "vary_by", "private", "condition"}
+_ADMIN_KEYS = {"token"}
+
+
+class _Validator:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(
+            f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
+        )
+
+    def expand(self, where: str, value: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            got = os.environ.get(name)
+            if got is None:
+                if default is None:
+                    raise self.fail(where, f"environment variable {name} is not set")
+                return default
+            return got
+
+        return _ENV_REF.sub(replace, value)
+
+    def check_keys(self, where: str, data: Mapping[Any, Any], allowed: set[str]) -> None:
+        for key in data:
+            if not isinstance(key, str) or key not in allowed:
+                spot = f"{where}.{key}" if where else str(key)
+                raise self.fail(spot, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+    def string(self, where: str, value: Any, *, optional: bool = True) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"must be a non-empty string, got {value!r}")
+        return self.expand(where, value)
+
+    def positive_int(self, where: str, value: Any) -> int:
+        if type(value) is not int or value <= 0:
+            raise self.fail(where, f"must be a positive integer, got {value!r}")
+        return value
+
+    def positive_number(self, where: str, value: Any) -> float:
+        if type(value) not in (int, float) or not 0 < value <= 60:
+            raise self.fail(where, f"must be a number of seconds in (0, 60], got {value!r}")
+        return float(value)
+
+    def boolean(self, where: str, value: Any) -> bool:
+        if type(value) is not bool:
+            raise self.fail(where, f"must be true or false, got {value!r}")
+        return value
+
+    def header_name(self, where: str, value: Any) -> str | None:
+        name = self.string(where, value)
+        if name is not None and not _HEADER_NAME.match(name):
+            raise self.fail(where, f"must be an HTTP header name, got {name!r}")
+        return name
+
+    def route_path(self, where: str, path: Any) -> str:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise self.fail(where, f"a route must be a path starting with '/', got {path!r}")
+        if any(c in path for c in "?#*") or any(ord(c) < 0x21 for c in path):
+            raise self.fail(where, "a route is a plain path: no query, fragment, glob or spaces")
+        if "//" in path:
+            raise self.fail(where, "a route must not contain empty segments ('//')")
+        names: set[str] = set()
+        for segment in split_route(path):
+            if "{" in segment or "}" in segment:
+                if not is_placeholder(segment) or not _PLACEHOLDER_NAME.match(segment):
+                    raise self.fail(
+                        where, f"placeholder {segment!r} must be a whole segment like {{name}}"
+                    )
+                if segment in names:
+                    raise self.fail(where, f"placeholder {segment} appears twice")
+                names.add(segment)
+        return path
+
+    def condition(self, where: str, value: Any) -> tuple[str, Callable[[Any], bool]]:
+        text = self.string(where, value, optional=False)
+        assert text is not None
+        module_name, sep, attr = text.partition(":")
+        if not sep or not module_name or not attr:
+            raise self.fail(
+                where, f"must be an import string 'package.module:function', got {text!r}"
+            )
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise self.fail(where, f"cannot import {text!r}: {exc}") from exc
+        if not callable(target):
+            raise self.fail(where, f"{text!r} is not callable")
+        return text, target
+
+    def route(self, path: str, spec: Any) -> RouteSettings:
+        where = f"routes.{path}"
+        if not isinstance(spec, Mapping):
+            raise self.fail(where, f"must be a mapping like {{ttl: 60}}, got {spec!r}")
+        self.check_keys(where, spec, _ROUTE_KEYS)
+        if "ttl" not in spec:
+            raise self.fail(f"{where}.ttl", "is required")
+        ttl = self.positive_int(f"{where}.ttl", spec["ttl"])
+        vary_by: tuple[str, ...] | None = None
+        if spec.get("vary_by") is not None:
+            raw = spec["vary_by"]
+            if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+                raise self.fail(
+                    f"{where}.vary_by", f"must be a list of parameter names, got {raw!r}"
+                )
+            if len(set(raw)) != len(raw):
+                raise self.fail(f"{where}.vary_by", "lists a parameter twice")
+            vary_by = tuple(raw)
+        private = self.boolean(f"{where}.private", spec.get("private", False))
+        condition, func = (None, None)
+        if spec.get("condition") is not None:
+            condition, func = self.condition(f"{where}.condition", spec["condition"])
+        return RouteSettings(path, ttl, vary_by, private, condition, func)
+
+    def settings(self, data: Any) -> Settings:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise self.fail("", f"the top level must be a mapping, got {type(data).__name__}")
+        self.check_keys("", data, _TOP_KEYS)
+        routes_raw = data.get("routes") or {}
+        if not isinstance(routes_raw, Mapping):
+            raise self.fail("routes", "must be a mapping of path -> {ttl: ...}")
+        routes = tuple(
+            self.route(self.route_path(f"routes.{path}", path), spec)
+            for path, spec in routes_raw.items()
+        )
+        admin_raw = data.get("admin") or {}
+        if not isinstance(admin_raw, Mapping):
+            raise self.fail("admin", "must be a mapping like {token: ...}")
+        self.check_keys("admin", admin_raw, _ADMIN_KEYS)
+        admin = AdminSettings(token=self.string("admin.token", admin_raw.get("token")))
+
+        redis_url = self.string("redis_url", data.get("redis_url"))
+        env_url = os.environ.get("CACHE_REDIS_URL")
+        if env_url:
+            redis_url = env_url
+        if redis_url is not None and not redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "memory://")
+        ):
+            raise self.fail(
+                "redis_url",
+                f"must be a redis://, rediss://, unix:// or memory:// URL, got {redis_url!r}",
+            )
+        prefix = self.string("key_prefix", data.get("key_prefix", DEFAULT_PREFIX), optional=False)
+        assert prefix is not None
+        if any(c in prefix for c in "*?[]\\") or any(ord(c) < 0x21 for c in prefix):
+            raise self.fail("key_prefix", "must not contain glob characters, spaces or controls")
+        return Settings(
+            routes=routes,
+            redis_url=redis_url,
+            key_prefix=prefix,
+            venue_header=self.header_name("venue_header", data.get("venue_header")),
+            user_header=self.header_name("user_header", data.get("user_header")),
+            max_body_bytes=self.positive_int(
+                "max_body_bytes", data.get("max_body_bytes", DEFAULT_MAX_BODY)
+            ),
+            redis_timeout=self.positive_number(
+                "redis_timeout", data.get("redis_timeout", DEFAULT_TIMEOUT)
+            ),
+            memory_max_bytes=self.positive_int(
+                "memory_max_bytes", data.get("memory_max_bytes", DEFAULT_MEMORY_BYTES)
+            ),
+            expose_key_header=self.boolean(
+                "expose_key_header", data.get("expose_key_header", True)
+            ),
+            admin=admin,
+            source=self.source,
+        )
+
+
+def load_config(config: ConfigSource | None = None) -> Settings:
+    """Validate a YAML path, a dict of the same shape, or pass a `Settings` through.
+
+    `None` means no routes, on `CACHE_REDIS_URL` or else the memory store (the manager default).
+    """
+    if isinstance(config, Settings):
+        return config
+    if config is None:
+        return _Validator("<default>").settings({})
+    if isinstance(config, Mapping):
+        return _Validator("<dict>").settings(config)
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        return _Validator(path.name).settings(_read_yaml(path))
+    raise ConfigError(f"config must be a path, a dict or Settings, got {type(config).__name__}")

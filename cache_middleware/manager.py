@@ -1,0 +1,231 @@
+"""The seed's shared cache manager: get / set / get_or_set / invalidate over a store.
+
+`get_cache_manager(config=None)` returns the process-wide async manager for a config (the same
+forms as the middleware; None means `CACHE_REDIS_URL`, else the memory store);
+`get_sync_cache_manager` is its twin for threads and WSGI code. Keys are used as given.
+
+Failure policy: reads and writes fail open (a `get` returns the default, a `set` returns False,
+`get_or_set` calls the factory) because a cache must never take the caller down; `invalidate`
+and `delete` raise `StoreUnavailable`, because reporting a deletion that did not happen would
+leave stale data in place silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._core.values import CorruptValue, decode_value, encode_value
+from .config import ConfigSource, Settings, load_config
+from .errors import StoreUnavailable
+from .storage import AsyncStore, SyncStore, make_async_store, make_sync_store
+
+__all__ = [
+    "CacheManager",
+    "SyncCacheManager",
+    "get_cache_manager",
+    "get_sync_cache_manager",
+]
+
+T = TypeVar("T")
+logger = logging.getLogger("cache_middleware.manager")
+_MISSING: Any = object()
+DEFAULT_TTL = 300
+
+
+def _check_ttl(ttl: int | None, default: int) -> int:
+    ttl = default if ttl is None else ttl
+    if type(ttl) is not int or ttl <= 0:
+        raise ValueError(f"ttl must be a positive integer of seconds, got {ttl!r}")
+    return ttl
+
+
+class CacheManager:
+    """Async cache manager. `get_or_set` calls the factory once per key per process at a time."""
+
+    def __init__(self, store: AsyncStore, *, default_ttl: int = DEFAULT_TTL) -> None:
+        self.store = store
+        self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+
+    async def _load(self, key: str) -> Any:
+        try:
+            raw = await self.store.get(key)
+        except StoreUnavailable:
+            return _MISSING
+        if raw is None:
+            return _MISSING
+        try:
+            return decode_value(raw)
+        except CorruptValue as exc:
+            logger.warning("dropping unreadable value under %r: %s", key, exc)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.delete(key)
+            return _MISSING
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        value = await self._load(key)
+        return default if value is _MISSING else value
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
+        data = encode_value(value)
+        try:
+            await self.store.set(key, data, _check_ttl(ttl, self.default_ttl))
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]] | Callable[[], T],
+        ttl: int | None = None,
+    ) -> T:
+        ttl = _check_ttl(ttl, self.default_ttl)
+        value = await self._load(key)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        pending = self._inflight.get(key)
+        if pending is not None and pending.get_loop() is loop:
+            # Another task is computing this key: share its result (or its exception).
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._inflight[key] = future
+        try:
+            result = factory()
+            if inspect.isawaitable(result):
+                result = await result
+            await self.set(key, result, ttl)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+
+    async def delete(self, *keys: str) -> int:
+        return await self.store.delete(*keys)
+
+    async def invalidate(self, pattern: str) -> int:
+        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
+        return await self.store.delete_matching(pattern)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+class _Call:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class SyncCacheManager:
+    """The blocking twin of `CacheManager`, safe to share between threads."""
+
+    def __init__(self, store: SyncStore, *, default_ttl: int = DEFAULT_TTL) -> None:
+        self.store = store
+        self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
+        self._inflight: dict[str, _Call] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, key: str) -> Any:
+        try:
+            raw = self.store.get(key)
+        except StoreUnavailable:
+            return _MISSING
+        if raw is None:
+            return _MISSING
+        try:
+            return decode_value(raw)
+        except CorruptValue as exc:
+            logger.warning("dropping unreadable value under %r: %s", key, exc)
+            with contextlib.suppress(StoreUnavailable):
+                self.store.delete(key)
+            return _MISSING
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._load(key)
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
+        data = encode_value(value)
+        try:
+            self.store.set(key, data, _check_ttl(ttl, self.default_ttl))
+        except StoreUnavailable:
+            return False
+        return True
+
+    def get_or_set(self, key: str, factory: Callable[[], T], ttl: int | None = None) -> T:
+        ttl = _check_ttl(ttl, self.default_ttl)
+        value = self._load(key)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        with self._lock:
+            call = self._inflight.get(key)
+            leader = call is None
+            if call is None:
+                call = self._inflight[key] = _Call()
+        if not leader:
+            call.done.wait()
+            if call.error is not None:
+                raise call.error
+            return call.result  # type: ignore[no-any-return]
+        try:
+            call.result = factory()
+            self.set(key, call.result, ttl)
+            return call.result  # type: ignore[no-any-return]
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            call.done.set()
+
+    def delete(self, *keys: str) -> int:
+        return self.store.delete(*keys)
+
+    def invalidate(self, pattern: str) -> int:
+        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
+        return self.store.delete_matching(pattern)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_async_managers: dict[Settings, CacheManager] = {}
+_sync_managers: dict[Settings, SyncCacheManager] = {}
+_managers_lock = threading.Lock()
+
+
+def get_cache_manager(config: ConfigSource | None = None) -> CacheManager:
+    """The shared async manager for `config` (one per distinct configuration per process)."""
+    settings = load_config(config)
+    with _managers_lock:
+        manager = _async_managers.get(settings)
+        if manager is None:
+            manager = _async_managers[settings] = CacheManager(make_async_store(settings))
+        return manager
+
+
+def get_sync_cache_manager(config: ConfigSource | None = None) -> SyncCacheManager:
+    """The shared blocking manager for `config` (one per distinct configuration per process)."""
+    settings = load_config(config)
+    with _managers_lock:
+        manager = _sync_managers.get(settings)
+        if manager is None:
+            manager = _sync_managers[settings] = SyncCacheManager(make_sync_store(settings))
+        return manager

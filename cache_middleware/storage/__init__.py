@@ -1,0 +1,23 @@
+"""Storage backends: bytes in, bytes out.
+
+Every backend honours the same contract (tests/test_storage_contract.py runs one suite over all):
+`get(key) -> bytes | None`, `set(key, value, ttl)`, `delete(*keys) -> int`,
+`delete_matching(pattern) -> int` (Redis glob; SCAN + UNLINK in batches, never KEYS),
+`ping()`. Failures to reach the backend raise `StoreUnavailable`; callers decide whether to
+fail open. Async backends mirror the sync ones method for method.
+"""
+
+from __future__ import annotations
+
+from .base import AsyncStore, SyncStore
+from .factory import make_async_store, make_sync_store
+from .memory import AsyncMemoryStore, MemoryStore
+
+__all__ = [
+    "AsyncMemoryStore",
+    "AsyncStore",
+    "MemoryStore",
+    "SyncStore",
+    "make_async_store",
+    "make_sync_store",
+]

@@ -1,0 +1,42 @@
+"""Settings -> store. Memory stores are shared per process and prefix, so the ASGI middleware,
+the WSGI middleware and the cache manager built from one config see the same entries."""
+
+from __future__ import annotations
+
+import threading
+
+from ..config import Settings
+from .base import AsyncStore, SyncStore
+from .memory import AsyncMemoryStore, MemoryStore
+
+__all__ = ["make_async_store", "make_sync_store", "shared_memory_store"]
+
+_memory_stores: dict[str, MemoryStore] = {}
+_lock = threading.Lock()
+
+
+def shared_memory_store(settings: Settings) -> MemoryStore:
+    name = settings.redis_url or "memory://"
+    with _lock:
+        store = _memory_stores.get(name)
+        if store is None:
+            store = _memory_stores[name] = MemoryStore(settings.memory_max_bytes)
+        return store
+
+
+def make_async_store(settings: Settings) -> AsyncStore:
+    if settings.uses_redis:
+        from .redis_async import AsyncRedisStore
+
+        assert settings.redis_url is not None
+        return AsyncRedisStore(settings.redis_url, timeout=settings.redis_timeout)
+    return AsyncMemoryStore(shared_memory_store(settings))
+
+
+def make_sync_store(settings: Settings) -> SyncStore:
+    if settings.uses_redis:
+        from .redis_sync import RedisStore
+
+        assert settings.redis_url is not None
+        return RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+    return shared_memory_store(settings)
