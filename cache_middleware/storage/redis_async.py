@@ -40,9 +40,12 @@ class AsyncRedisStore:
     def client(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = redis.asyncio.Redis.from_url(self.url, **self._kwargs)
+            self._client = self._new_client()
             self._loop = loop
         return self._client
+
+    def _new_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(self.url, **self._kwargs)
 
     async def get(self, key: str) -> bytes | None:
         try:

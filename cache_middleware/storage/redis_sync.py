@@ -20,11 +20,18 @@ __all__ = ["RedisStore"]
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout: float = 0.1, **redis_kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.1,
+        client: redis.Redis | None = None,
+        **redis_kwargs: Any,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self.monitor = OutageMonitor(_safe_url(url))
-        self.client = redis.Redis.from_url(
+        self.client = client or redis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
