@@ -1,0 +1,146 @@
+"""Keys: the seed's layout, injective, glob-safe (DESIGN invariant 1)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cache_middleware._core.globs import compile_glob
+from cache_middleware._core.keys import build_key, display_key, escape_component, query_pairs
+
+P = "gateway:response"
+
+
+def test_seed_layout() -> None:
+    pairs = query_pairs("q=rock&category=music&page=2", ("q", "category"))
+    key = build_key(P, "GET", "/api/search", pairs, "u1", "v9")
+    assert key == "gateway:response:GET:/api/search:q:rock:category:music:user:u1:venue:v9"
+
+
+def test_seed_display_key() -> None:
+    key = build_key(P, "GET", "/api/events/1234567890/tickets", [], None, None)
+    assert display_key(key) == key[:50] + "..."
+    assert len(display_key(key)) == 53
+
+
+@pytest.mark.parametrize(
+    ("query", "vary_by", "expected"),
+    [
+        ("", None, []),
+        ("page=2", None, [("page", "2")]),
+        ("b=1&a=2", None, [("a", "2"), ("b", "1")]),
+        # Repeated names keep request order: an app may treat ?a=1&a=2 and ?a=2&a=1 differently.
+        ("a=2&b=0&a=1", None, [("a", "2"), ("a", "1"), ("b", "0")]),
+        ("q=x&utm=1&category=c", ("q", "category"), [("q", "x"), ("category", "c")]),
+        ("category=c&q=x", ("q", "category"), [("q", "x"), ("category", "c")]),
+        ("q=", ("q",), [("q", "")]),
+        ("other=1", ("q",), []),
+        # `;` is not a separator (Python >= 3.10, as Starlette and werkzeug read it).
+        ("a=1;b=2", None, [("a", "1;b=2")]),
+    ],
+)
+def test_query_pairs(query: str, vary_by: tuple[str, ...] | None, expected: list[tuple[str, str]]) -> None:
+    assert query_pairs(query, vary_by) == expected
+
+
+def test_page_two_is_not_page_one() -> None:
+    one = build_key(P, "GET", "/api/events", query_pairs("page=1", None), None, None)
+    two = build_key(P, "GET", "/api/events", query_pairs("page=2", None), None, None)
+    none = build_key(P, "GET", "/api/events", query_pairs("", None), None, None)
+    assert len({one, two, none}) == 3
+
+
+def test_path_cannot_reach_a_private_entry() -> None:
+    alice = build_key(P, "GET", "/api/me", [], "alice", None)
+    forged = build_key(P, "GET", "/api/me:user:alice", [], None, None)
+    assert forged != alice
+    assert ":user:" not in forged.removeprefix(P)
+
+
+def test_query_param_named_user_is_not_an_identity() -> None:
+    alice = build_key(P, "GET", "/api/me", [], "alice", None)
+    forged = build_key(P, "GET", "/api/me", query_pairs("user=alice", None), None, None)
+    assert forged != alice
+    venue = build_key(P, "GET", "/api/x", [], None, "t1")
+    forged_venue = build_key(P, "GET", "/api/x", query_pairs("venue=t1", None), None, None)
+    assert forged_venue != venue
+
+
+def test_percent_encoded_delimiters_and_bad_utf8_stay_distinct() -> None:
+    keys = {
+        build_key(P, "GET", "/p", query_pairs(q, None), None, None)
+        for q in ["a=b&c=d", "a=b%26c%3Dd", "a=%FF", "a=%FE", "a=%C3%BF", "a=%25FF", "a=*", "a=%2A"]
+    }
+    # `a=*` and `a=%2A` decode to the same value: the app cannot tell them apart either.
+    assert len(keys) == 7
+
+
+def test_escaped_components_hold_no_separator_or_glob() -> None:
+    text = "a:b*c?d[e]f\\g%h i\x00\x7f"
+    escaped = escape_component(text)
+    assert not set(":*?[]\\ \x00\x7f") & set(escaped)
+    assert escaped == "a%3Ab%2Ac%3Fd%5Be%5Df%5Cg%25h%20i%00%7F"
+
+
+def test_identity_glob_matches_only_its_own_venue() -> None:
+    pattern = compile_glob(f"{P}:*:venue:t1")
+    t1 = build_key(P, "GET", "/api/events", [], None, "t1")
+    t10 = build_key(P, "GET", "/api/events", [], None, "t10")
+    forged = build_key(P, "GET", "/api/events:venue:t1", [], None, "t2")
+    assert pattern.match(t1)
+    assert not pattern.match(t10)
+    assert not pattern.match(forged)
+
+
+_ATOMS = [*"ab:%*?[]\\ /u=&\x00é", "user", "venue", "%75ser", "\udcff"]
+components = st.lists(st.sampled_from(_ATOMS), max_size=6).map("".join)
+requests = st.tuples(
+    st.sampled_from(["GET", "HEAD"]),
+    components.map(lambda s: "/" + s),
+    st.lists(st.tuples(components, components), max_size=3),
+    st.none() | components,
+    st.none() | components,
+)
+
+
+def _unescape(text: str) -> str:
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%":
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += text[i].encode("utf-8")
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def parse_key(key: str) -> tuple:  # type: ignore[type-arg]
+    """Read a key back into its parts: possible only if the layout is unambiguous."""
+    parts = key.removeprefix(P + ":").split(":")
+    method, path, rest = parts[0], _unescape(parts[1]), parts[2:]
+    pairs, user, venue = [], None, None
+    while rest:
+        marker, value, rest = rest[0], _unescape(rest[1]), rest[2:]
+        if marker == "user":
+            user = value
+        elif marker == "venue":
+            venue = value
+        else:
+            pairs.append((_unescape(marker), value))
+    return method, path, pairs, user, venue
+
+
+@given(requests)
+def test_build_key_is_injective(request: tuple) -> None:  # type: ignore[type-arg]
+    # A key that parses back to exactly its inputs cannot be shared by two different inputs.
+    assert parse_key(build_key(P, *request)) == request
+
+
+@given(requests)
+def test_key_holds_no_glob_character(request: tuple) -> None:  # type: ignore[type-arg]
+    key = build_key(P, *request)
+    assert not any(c in key for c in "*?[]\\")
+    assert compile_glob(key).match(key)
