@@ -49,7 +49,10 @@ def _request_path(environ: Environ) -> str:
     # PEP 3333 hands PATH_INFO over as latin-1-decoded bytes; decode it as werkzeug does, so the
     # key is built from the same path the app's router matches.
     raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    return raw.encode("latin-1").decode("utf-8", "replace") or "/"
+    try:
+        return raw.encode("latin-1").decode("utf-8", "replace") or "/"
+    except UnicodeEncodeError:  # a server that already decoded it (not PEP 3333, but seen)
+        return str(raw) or "/"
 
 
 class _WsgiRequest:

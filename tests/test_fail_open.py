@@ -1,0 +1,159 @@
+"""Fail open (DESIGN invariant 3): Redis down, stopped mid-run, paused or full costs BYPASS
+responses and a bounded delay, never an error page; the outage is logged once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from .adapters import Harness
+from .conftest import _answers, _free_port
+
+CONFIG: dict[str, Any] = {"redis_timeout": 0.1, "routes": {"/api": {"ttl": 60}}}
+
+
+class RedisProcess:
+    """A redis-server of the test's own, to stop, pause and fill without disturbing others."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI"):
+                pytest.fail("CI is set but redis-server is not installed")
+            pytest.skip("redis-server binary not installed")
+        self.binary = binary
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="cache-mw-fault-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not _answers(self.url):
+            assert time.monotonic() < deadline, "throwaway redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def real(url: str) -> dict[str, Any]:
+    return {"url": url, "async_store": None, "sync_store": None}
+
+
+async def timed(h: Harness, target: str = "/api/events") -> tuple[Any, float]:
+    start = time.perf_counter()
+    reply = await h.request("GET", target)
+    return reply, time.perf_counter() - start
+
+
+async def test_unreachable_redis_bypasses_and_logs_once(
+    adapter: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cache_middleware.storage")
+    h = Harness(adapter, CONFIG, real(f"redis://127.0.0.1:{_free_port()}/0"))
+    for _ in range(20):
+        reply, elapsed = await timed(h)
+        assert reply.status == 200
+        assert reply.x_cache == "BYPASS"
+        assert elapsed < 0.5
+    warnings = [r for r in caplog.records if r.name == "cache_middleware.storage"]
+    assert len(warnings) == 1
+    assert "unavailable" in warnings[0].getMessage()
+    assert h.middleware.stats.errors == 20
+    assert h.state.calls == 20
+    await h.aclose()
+
+
+async def test_redis_stopped_mid_run_and_restarted(
+    adapter: str, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cache_middleware.storage")
+    h = Harness(adapter, CONFIG, real(redis_process.url))
+    assert (await h.request("GET", "/api/events")).x_cache == "MISS"
+    assert (await h.request("GET", "/api/events")).x_cache == "HIT"
+    redis_process.stop()
+    for _ in range(10):
+        reply, elapsed = await timed(h)
+        assert (reply.status, reply.x_cache) == (200, "BYPASS")
+        assert elapsed < 0.5
+    redis_process.start()  # same port, empty (no persistence)
+    states = [(await h.request("GET", "/api/events")).x_cache for _ in range(3)]
+    assert states == ["MISS", "HIT", "HIT"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cache_middleware.storage"]
+    assert sum("unavailable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    await h.aclose()
+
+
+async def test_paused_redis_costs_at_most_the_timeout(
+    adapter: str, redis_process: RedisProcess
+) -> None:
+    h = Harness(adapter, CONFIG, real(redis_process.url))
+    await h.request("GET", "/api/events")
+    redis_process.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    try:
+        for _ in range(3):
+            reply, elapsed = await timed(h)
+            assert (reply.status, reply.x_cache) == (200, "BYPASS")
+            # 0.1 s timeout (connect or read) plus the app; far below the 1.5 s pause.
+            assert elapsed < 0.6, elapsed
+    finally:
+        redis_process.client().execute_command("CLIENT", "UNPAUSE")
+    await h.aclose()
+
+
+async def test_full_redis_serves_and_never_errors(adapter: str, redis_process: RedisProcess) -> None:
+    client = redis_process.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used + 1024))
+    try:
+        client.set("filler", b"x" * 4096)
+    except redis.exceptions.OutOfMemoryError:
+        pass  # already full: that is the state we want
+    h = Harness(adapter, CONFIG, real(redis_process.url))
+    for i in range(5):
+        reply = await h.request("GET", f"/api/events?page={i}")
+        assert reply.status == 200
+        assert reply.x_cache == "MISS"  # looked up fine; the store afterwards is refused (OOM)
+    assert h.middleware.stats.errors >= 1
+    assert h.middleware.stats.stores == 0
+    await h.aclose()
