@@ -327,3 +327,20 @@ def test_non_http_scopes_pass_through() -> None:
     asyncio.run(mw({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     asyncio.run(mw({"type": "websocket", "path": "/api/x"}, None, None))  # type: ignore[arg-type]
     assert called == ["lifespan", "websocket"]
+
+
+async def test_failing_condition_or_resolver_bypasses(
+    adapter: str, memory_backend: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {"routes": {"/api": {"ttl": 60, "condition": "tests.helpers.conditions:explodes"},
+                         "/api/me": {"ttl": 60, "private": True}}}
+
+    def broken_resolver(native: object) -> str | None:
+        raise KeyError("no such claim")
+
+    h = Harness(adapter, config, memory_backend, user_resolver=broken_resolver)
+    for target in ("/api/events", "/api/me"):
+        reply = await h.request("GET", target)
+        assert (reply.status, reply.x_cache) == (200, "BYPASS")
+    assert sum("bypassing" in r.getMessage() for r in caplog.records) == 2
+    await h.aclose()

@@ -9,6 +9,7 @@ builds the stored record once the body is complete. Every rule lives here once, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,8 @@ __all__ = [
     "RequestView",
     "Resolver",
 ]
+
+logger = logging.getLogger("cache_middleware")
 
 _PRINTABLE = "".join(chr(i) for i in range(0x21, 0x7F))
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -129,15 +132,20 @@ class CachePolicy:
             return None
         if method not in _CACHEABLE_METHODS:
             return Bypass(rule, "method")
-        if rule.condition is not None and not rule.condition(source.view()):
-            return Bypass(rule, "condition")
-        user: str | None = None
-        if rule.private:
-            user = self._resolve_user(source)
-            if not user:
-                # A private route without a user is never looked up nor stored.
-                return Bypass(rule, "no-user")
-        venue = self._resolve_venue(source)
+        # User code (conditions, resolvers) that raises costs caching, never the request.
+        try:
+            if rule.condition is not None and not rule.condition(source.view()):
+                return Bypass(rule, "condition")
+            user: str | None = None
+            if rule.private:
+                user = self._resolve_user(source)
+                if not user:
+                    # A private route without a user is never looked up nor stored.
+                    return Bypass(rule, "no-user")
+            venue = self._resolve_venue(source)
+        except Exception:
+            logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
+            return Bypass(rule, "hook-error")
         # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
         key = build_key(
             self.key_prefix,
@@ -147,9 +155,13 @@ class CachePolicy:
             user,
             venue,
         )
-        key_header = (
-            quote(display_key(key), safe=_PRINTABLE).encode("ascii") if self.expose_key else None
-        )
+        key_header: bytes | None = None
+        if self.expose_key:
+            shown = display_key(key)
+            # Escaped keys hold no spaces or controls: only non-ASCII needs quoting for a header.
+            key_header = (
+                shown.encode("ascii") if shown.isascii() else quote(shown, safe=_PRINTABLE).encode()
+            )
         credentialed = not rule.private and source.header("authorization") is not None
         return Lookup(rule, key, method == "HEAD", credentialed, key_header)
 

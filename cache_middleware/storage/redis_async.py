@@ -9,6 +9,7 @@ some servers start a loop per thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import redis.asyncio
@@ -101,10 +102,9 @@ class AsyncRedisStore:
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            # Closing a client whose loop is gone can raise anything: nothing is left to release.
+            with contextlib.suppress(Exception):
                 await client.aclose()
-            except Exception:
-                pass  # closing a client whose loop is gone: nothing left to release
 
 
 def _safe_url(url: str) -> str:

@@ -10,3 +10,7 @@ def only_without_nocache(request: RequestView) -> bool:
 
 
 NOT_CALLABLE = 42
+
+
+def explodes(request: RequestView) -> bool:
+    raise RuntimeError("bug in user code")
