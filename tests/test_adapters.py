@@ -62,7 +62,9 @@ async def test_cache_headers(adapter: str, backend: dict[str, Any], prefix: str)
     await h.aclose()
 
 
-async def test_age_grows(adapter: str, memory_backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_age_grows(
+    adapter: str, memory_backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time as real_time
 
     h = Harness(adapter, CONFIG, memory_backend)
@@ -84,7 +86,9 @@ async def test_key_header_can_be_turned_off(adapter: str, memory_backend: dict[s
     await h.aclose()
 
 
-async def test_non_ascii_path_key_header_is_ascii(adapter: str, memory_backend: dict[str, Any]) -> None:
+async def test_non_ascii_path_key_header_is_ascii(
+    adapter: str, memory_backend: dict[str, Any]
+) -> None:
     h = Harness(adapter, CONFIG, memory_backend)
     first = await h.request("GET", "/api/caf%C3%A9")
     second = await h.request("GET", "/api/caf%C3%A9")
@@ -127,7 +131,9 @@ async def test_user_header_and_resolvers(adapter: str, memory_backend: dict[str,
     await h.aclose()
 
 
-async def test_corrupt_entry_is_a_miss_and_is_removed(adapter: str, backend: dict[str, Any], prefix: str) -> None:
+async def test_corrupt_entry_is_a_miss_and_is_removed(
+    adapter: str, backend: dict[str, Any], prefix: str
+) -> None:
     h = Harness(adapter, {**CONFIG, "key_prefix": prefix}, backend)
     store = h.middleware.store
     key = f"{prefix}:GET:/api/events"
@@ -187,7 +193,12 @@ async def test_hit_is_one_store_call_and_miss_two(adapter: str) -> None:
     await h.request("POST", "/api/events")
     assert store.calls == []
     assert h.middleware.stats.snapshot() == {
-        "hits": 5, "misses": 1, "bypasses": 1, "stores": 1, "errors": 0, "hit_ratio": 0.8333,
+        "hits": 5,
+        "misses": 1,
+        "bypasses": 1,
+        "stores": 1,
+        "errors": 0,
+        "hit_ratio": 0.8333,
     }
     await h.aclose()
 
@@ -204,8 +215,9 @@ async def test_asgi_large_body_streams_without_buffering() -> None:
         await release.wait()
         await send({"type": "http.response.body", "body": b"b" * 800, "more_body": False})
 
-    mw = CacheMiddleware(app, config={"max_body_bytes": 1000, "routes": {"/": {"ttl": 5}}},
-                         store=AsyncMemoryStore())
+    mw = CacheMiddleware(
+        app, config={"max_body_bytes": 1000, "routes": {"/": {"ttl": 5}}}, store=AsyncMemoryStore()
+    )
 
     async def send(message: Any) -> None:
         if message["type"] == "http.response.body" and message["body"].startswith(b"a"):
@@ -238,10 +250,11 @@ def test_wsgi_large_body_streams_and_closes() -> None:
         return Body()
 
     store = MemoryStore()
-    mw = WSGICacheMiddleware(app, config={"max_body_bytes": 1000, "routes": {"/": {"ttl": 5}}},
-                             store=store)
+    mw = WSGICacheMiddleware(
+        app, config={"max_body_bytes": 1000, "routes": {"/": {"ttl": 5}}}, store=store
+    )
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "QUERY_STRING": ""}
-    result = mw(environ, lambda status, headers, exc_info=None: (lambda data: None))
+    result = mw(environ, lambda status, headers, exc_info=None: lambda data: None)
     iterator = iter(result)
     assert next(iterator) == b"a" * 800
     assert events == ["app yields"]
@@ -258,7 +271,7 @@ def test_wsgi_client_disconnect_stores_nothing() -> None:
 
     store = MemoryStore()
     mw = WSGICacheMiddleware(app, config={"routes": {"/": {"ttl": 5}}}, store=store)
-    result = mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: (lambda d: None))
+    result = mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: lambda d: None)
     iterator = iter(result)
     next(iterator)
     result.close()  # type: ignore[attr-defined]  # the server gives up after one chunk
@@ -276,7 +289,7 @@ def test_wsgi_write_callable_is_recorded() -> None:
     mw = WSGICacheMiddleware(app, config={"routes": {"/": {"ttl": 5}}}, store=store)
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
     body = b"".join(mw(environ, lambda *a: written.append))
-    assert written + [body] == [b"legacy-", b"body"]
+    assert [*written, body] == [b"legacy-", b"body"]
     statuses: list[Any] = []
     replay = b"".join(mw(environ, lambda status, headers, exc_info=None: statuses.append(headers)))
     assert replay == b"legacy-body"
@@ -332,8 +345,12 @@ def test_non_http_scopes_pass_through() -> None:
 async def test_failing_condition_or_resolver_bypasses(
     adapter: str, memory_backend: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = {"routes": {"/api": {"ttl": 60, "condition": "tests.helpers.conditions:explodes"},
-                         "/api/me": {"ttl": 60, "private": True}}}
+    config = {
+        "routes": {
+            "/api": {"ttl": 60, "condition": "tests.helpers.conditions:explodes"},
+            "/api/me": {"ttl": 60, "private": True},
+        }
+    }
 
     def broken_resolver(native: object) -> str | None:
         raise KeyError("no such claim")

@@ -16,8 +16,9 @@ from cache_middleware.cli import main
 from .conftest import _free_port
 
 
-def test_check_prints_route_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_prints_route_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CACHE_REDIS_URL", raising=False)
     path = tmp_path / "cache.yaml"
     path.write_text(
@@ -80,9 +81,10 @@ def test_demo_serves_on_memory_store() -> None:
         hit = httpx.get(f"http://127.0.0.1:{port}/api/events", timeout=2)
         assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
         assert hit.content == miss.content
-        assert httpx.get(f"http://127.0.0.1:{port}/api/tickets/availability").headers[
-            "x-cache-ttl"
-        ] == "30"
+        assert (
+            httpx.get(f"http://127.0.0.1:{port}/api/tickets/availability").headers["x-cache-ttl"]
+            == "30"
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

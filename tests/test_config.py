@@ -69,28 +69,57 @@ def test_env_default_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"routes": {"/api/search": {"ttl": -5}}},
-         "<dict>: routes./api/search.ttl: must be a positive integer, got -5"),
-        ({"routes": {"/api/search": {"ttl": "60"}}},
-         "<dict>: routes./api/search.ttl: must be a positive integer, got '60'"),
-        ({"routes": {"/api/search": {"ttl": True}}},
-         "<dict>: routes./api/search.ttl: must be a positive integer, got True"),
+        (
+            {"routes": {"/api/search": {"ttl": -5}}},
+            "<dict>: routes./api/search.ttl: must be a positive integer, got -5",
+        ),
+        (
+            {"routes": {"/api/search": {"ttl": "60"}}},
+            "<dict>: routes./api/search.ttl: must be a positive integer, got '60'",
+        ),
+        (
+            {"routes": {"/api/search": {"ttl": True}}},
+            "<dict>: routes./api/search.ttl: must be a positive integer, got True",
+        ),
         ({"routes": {"/api/search": {}}}, "<dict>: routes./api/search.ttl: is required"),
-        ({"routes": {"/api/search": {"tll": 5, "ttl": 5}}},
-         "<dict>: routes./api/search.tll: unknown field"),
+        (
+            {"routes": {"/api/search": {"tll": 5, "ttl": 5}}},
+            "<dict>: routes./api/search.tll: unknown field",
+        ),
         ({"routez": {}}, "<dict>: routez: unknown field"),
         ({"routes": {"api/x": {"ttl": 5}}}, "<dict>: routes.api/x: a route must be a path"),
         ({"routes": {"/api/*": {"ttl": 5}}}, "<dict>: routes./api/*: a route is a plain path"),
         ({"routes": {"/a//b": {"ttl": 5}}}, "<dict>: routes./a//b: a route must not contain"),
         ({"routes": {"/a/x{id}": {"ttl": 5}}}, "<dict>: routes./a/x{id}: placeholder"),
-        ({"routes": {"/a/{id}/{id}": {"ttl": 5}}}, "<dict>: routes./a/{id}/{id}: placeholder {id} appears twice"),
-        ({"routes": {"/a": {"ttl": 5, "vary_by": "q"}}}, "<dict>: routes./a.vary_by: must be a list"),
-        ({"routes": {"/a": {"ttl": 5, "vary_by": ["q", "q"]}}}, "<dict>: routes./a.vary_by: lists a parameter twice"),
-        ({"routes": {"/a": {"ttl": 5, "private": "yes"}}}, "<dict>: routes./a.private: must be true or false"),
+        (
+            {"routes": {"/a/{id}/{id}": {"ttl": 5}}},
+            "<dict>: routes./a/{id}/{id}: placeholder {id} appears twice",
+        ),
+        (
+            {"routes": {"/a": {"ttl": 5, "vary_by": "q"}}},
+            "<dict>: routes./a.vary_by: must be a list",
+        ),
+        (
+            {"routes": {"/a": {"ttl": 5, "vary_by": ["q", "q"]}}},
+            "<dict>: routes./a.vary_by: lists a parameter twice",
+        ),
+        (
+            {"routes": {"/a": {"ttl": 5, "private": "yes"}}},
+            "<dict>: routes./a.private: must be true or false",
+        ),
         ({"routes": {"/a": 5}}, "<dict>: routes./a: must be a mapping"),
-        ({"routes": {"/a": {"ttl": 5, "condition": "nomodule_xyz:f"}}}, "<dict>: routes./a.condition: cannot import"),
-        ({"routes": {"/a": {"ttl": 5, "condition": "tests.helpers.conditions"}}}, "<dict>: routes./a.condition: must be an import string"),
-        ({"routes": {"/a": {"ttl": 5, "condition": "tests.helpers.conditions:NOT_CALLABLE"}}}, "is not callable"),
+        (
+            {"routes": {"/a": {"ttl": 5, "condition": "nomodule_xyz:f"}}},
+            "<dict>: routes./a.condition: cannot import",
+        ),
+        (
+            {"routes": {"/a": {"ttl": 5, "condition": "tests.helpers.conditions"}}},
+            "<dict>: routes./a.condition: must be an import string",
+        ),
+        (
+            {"routes": {"/a": {"ttl": 5, "condition": "tests.helpers.conditions:NOT_CALLABLE"}}},
+            "is not callable",
+        ),
         ({"routes": [{"/a": 5}]}, "<dict>: routes: must be a mapping"),
         ({"redis_url": "http://x"}, "<dict>: redis_url: must be a redis://"),
         ({"key_prefix": "a*b"}, "<dict>: key_prefix: must not contain glob"),
@@ -101,7 +130,9 @@ def test_env_default_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"admin": {"tokn": "x"}}, "<dict>: admin.tokn: unknown field"),
     ],
 )
-def test_bad_dict_config(config: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_dict_config(
+    config: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CACHE_REDIS_URL", raising=False)
     with pytest.raises(ConfigError) as info:
         load_config(config)
@@ -112,16 +143,24 @@ def test_issue_example_message(tmp_path: Path) -> None:
     path = write(tmp_path, "routes:\n  /api/search: {ttl: -5, vary_by: [q]}\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == "cache.yaml: routes./api/search.ttl: must be a positive integer, got -5"
+    assert (
+        str(info.value) == "cache.yaml: routes./api/search.ttl: must be a positive integer, got -5"
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("routes:\n  /a: {ttl: 5}\n  /a: {ttl: 6}\n", "cache.yaml: line 3: duplicate key '/a' (first at line 2)"),
+        (
+            "routes:\n  /a: {ttl: 5}\n  /a: {ttl: 6}\n",
+            "cache.yaml: line 3: duplicate key '/a' (first at line 2)",
+        ),
         ("routes:\n  /a: {ttl: 5, ttl: 6}\n", "cache.yaml: line 2: duplicate key 'ttl'"),
         ("key_prefix: a\nkey_prefix: b\n", "cache.yaml: line 2: duplicate key 'key_prefix'"),
-        ("routes:\n  /a: !!python/object:os.system {ttl: 5}\n", "cache.yaml: line 2: YAML tags are not allowed"),
+        (
+            "routes:\n  /a: !!python/object:os.system {ttl: 5}\n",
+            "cache.yaml: line 2: YAML tags are not allowed",
+        ),
         ("routes:\n  /a: {ttl: !!str 5}\n", "cache.yaml: line 2: YAML tags are not allowed"),
         ("routes:\n  /a: {ttl: 5\n", "cache.yaml: line 3: invalid YAML"),
         ("- 1\n- 2\n", "cache.yaml: the top level must be a mapping, got list"),

@@ -166,7 +166,9 @@ def adapter(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_expectation_table(case: str, adapter: str, backend: dict[str, Any], prefix: str) -> None:
+async def test_expectation_table(
+    case: str, adapter: str, backend: dict[str, Any], prefix: str
+) -> None:
     harness = Harness(adapter, {**CONFIG, "key_prefix": prefix}, backend)
     try:
         for i, (method, target, headers, x_cache, call, status) in enumerate(CASES[case]):

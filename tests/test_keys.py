@@ -40,7 +40,9 @@ def test_seed_display_key() -> None:
         ("a=1;b=2", None, [("a", "1;b=2")]),
     ],
 )
-def test_query_pairs(query: str, vary_by: tuple[str, ...] | None, expected: list[tuple[str, str]]) -> None:
+def test_query_pairs(
+    query: str, vary_by: tuple[str, ...] | None, expected: list[tuple[str, str]]
+) -> None:
     assert query_pairs(query, vary_by) == expected
 
 
