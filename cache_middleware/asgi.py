@@ -146,7 +146,6 @@ class CacheMiddleware:
                 )
                 await send({"type": "http.response.body", "body": b"" if plan.head else entry.body})
                 return
-        self.stats.misses += 1
         recorder = _MissRecorder(self, plan, send)
         await self.app(scope, receive, recorder.send)
 
@@ -179,6 +178,11 @@ class _MissRecorder:
             self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
             decision = self.mw.policy.start_miss(self.plan, self.status, self.headers)
             self.recording = decision.store
+            # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
+            if decision.store:
+                self.mw.stats.misses += 1
+            else:
+                self.mw.stats.bypasses += 1
             message["headers"] = decision.headers
             await self.send_downstream(message)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,10 @@ def format_route_table(settings: Settings) -> str:
 
 
 def _check(path: str) -> int:
+    # `condition:` import strings name the user's own modules: import them as the app would,
+    # from the directory the command runs in (as uvicorn's --app-dir does by default).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         settings = load_config(path)
     except ConfigError as exc:

@@ -57,7 +57,8 @@ class Settings:
     memory_max_bytes: int = DEFAULT_MEMORY_BYTES
     expose_key_header: bool = True
     admin: AdminSettings = AdminSettings()
-    source: str = "<dict>"
+    # Where the settings came from, for messages; not part of their identity.
+    source: str = field(default="<dict>", compare=False)
 
     @property
     def uses_redis(self) -> bool:
@@ -77,6 +78,11 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: YAML merge keys (<<) are not supported; "
+                "write each route's fields out"
+            )
         key = loader.construct_object(key_node, deep=deep)
         try:
             duplicate = key in seen
@@ -159,10 +165,11 @@ class _Validator:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             got = os.environ.get(name)
-            if got is None:
-                if default is None:
+            if not got:  # as in the shell, `:-` applies to unset *and* empty variables
+                if default is not None:
+                    return default
+                if got is None:
                     raise self.fail(where, f"environment variable {name} is not set")
-                return default
             return got
 
         return _ENV_REF.sub(replace, value)
@@ -178,7 +185,10 @@ class _Validator:
             return None
         if not isinstance(value, str) or not value:
             raise self.fail(where, f"must be a non-empty string, got {value!r}")
-        return self.expand(where, value)
+        expanded = self.expand(where, value)
+        if not expanded:
+            raise self.fail(where, f"must be a non-empty string, got {value!r} expanded to ''")
+        return expanded
 
     def positive_int(self, where: str, value: Any) -> int:
         if type(value) is not int or value <= 0:
@@ -249,7 +259,7 @@ class _Validator:
         vary_by: tuple[str, ...] | None = None
         if spec.get("vary_by") is not None:
             raw = spec["vary_by"]
-            if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+            if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) and v for v in raw):
                 raise self.fail(
                     f"{where}.vary_by", f"must be a list of parameter names, got {raw!r}"
                 )
@@ -275,6 +285,15 @@ class _Validator:
             self.route(self.route_path(f"routes.{path}", path), spec)
             for path, spec in routes_raw.items()
         )
+        seen: dict[tuple[str, ...], str] = {}
+        for route in routes:
+            # `/a` and `/a/`, or `/x/{id}` and `/x/{name}`, match exactly the same requests.
+            shape = tuple("{}" if is_placeholder(s) else s for s in split_route(route.path))
+            if shape in seen:
+                raise self.fail(
+                    f"routes.{route.path}", f"matches the same paths as routes.{seen[shape]}"
+                )
+            seen[shape] = route.path
         admin_raw = data.get("admin") or {}
         if not isinstance(admin_raw, Mapping):
             raise self.fail("admin", "must be a mapping like {token: ...}")

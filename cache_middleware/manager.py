@@ -45,6 +45,10 @@ def _check_ttl(ttl: int | None, default: int) -> int:
     return ttl
 
 
+class _LeaderCancelled(Exception):
+    """The task computing a key was cancelled; its waiters were not and must carry on."""
+
+
 class CacheManager:
     """Async cache manager. `get_or_set` calls the factory once per key per process at a time."""
 
@@ -91,10 +95,15 @@ class CacheManager:
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
-        pending = self._inflight.get(key)
-        if pending is not None and pending.get_loop() is loop:
-            # Another task is computing this key: share its result (or its exception).
-            return await asyncio.shield(pending)
+        while True:
+            pending = self._inflight.get(key)
+            if pending is None or pending.get_loop() is not loop:
+                break
+            try:
+                # Another task is computing this key: share its result (or its exception).
+                return await asyncio.shield(pending)
+            except _LeaderCancelled:
+                continue  # that task was cancelled, not us: one of the waiters takes over
         future: asyncio.Future[Any] = loop.create_future()
         self._inflight[key] = future
         try:
@@ -104,9 +113,13 @@ class CacheManager:
             await self.set(key, result, ttl)
             future.set_result(result)
             return result
+        except asyncio.CancelledError:
+            future.set_exception(_LeaderCancelled())
+            future.exception()  # mark retrieved: no "never retrieved" warning without waiters
+            raise
         except BaseException as exc:
             future.set_exception(exc)
-            future.exception()  # mark retrieved: no "never retrieved" warning without waiters
+            future.exception()
             raise
         finally:
             if self._inflight.get(key) is future:

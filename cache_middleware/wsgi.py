@@ -83,6 +83,11 @@ class _WsgiRequest:
             for key, value in self.environ.items()
             if key.startswith("HTTP_") and isinstance(value, str)
         }
+        # PEP 3333 keeps these two out of HTTP_*; the ASGI view has them, so this one must too.
+        for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+            value = self.environ.get(key)
+            if isinstance(value, str) and value:
+                headers[name] = value
         return RequestView(
             method=self.environ.get("REQUEST_METHOD", "GET"),
             path=_request_path(self.environ),
@@ -153,7 +158,6 @@ class WSGICacheMiddleware:
                 headers = self.policy.respond_hit(plan, entry, time.time())
                 start_response(_status_line(entry.status), _to_str(headers))
                 return [b"" if plan.head else entry.body]
-        self.stats.misses += 1
         recorder = _MissRecorder(self, plan, start_response)
         return recorder.run(self.app(environ, recorder.start_response))
 
@@ -190,6 +194,12 @@ class _MissRecorder:
         decision = self.mw.policy.start_miss(self.plan, self.status, self.headers)
         # An exc_info call replaces an earlier start: only the final response may be stored.
         self.recording = decision.store and exc_info is None
+        if exc_info is None:
+            # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
+            if decision.store:
+                self.mw.stats.misses += 1
+            else:
+                self.mw.stats.bypasses += 1
         self.body.clear()
         self.size = 0
         write = self.downstream(status, _to_str(decision.headers), exc_info)

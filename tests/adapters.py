@@ -46,6 +46,8 @@ def respond(
         headers.append(("vary", "*"))
     elif tail == "vary-lang":
         headers.append(("vary", "Accept-Language"))
+    elif tail == "upstream":
+        headers += [("age", "100"), ("x-cache", "HIT"), ("x-cache-ttl", "9")]
     elif tail == "sse":
         headers[0] = ("content-type", "text/event-stream")
     elif tail == "missing":

@@ -361,3 +361,36 @@ async def test_failing_condition_or_resolver_bypasses(
         assert (reply.status, reply.x_cache) == (200, "BYPASS")
     assert sum("bypassing" in r.getMessage() for r in caplog.records) == 2
     await h.aclose()
+
+
+async def test_app_copies_of_our_headers_are_not_doubled(
+    adapter: str, memory_backend: dict[str, Any]
+) -> None:
+    h = Harness(adapter, CONFIG, memory_backend)
+    miss = await h.request("GET", "/api/upstream")
+    hit = await h.request("GET", "/api/upstream")
+    assert miss.headers.get_list("x-cache") == ["MISS"]
+    assert "age" not in miss.headers
+    assert hit.headers.get_list("x-cache") == ["HIT"]
+    assert hit.headers.get_list("age") == ["0"]
+    assert hit.headers.get_list("x-cache-ttl") == ["60"]
+    await h.aclose()
+
+
+async def test_empty_venue_means_no_venue(adapter: str, memory_backend: dict[str, Any]) -> None:
+    h = Harness(adapter, CONFIG, memory_backend, venue_resolver=lambda native: "")
+    reply = await h.request("GET", "/api/events")
+    assert not reply.headers["x-cache-key"].rstrip(".").endswith(":venue:")
+    await h.aclose()
+
+
+async def test_stats_follow_the_x_cache_header(
+    adapter: str, memory_backend: dict[str, Any]
+) -> None:
+    h = Harness(adapter, CONFIG, memory_backend)
+    # /api/cookie last: the client keeps its cookie, and a request with a cookie is not stored.
+    seen = [(await h.request("GET", t)).x_cache for t in ("/api/a", "/api/a", "/api/cookie")]
+    assert seen == ["MISS", "HIT", "BYPASS"]
+    stats = h.middleware.stats
+    assert (stats.bypasses, stats.misses, stats.hits, stats.stores) == (1, 1, 1, 1)
+    await h.aclose()

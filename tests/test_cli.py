@@ -88,3 +88,18 @@ def test_demo_serves_on_memory_store() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_check_imports_conditions_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mycond_cli_test.py").write_text("def ok(request):\n    return True\n")
+    path = tmp_path / "cache.yaml"
+    path.write_text('routes:\n  /r: {ttl: 5, condition: "mycond_cli_test:ok"}\n')
+    exe = Path(sys.executable).parent / "cache-middleware"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(exe), "check", "cache.yaml"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mycond_cli_test:ok" in proc.stdout

@@ -153,6 +153,15 @@ CASES: dict[str, list[Step]] = {
         ("GET", "/api/events", H, "MISS", 2, 200),
         ("GET", "/api/events", {"Authorization": "Bearer x"}, "HIT", 2, 200),
     ],
+    "cookie-on-shared-route-not-stored": [
+        ("GET", "/api/events", {"Cookie": "session=alice"}, "BYPASS", 1, 200),
+        ("GET", "/api/events", H, "MISS", 2, 200),
+        ("GET", "/api/events", {"Cookie": "session=bob"}, "HIT", 2, 200),
+    ],
+    "cookie-on-private-route-is-fine": [
+        ("GET", "/api/me", {**ALICE, "Cookie": "session=alice"}, "MISS", 1, 200),
+        ("GET", "/api/me", {**ALICE, "Cookie": "session=alice"}, "HIT", 1, 200),
+    ],
     "app-cache-control-kept": [
         ("GET", "/api/own-cc", H, "MISS", 1, 200),
         ("GET", "/api/own-cc", H, "HIT", 1, 200),

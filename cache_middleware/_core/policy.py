@@ -117,6 +117,7 @@ class CachePolicy:
         self._venue_header = venue_header.lower() if venue_header else None
         self._user_header = user_header.lower() if user_header else None
         self._user_resolver = user_resolver
+        self._failed_hooks: set[str] = set()
         self._venue_resolver = venue_resolver
 
     # -- requests ------------------------------------------------------------------------------
@@ -144,7 +145,10 @@ class CachePolicy:
                     return Bypass(rule, "no-user")
             venue = self._resolve_venue(source)
         except Exception:
-            logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
+            # A traceback once per route, not per request: a broken hook must not flood logs.
+            if rule.route not in self._failed_hooks:
+                self._failed_hooks.add(rule.route)
+                logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
             return Bypass(rule, "hook-error")
         # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
         key = build_key(
@@ -162,7 +166,11 @@ class CachePolicy:
             key_header = (
                 shown.encode("ascii") if shown.isascii() else quote(shown, safe=_PRINTABLE).encode()
             )
-        credentialed = not rule.private and source.header("authorization") is not None
+        # Authorization and Cookie both identify someone: what is answered to them on a shared
+        # route may be personal, so it is stored only if the response says it is public.
+        credentialed = not rule.private and (
+            source.header("authorization") is not None or source.header("cookie") is not None
+        )
         return Lookup(rule, key, method == "HEAD", credentialed, key_header)
 
     def _resolve_user(self, source: RequestSource) -> str | None:
@@ -174,7 +182,7 @@ class CachePolicy:
 
     def _resolve_venue(self, source: RequestSource) -> str | None:
         if self._venue_resolver is not None:
-            return self._venue_resolver(source.native())
+            return self._venue_resolver(source.native()) or None
         if self._venue_header is not None:
             return source.header(self._venue_header) or None
         return None
@@ -192,13 +200,13 @@ class CachePolicy:
         return headers
 
     def bypass_headers(self, headers: HeaderList) -> list[tuple[bytes, bytes]]:
-        return [*headers, (b"x-cache", b"BYPASS")]
+        return [*_without_ours(headers), (b"x-cache", b"BYPASS")]
 
     def start_miss(self, lookup: Lookup, status: int, headers: HeaderList) -> MissStart:
         reason = self._unstorable(lookup, status, headers)
         if reason:
             return MissStart(False, self.bypass_headers(headers), reason)
-        out = list(headers)
+        out = _without_ours(headers)
         self._decorate(out, lookup, b"MISS")
         return MissStart(True, out)
 
@@ -206,7 +214,11 @@ class CachePolicy:
         self, lookup: Lookup, status: int, headers: HeaderList, body: bytes, now: float
     ) -> bytes:
         """The record to store: the app's own headers minus hop-by-hop ones, exact length."""
-        kept = [(name.lower(), value) for name, value in headers if name.lower() not in HOP_BY_HOP]
+        kept = [
+            (name.lower(), value)
+            for name, value in headers
+            if name.lower() not in HOP_BY_HOP and name.lower() not in _OURS
+        ]
         kept.append((b"content-length", str(len(body)).encode()))
         return encode_entry(CachedResponse(status, kept, body, now, lookup.rule.ttl))
 
@@ -271,14 +283,23 @@ class CachePolicy:
             except ValueError:
                 return "bad-length"
         # RFC 9111 §3.5: a response to a request with Authorization is stored by a shared cache
-        # only when it says public, s-maxage or must-revalidate.
+        # only when it says public, s-maxage or must-revalidate. Cookies get the same rule here:
+        # a session cookie is a credential, and the response may be that session's own page.
         if lookup.credentialed and not (
             "public" in cache_control
             or "s-maxage" in cache_control
             or "must-revalidate" in cache_control
         ):
-            return "authorization"
+            return "credentials"
         return ""
+
+
+# Headers this cache owns: an app's (or an upstream cache's) copies are dropped, never doubled.
+_OURS = frozenset({b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age"})
+
+
+def _without_ours(headers: HeaderList) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in headers if name.lower() not in _OURS]
 
 
 def _seconds(value: str | None) -> int:

@@ -1,5 +1,8 @@
-"""Settings -> store. Memory stores are shared per process and prefix, so the ASGI middleware,
-the WSGI middleware and the cache manager built from one config see the same entries."""
+"""Settings -> store.
+
+Memory stores are shared per process and URL (`memory://` or `memory://NAME`), so the ASGI
+middleware, the WSGI middleware and the cache manager built from one config see the same
+entries. The first config to name a memory store sets its `memory_max_bytes`."""
 
 from __future__ import annotations
 

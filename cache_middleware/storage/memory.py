@@ -67,7 +67,7 @@ class MemoryStore:
         regex = compile_glob(pattern)
         now = time.monotonic()
         with self._lock:
-            doomed = [k for k, (_, exp) in self._data.items() if regex.match(k) and exp > now]
+            doomed = [k for k, (_, exp) in self._data.items() if exp > now and regex.match(k)]
             for key in doomed:
                 self._drop(key)
             return len(doomed)
