@@ -238,7 +238,10 @@ def print_table(results: list[RoundResult], summary: dict[str, float]) -> None:
 
 
 def write_json(
-    args: argparse.Namespace, results: list[RoundResult], summary: dict[str, float]
+    args: argparse.Namespace,
+    results: list[RoundResult],
+    summary: dict[str, float],
+    load_before: float,
 ) -> None:
     report = {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -249,6 +252,8 @@ def write_json(
             "uvloop": installed("uvloop"),
             "httptools": installed("httptools"),
             "body_bytes": len(BODY),
+            # Other work on the machine just before the run: a high value means noisy numbers.
+            "loadavg_1min_before": load_before,
         },
         "summary": summary,
         "rounds": [asdict(r) for r in results],
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     signal.signal(signal.SIGTERM, raise_interrupt)
+    load_before = os.getloadavg()[0]
     print(
         f"uvloop: {installed('uvloop')}, httptools: {installed('httptools')}, "
         f"body: {len(BODY)} bytes, wrk -t{args.threads} -c{args.connections} "
@@ -334,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = summarize(results)
     print_table(results, summary)
-    write_json(args, results, summary)
+    write_json(args, results, summary, load_before)
     return 0
 
 

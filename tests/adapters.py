@@ -182,11 +182,14 @@ class Harness:
     async def request(
         self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> Reply:
+        # Each step is its own request: no cookie jar carries a Set-Cookie into the next one.
         if self.kind == "asgi":
+            self.async_client.cookies.clear()
             response = await self.async_client.request(
                 method, target, headers=headers, content=body or None
             )
         else:
+            self.client.cookies.clear()
             response = self.client.request(method, target, headers=headers, content=body or None)
         return Reply(response.status_code, response.headers, response.content)
 
