@@ -114,7 +114,7 @@ class FakeAsyncRedisStore(AsyncRedisStore):
     """The async Redis store over fakeredis: the same code paths without a server."""
 
     def __init__(self, server: fakeredis.FakeServer) -> None:
-        super().__init__("redis://fake")
+        super().__init__("redis://fake", fast_get=False)
         self._server = server
 
     def _new_client(self):  # type: ignore[no-untyped-def]
@@ -146,3 +146,17 @@ def backend(request: pytest.FixtureRequest, memory_url: str, fake_server: fakere
         }
     url = request.getfixturevalue("redis_url")
     return {"url": url, "async_store": None, "sync_store": None}
+
+
+@pytest.fixture
+def redis_process() -> Iterator[object]:
+    """A throwaway redis-server (see tests/redis_process.py), stopped after the test."""
+    from .redis_process import RedisProcess
+
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)

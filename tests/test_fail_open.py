@@ -5,80 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from .adapters import Harness
-from .conftest import _answers, _free_port
+from .conftest import _free_port
+from .redis_process import RedisProcess
 
 CONFIG: dict[str, Any] = {"redis_timeout": 0.1, "routes": {"/api": {"ttl": 60}}}
-
-
-class RedisProcess:
-    """A redis-server of the test's own, to stop, pause and fill without disturbing others."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI"):
-                pytest.fail("CI is set but redis-server is not installed")
-            pytest.skip("redis-server binary not installed")
-        self.binary = binary
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="cache-mw-fault-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not _answers(self.url):
-            assert time.monotonic() < deadline, "throwaway redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-@pytest.fixture
-def redis_process() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture(params=["asgi", "wsgi"])

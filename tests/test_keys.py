@@ -95,7 +95,7 @@ def test_identity_glob_matches_only_its_own_venue() -> None:
     assert not pattern.match(forged)
 
 
-_ATOMS = [*"ab:%*?[]\\ /u=&\x00é", "user", "venue", "%75ser", "\udcff"]
+_ATOMS = [*"ab:%*?[]\\ /u=&\x00é", "user", "venue", "%75ser", "%u", "\udcff", "\ud800", "\udfff"]
 components = st.lists(st.sampled_from(_ATOMS), max_size=6).map("".join)
 requests = st.tuples(
     st.sampled_from(["GET", "HEAD"]),
@@ -107,16 +107,22 @@ requests = st.tuples(
 
 
 def _unescape(text: str) -> str:
-    out = bytearray()
+    """The inverse of escape_component, character by character."""
+    out = []
     i = 0
     while i < len(text):
-        if text[i] == "%":
-            out.append(int(text[i + 1 : i + 3], 16))
+        if text.startswith("%u", i):
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+        elif text[i] == "%":
+            byte = int(text[i + 1 : i + 3], 16)
+            # Bytes >= 0x80 are escaped only as undecodable input (surrogateescape's U+DCxx).
+            out.append(chr(byte) if byte < 0x80 else chr(0xDC00 + byte))
             i += 3
         else:
-            out += text[i].encode("utf-8")
+            out.append(text[i])
             i += 1
-    return out.decode("utf-8", "surrogateescape")
+    return "".join(out)
 
 
 def parse_key(key: str) -> tuple:  # type: ignore[type-arg]

@@ -7,9 +7,10 @@ Layout::
 Contract (documented in docs/keys.md):
 
 * Every component is passed through `escape_component`, which percent-encodes `%`, the separator
-  `:`, the Redis glob characters `* ? [ ] \\`, ASCII control characters, space and DEL, and the
-  lone surrogates that stand for undecodable bytes. Since `%` itself is encoded and every escape
-  begins with `%`, escaping is injective; since no escaped component contains `:`, the
+  `:`, the Redis glob characters `* ? [ ] \\`, ASCII control characters, space and DEL, the
+  lone surrogates that stand for undecodable bytes (as the byte, `%FF`) and any other lone
+  surrogate (as `%uD800`), so that every key is valid UTF-8. Since `%` itself is encoded and
+  every escape begins with `%`, escaping is injective; since no escaped component contains `:`, the
   components of a key can be read back unambiguously.
 * Query parameter *names* `user` and `venue` are written `%75ser` and `%76enue` (an encoding
   `escape_component` never produces for them), so a parameter can never pose as an identity
@@ -29,6 +30,9 @@ _ESCAPED.update({i: f"%{i:02X}" for i in range(0x20)})
 _ESCAPED[0x7F] = "%7F"
 # surrogateescape maps an undecodable byte 0xXY to U+DCXY: write it back as the byte it was.
 _ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
+# Any other lone surrogate (only a resolver could hand one over) gets a form of its own, so
+# every key is valid UTF-8 and still injective: `%u` never starts any other escape.
+_ESCAPED.update({i: f"%u{i:04X}" for i in range(0xD800, 0xE000) if not 0xDC80 <= i < 0xDD00})
 
 _RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue"}
 

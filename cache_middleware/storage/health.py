@@ -14,18 +14,31 @@ import threading
 import redis.exceptions
 
 from ..errors import StoreUnavailable
+from .pipelined_get import ReplyError
 
-__all__ = ["FOREIGN_ERRORS", "OutageMonitor"]
+__all__ = ["FOREIGN_ERRORS", "RETRIES", "RETRY_ERRORS", "OutageMonitor", "is_wrong_type"]
+
+# redis-py's retry policy, shared by both stores: one immediate retry, on a broken connection
+# only. That replaces a pooled connection the server dropped (a restart, an idle timeout) at the
+# cost of one reconnect, and never repeats a timeout: a slow Redis costs one `redis_timeout`.
+RETRIES = 1
+RETRY_ERRORS: tuple[type[redis.exceptions.RedisError], ...] = (redis.exceptions.ConnectionError,)
 
 logger = logging.getLogger("cache_middleware.storage")
 
 # What a Redis call can raise when the server is down, slow, full or refusing.
 FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
+    ReplyError,
     OSError,
     asyncio.TimeoutError,
     TimeoutError,
 )
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """A non-string value sits under the key: foreign data, not an outage."""
+    return str(exc).startswith("WRONGTYPE")
 
 
 class OutageMonitor:

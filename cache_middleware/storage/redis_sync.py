@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import SCAN_BATCH
-from .health import FOREIGN_ERRORS, OutageMonitor
+from .health import FOREIGN_ERRORS, RETRIES, RETRY_ERRORS, OutageMonitor, is_wrong_type
 from .redis_async import _safe_url
 
 __all__ = ["RedisStore"]
@@ -35,7 +35,7 @@ class RedisStore:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), RETRIES, supported_errors=RETRY_ERRORS),
             health_check_interval=0,
             **redis_kwargs,
         )
@@ -44,6 +44,8 @@ class RedisStore:
         try:
             value: bytes | None = self.client.get(key)  # type: ignore[assignment]
         except FOREIGN_ERRORS as exc:
+            if is_wrong_type(exc):
+                return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
             raise self.monitor.failed(exc) from exc
         self.monitor.succeeded()
         return value

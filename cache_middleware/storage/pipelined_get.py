@@ -1,0 +1,220 @@
+"""A lean, pipelined Redis GET for the HIT path.
+
+Why hand-written: a HIT is one GET, and redis-py's asyncio command machinery (retry wrapper,
+pool checkout, timeout wrapper, per-command socket write) costs about four times the round trip
+itself under load (measured in bench/). This client does one thing: on one connection per event
+loop, it writes GETs without waiting for earlier replies (writes queued in the same loop tick
+go out in one send) and matches the replies in order. Everything else (SET, UNLINK, SCAN, TLS,
+unix sockets, Sentinel) stays on redis-py.
+
+Failure contract: every call ends within `timeout` seconds. A timeout or any protocol surprise
+closes the connection and fails every request waiting on it (the caller fails open); the next
+call reconnects. Replies are length-checked and bounded, so a confused server cannot make it
+allocate without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+__all__ = ["PipelinedGetter", "ReplyError"]
+
+_MAX_BULK = 512 * 1024 * 1024  # Redis' own proto-max-bulk-len default
+_OK = object()
+
+
+class ReplyError(Exception):
+    """Redis answered with an error reply (-ERR ...)."""
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: PipelinedGetter) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def fail(self, exc: BaseException) -> None:
+        """Close the connection and fail everything waiting on it."""
+        self.closed = True
+        if self.owner.protocol is self:
+            self.owner.protocol = None
+        pending, self.pending = self.pending, deque()
+        for future in pending:
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        self.pending.append(future)
+        self.outgoing.append(command)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is not None and self.outgoing:
+            self.transport.write(b"".join(self.outgoing))
+        self.outgoing.clear()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            kind = buf[pos]
+            value: Any
+            if kind == 0x24:  # $: bulk string
+                try:
+                    length = int(buf[pos + 1 : end])
+                except ValueError:
+                    self.fail(ConnectionError("malformed bulk length from Redis"))
+                    return
+                if length < 0:
+                    value, nxt = None, end + 2
+                elif length > _MAX_BULK:
+                    self.fail(ConnectionError("oversized reply from Redis"))
+                    return
+                else:
+                    nxt = end + 2 + length + 2
+                    if size < nxt:
+                        break
+                    value = bytes(buf[end + 2 : end + 2 + length])
+            elif kind == 0x2B:  # +: status (AUTH, SELECT)
+                value, nxt = _OK, end + 2
+            elif kind == 0x2D:  # -: error reply
+                value = ReplyError(buf[pos + 1 : end].decode("utf-8", "replace"))
+                nxt = end + 2
+            else:
+                self.fail(ConnectionError(f"unexpected reply type {chr(kind)!r} from Redis"))
+                return
+            pos = nxt
+            if not self.pending:
+                self.fail(ConnectionError("reply from Redis with no request waiting"))
+                return
+            future = self.pending.popleft()
+            if not future.done():
+                if isinstance(value, ReplyError):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+        if pos:
+            del buf[:pos]
+
+
+def _command(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+class PipelinedGetter:
+    """GET over one pipelined connection; bound to the event loop that first uses it."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 0.1,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        handshake: list[bytes] = []
+        if password is not None:
+            auth = (username.encode(), password.encode()) if username else (password.encode(),)
+            handshake.append(_command(b"AUTH", *auth))
+        if db:
+            handshake.append(_command(b"SELECT", str(db).encode()))
+        self._handshake = handshake
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(self), self.host, self.port),
+            self.timeout,
+        )
+        # AUTH and SELECT ride ahead of the first GET; their replies are checked all the same.
+        checks = []
+        for command in self._handshake:
+            future: asyncio.Future[Any] = loop.create_future()
+            protocol.send(command, future)
+            checks.append(future)
+        if checks:
+            try:
+                await asyncio.wait_for(asyncio.gather(*checks), self.timeout)
+            except BaseException:
+                protocol.fail(ConnectionError("Redis handshake failed"))
+                raise
+        return protocol
+
+    async def _protocol(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+            # Retrieve a failure even when every waiter was cancelled: no "never retrieved".
+            self._connecting.add_done_callback(_consume)
+        try:
+            protocol = await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+        if protocol.closed:
+            raise ConnectionError("connection to Redis closed while connecting")
+        self.protocol = protocol
+        return protocol
+
+    async def get(self, key: bytes) -> bytes | None:
+        protocol = self.protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._protocol()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.send(_command(b"GET", key), future)
+        timer = loop.call_later(self.timeout, _expire, protocol, future)
+        try:
+            value: bytes | None = await future
+        finally:
+            timer.cancel()
+        return value
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            self.protocol.fail(ConnectionError("closed"))
+            self.protocol = None
+
+
+def _expire(protocol: _Protocol, future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        # The connection's state is unknown now (a paused or stuck server): drop it and fail
+        # everything queued on it, rather than let a backlog build up behind a slow reply.
+        protocol.fail(TimeoutError("Redis did not answer in time"))
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
