@@ -1,20 +1,33 @@
 """CacheMiddleware: the pure-ASGI adapter.
 
-Reads like a script of calls into `_core` (decisions) and `storage` (bytes): plan the request,
-replay a HIT, or run the app and record what it sends. Per-request state lives in a
-`_MissRecorder`, never on the middleware. Any storage failure fails open: the app answers and
-the response says `X-Cache: BYPASS`.
+Reads like a script of calls into `_core` (decisions) and `storage` (bytes): plan the request;
+replay a fresh HIT; serve stale and refresh in the background; or fill: one request per key
+runs the app (coalescing in this process with a future, across processes with a Redis lease)
+while the others wait for its entry. Per-request state lives in a `_MissRecorder`, never on the
+middleware. Any storage failure fails open: the app answers and the response says BYPASS.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._core.entry import CorruptEntry, decode_entry
-from ._core.policy import Bypass, Lookup, RequestView
+from ._core.entry import CachedResponse
+from ._core.policy import (
+    REFRESH_DROPPED,
+    Follow,
+    Found,
+    Invalidate,
+    Lookup,
+    NotFound,
+    RequestView,
+)
 from ._core.stats import Counters
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
@@ -31,21 +44,28 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("cache_middleware")
 
+# How often a request waiting for another process's fill looks for the entry.
+POLL_INTERVAL = 0.02
+
 
 class _AsgiRequest:
     """The `RequestSource` of an ASGI scope: looks things up only when a decision asks."""
 
-    __slots__ = ("scope",)
+    __slots__ = ("_headers", "scope")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
+        self._headers: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
-        wanted = name.encode("latin-1")
-        for key, value in self.scope["headers"]:
-            if key.lower() == wanted:
-                return bytes(value).decode("latin-1")
-        return None
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+            for key, value in self.scope["headers"]:
+                lname = bytes(key).decode("latin-1").lower()
+                text = bytes(value).decode("latin-1")
+                headers[lname] = f"{headers[lname]}, {text}" if lname in headers else text
+        return headers.get(name)
 
     def default_user(self) -> str | None:
         # scope["user"] is set by Starlette's AuthenticationMiddleware, which must wrap this one.
@@ -65,14 +85,12 @@ class _AsgiRequest:
         return self.scope
 
     def view(self) -> RequestView:
-        headers: dict[str, str] = {}
-        for key, value in self.scope["headers"]:
-            headers.setdefault(bytes(key).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+        self.header("")  # build the header map once
         return RequestView(
             method=self.scope["method"],
             path=self.scope["path"],
             query_string=self.scope.get("query_string", b"").decode("latin-1"),
-            headers=headers,
+            headers=dict(self._headers or {}),
         )
 
 
@@ -95,6 +113,10 @@ class CacheMiddleware:
         )
         self.store = store if store is not None else make_async_store(self.settings)
         self.stats = Counters()
+        self._lease_ms = int(self.settings.lock_timeout * 1000)
+        # Fills under way in this process: primary key -> done when the entry is (or is not) in.
+        self._fills: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,87 +130,298 @@ class CacheMiddleware:
         )
         if plan is None:
             await self.app(scope, receive, send)
-            return
-        if isinstance(plan, Bypass):
-            await self._bypass(scope, receive, send)
-            return
-        await self._lookup(plan, scope, receive, send)
+        elif isinstance(plan, Lookup):
+            await self._lookup(plan, scope, receive, send)
+        elif isinstance(plan, Invalidate):
+            await self._invalidate(plan, scope, receive, send)
+        else:
+            await self._bypass(scope, receive, send, plan.reason)
 
-    async def _bypass(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # -- the request paths ---------------------------------------------------------------------
+
+    async def _bypass(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
         self.stats.bypasses += 1
         policy = self.policy
 
         async def send_bypass(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = policy.bypass_headers(message.get("headers", []))
+                message["headers"] = policy.bypass_headers(message.get("headers", []), reason)
             await send(message)
 
         await self.app(scope, receive, send_bypass)
 
-    async def _lookup(self, plan: Lookup, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            raw = await self.store.get(plan.key)
-        except StoreUnavailable:
-            self.stats.errors += 1
-            await self._bypass(scope, receive, send)
-            return
-        if raw is not None:
-            try:
-                entry = decode_entry(raw)
-            except CorruptEntry as exc:
-                logger.warning("dropping unreadable cache entry %r: %s", plan.key, exc)
-                await self._forget(plan.key)
-            else:
-                self.stats.hits += 1
-                headers = self.policy.respond_hit(plan, entry, time.time())
-                await send(
-                    {"type": "http.response.start", "status": entry.status, "headers": headers}
-                )
-                await send({"type": "http.response.body", "body": b"" if plan.head else entry.body})
-                return
-        recorder = _MissRecorder(self, plan, send)
-        await self.app(scope, receive, recorder.send)
+    async def _invalidate(
+        self, plan: Invalidate, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.stats.bypasses += 1
+        policy, store, stats = self.policy, self.store, self.stats
 
-    async def _forget(self, key: str) -> None:
+        async def send_invalidating(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # RFC 9111 §4.4: only a non-error answer means the resource changed. Dropped
+                # before the answer leaves, so a client that reads after writing sees it.
+                if 200 <= message["status"] < 400:
+                    try:
+                        await store.delete_index(plan.index_key)
+                        stats.invalidations += 1
+                    except StoreUnavailable:
+                        stats.errors += 1
+                message["headers"] = policy.bypass_headers(message.get("headers", []), "method")
+            await send(message)
+
+        await self.app(scope, receive, send_invalidating)
+
+    async def _lookup(self, plan: Lookup, scope: Scope, receive: Receive, send: Send) -> None:
+        stale: CachedResponse | None = None
+        if not plan.refresh:
+            try:
+                found = await self._read(plan)
+            except StoreUnavailable:
+                self.stats.errors += 1
+                await self._bypass(scope, receive, send, "store-unavailable")
+                return
+            if isinstance(found, Found):
+                now = time.time()
+                state = self.policy.freshness(found.entry, now)
+                if state == "fresh":
+                    self.stats.hits += 1
+                    await self._replay(plan, found.entry, now, send)
+                    return
+                if state == "stale-while-revalidate":
+                    # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
+                    self.stats.stale_hits += 1
+                    await self._replay(plan, found.entry, now, send, stale=state)
+                    self._refresh_in_background(plan, scope)
+                    return
+                if state == "stale-if-error":
+                    stale = found.entry
+        await self._fill(plan, scope, receive, send, stale)
+
+    async def _read(self, plan: Lookup) -> Found | NotFound:
+        """Read the entry for `plan`, following a Vary record to the request's variant."""
+        key, first = self.policy.first_key(plan), True
+        while True:
+            raw = await self.store.get(key)
+            step = self.policy.on_read(plan, key, raw, first=first)
+            first = False
+            if isinstance(step, Follow):
+                key = step.key
+                continue
+            if isinstance(step, NotFound) and step.drop is not None:
+                await self.store.delete(step.drop)
+            return step
+
+    async def _replay(
+        self, plan: Lookup, entry: CachedResponse, now: float, send: Send, stale: str = ""
+    ) -> None:
+        status, headers, body = self.policy.respond_hit(plan, entry, now, stale=stale)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _fill(
+        self,
+        plan: Lookup,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stale: CachedResponse | None,
+    ) -> None:
+        pending = self._fills.get(plan.key)
+        if pending is not None:
+            # Another request of this process is filling the key: wait for its entry.
+            await _wait(pending, self.settings.coalesce_wait)
+            await self._after_wait(plan, scope, receive, send, stale)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fills[plan.key] = done
         try:
-            await self.store.delete(key)
+            token = secrets.token_hex(16)
+            try:
+                epoch = await self.store.acquire_fill(
+                    plan.lock_key, token, self._lease_ms, plan.index_key
+                )
+            except StoreUnavailable:
+                self.stats.errors += 1
+                await self._bypass(scope, receive, send, "store-unavailable")
+                return
+            if epoch is None:
+                # Another process holds the lease: wait (bounded) for its entry.
+                await self._wait_remote(plan)
+                await self._after_wait(plan, scope, receive, send, stale)
+                return
+            recorder = _MissRecorder(self, plan, send, token, epoch, stale)
+            await recorder.run(scope, receive)
+        finally:
+            del self._fills[plan.key]
+            done.set_result(None)
+
+    async def _wait_remote(self, plan: Lookup) -> None:
+        deadline = time.monotonic() + self.settings.coalesce_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                value, locked = await self.store.peek_fill(plan.key, plan.lock_key)
+            except StoreUnavailable:
+                return
+            if value is not None or not locked:
+                return
+
+    async def _after_wait(
+        self,
+        plan: Lookup,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stale: CachedResponse | None,
+    ) -> None:
+        """After another request's fill: its entry if it serves this request, else the app."""
+        try:
+            found = await self._read(plan)
+        except StoreUnavailable:
+            found = None
+        if isinstance(found, Found) and self.policy.freshness(found.entry, time.time()) == "fresh":
+            self.stats.coalesced += 1
+            self.stats.hits += 1
+            await self._replay(plan, found.entry, time.time(), send)
+            return
+        # Not storable, another variant, or the wait ran out: answer without storing.
+        recorder = _MissRecorder(self, plan, send, None, 0, stale)
+        await recorder.run(scope, receive)
+
+    # -- stale-while-revalidate ----------------------------------------------------------------
+
+    def _refresh_in_background(self, plan: Lookup, scope: Scope) -> None:
+        if plan.key in self._fills:
+            return  # this process is already filling it
+        # Claimed now, not when the task first runs: a second stale hit must not start another.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._fills[plan.key] = done
+        task = loop.create_task(self._refresh(plan, scope, done))
+        # Keep a reference: the event loop holds tasks weakly.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        # Even a task cancelled before it ran must give the key back.
+        task.add_done_callback(lambda _: self._unclaim(plan.key, done))
+
+    def _unclaim(self, key: str, done: asyncio.Future[None]) -> None:
+        if self._fills.get(key) is done:
+            del self._fills[key]
+        if not done.done():
+            done.set_result(None)
+
+    async def _refresh(self, plan: Lookup, scope: Scope, done: asyncio.Future[None]) -> None:
+        try:
+            token = secrets.token_hex(16)
+            epoch = await self.store.acquire_fill(
+                plan.lock_key, token, self._lease_ms, plan.index_key
+            )
+            if epoch is None:
+                return  # another process is refreshing it: exactly one refresh per entry
+            # A plain GET of the full response: the client's validators and ranges stay behind.
+            headers = [
+                (k, v)
+                for k, v in scope["headers"]
+                if bytes(k).decode("latin-1").lower() not in REFRESH_DROPPED
+            ]
+            refresh_scope = {**scope, "method": "GET", "headers": headers}
+            recorder = _MissRecorder(
+                self, dataclasses.replace(plan, head=False), _discard, token, epoch, None
+            )
+            await recorder.run(refresh_scope, _EmptyRequest())
         except StoreUnavailable:
             self.stats.errors += 1
+        except Exception:
+            logger.exception("background refresh of %r failed", plan.key)
+        finally:
+            self._unclaim(plan.key, done)
 
 
 class _MissRecorder:
-    """Forwards the app's response unchanged in timing, keeping a copy of a storable body."""
+    """Runs the app and forwards its response unchanged in timing, keeping a copy of a storable
+    body; with a lease, stores it at the end. With a stale entry, an app error or 5xx is
+    replaced by the stale entry (RFC 5861 §4, stale-if-error)."""
 
-    __slots__ = ("body", "headers", "mw", "plan", "recording", "send_downstream", "size", "status")
-
-    def __init__(self, mw: CacheMiddleware, plan: Lookup, send: Send) -> None:
+    def __init__(
+        self,
+        mw: CacheMiddleware,
+        plan: Lookup,
+        send: Send,
+        token: str | None,
+        epoch: int,
+        stale: CachedResponse | None,
+    ) -> None:
         self.mw = mw
         self.plan = plan
-        self.send_downstream = send
+        self.downstream = send
+        self.token = token
+        self.epoch = epoch
+        self.stale = stale
+        self.started = False  # something was forwarded: the answer can no longer be replaced
+        self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
         self.recording = False
+        self.complete = False  # the body's last chunk was seen
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.size = 0
+        self.start: Any = None
+
+    async def run(self, scope: Scope, receive: Receive) -> None:
+        mw = self.mw
+        stored = False
+        try:
+            try:
+                await mw.app(scope, receive, self.send)
+            except Exception:
+                if self.stale is None or self.started:
+                    raise
+                self.suppressed = True  # the app failed before answering: serve stale
+            if self.suppressed:
+                assert self.stale is not None
+                mw.stats.stale_hits += 1
+                await mw._replay(
+                    self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
+                )
+                return
+            if self.recording and self.complete and self.token is not None:
+                stored = await self._store()
+        finally:
+            if self.token is not None and not stored:
+                try:
+                    await mw.store.release_fill(self.plan.lock_key, self.token)
+                except StoreUnavailable:
+                    mw.stats.errors += 1
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
+            if self.stale is not None and self.status >= 500:
+                self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+                return
             self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
-            decision = self.mw.policy.start_miss(self.plan, self.status, self.headers)
-            self.recording = decision.store
+            decision = self.mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
+            self.start = decision
+            self.recording = decision.store and self.token is not None
+            if decision.store and self.token is None:
+                # Answered for this request only (a coalesced wait ran out, say): not stored.
+                decision.headers = self.mw.policy.bypass_headers(self.headers, "not-leader")
+                decision.store = False
             # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
             if decision.store:
                 self.mw.stats.misses += 1
             else:
                 self.mw.stats.bypasses += 1
             message["headers"] = decision.headers
-            await self.send_downstream(message)
+            self.started = True
+            await self.downstream(message)
+            return
+        if self.suppressed:
             return
         if kind != "http.response.body":
             self.recording = False  # pathsend, trailers...: not a body we can replay
-            await self.send_downstream(message)
+            await self.downstream(message)
             return
         if self.recording:
             chunk = message.get("body", b"")
@@ -199,19 +432,49 @@ class _MissRecorder:
                 self.body.clear()
             elif chunk:
                 self.body.append(bytes(chunk))
-        await self.send_downstream(message)
-        if self.recording and not message.get("more_body", False):
-            self.recording = False
-            await self._store()
+        await self.downstream(message)
+        if not message.get("more_body", False):
+            # The last chunk went out: the entry is written after the client has its answer.
+            self.complete = True
 
-    async def _store(self) -> None:
+    async def _store(self) -> bool:
         mw = self.mw
-        record = mw.policy.encode_miss(
-            self.plan, self.status, self.headers, b"".join(self.body), time.time()
+        assert self.token is not None
+        writes, lifetime = mw.policy.miss_writes(
+            self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
         )
         try:
-            await mw.store.set(self.plan.key, record, self.plan.rule.ttl)
+            ok = await mw.store.store_fill(
+                self.plan.lock_key, self.token, self.epoch, writes, self.plan.index_key, lifetime
+            )
         except StoreUnavailable:
             mw.stats.errors += 1
-            return
-        mw.stats.stores += 1
+            return False
+        if ok:
+            mw.stats.stores += 1
+        else:
+            mw.stats.lost_leases += 1  # invalidated while the app was answering: not written
+        return True
+
+
+async def _wait(future: asyncio.Future[None], timeout: float) -> None:
+    # Bounded: past `timeout` the waiter answers from the app rather than wait on.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+
+
+async def _discard(message: Message) -> None:
+    return None
+
+
+class _EmptyRequest:
+    """`receive` of a background refresh: an empty body, then a disconnect."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def __call__(self) -> Message:
+        if self.sent:
+            return {"type": "http.disconnect"}
+        self.sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}

@@ -28,6 +28,11 @@ DEFAULT_PREFIX = "gateway:response"
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_TIMEOUT = 0.1
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_COALESCE_WAIT = 5.0
+# RFC 9110 §15.1 heuristically cacheable statuses a route may opt into; 206 and 5xx (but 501,
+# which says the method is not implemented at all) never.
+CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class RouteSettings:
     private: bool = False
     condition: str | None = None
     condition_func: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
+    statuses: tuple[int, ...] = (200,)
+    negative_ttl: int | None = None
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    ignore_params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,12 @@ class Settings:
     redis_timeout: float = DEFAULT_TIMEOUT
     memory_max_bytes: int = DEFAULT_MEMORY_BYTES
     expose_key_header: bool = True
+    trusted_headers: tuple[str, ...] = ()
+    honor_request_no_cache: bool = False
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    coalesce_wait: float = DEFAULT_COALESCE_WAIT
+    breaker_failures: int = 5
+    breaker_cooldown: float = 5.0
     admin: AdminSettings = AdminSettings()
     # Where the settings came from, for messages; not part of their identity.
     source: str = field(default="<dict>", compare=False)
@@ -145,10 +161,26 @@ _TOP_KEYS = {
     "redis_timeout",
     "memory_max_bytes",
     "expose_key_header",
+    "trusted_headers",
+    "honor_request_no_cache",
+    "lock_timeout",
+    "coalesce_wait",
+    "breaker_failures",
+    "breaker_cooldown",
     "routes",
     "admin",
 }
-_ROUTE_KEYS = {"ttl", "vary_by", "private", "condition"}
+_ROUTE_KEYS = {
+    "ttl",
+    "vary_by",
+    "private",
+    "condition",
+    "statuses",
+    "negative_ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "ignore_params",
+}
 _ADMIN_KEYS = {"token"}
 
 
@@ -195,10 +227,24 @@ class _Validator:
             raise self.fail(where, f"must be a positive integer, got {value!r}")
         return value
 
-    def positive_number(self, where: str, value: Any) -> float:
-        if type(value) not in (int, float) or not 0 < value <= 60:
-            raise self.fail(where, f"must be a number of seconds in (0, 60], got {value!r}")
+    def positive_number(self, where: str, value: Any, high: float = 60) -> float:
+        if type(value) not in (int, float) or not 0 < value <= high:
+            raise self.fail(where, f"must be a number of seconds in (0, {high:g}], got {value!r}")
         return float(value)
+
+    def non_negative_int(self, where: str, value: Any) -> int:
+        if type(value) is not int or value < 0:
+            raise self.fail(where, f"must be a whole number of seconds >= 0, got {value!r}")
+        return value
+
+    def name_list(self, where: str, value: Any, what: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(where, f"must be a list of {what}, got {value!r}")
+        if len(set(value)) != len(value):
+            raise self.fail(where, f"lists a {what[:-1]} twice")
+        return tuple(value)
 
     def boolean(self, where: str, value: Any) -> bool:
         if type(value) is not bool:
@@ -270,7 +316,46 @@ class _Validator:
         condition, func = (None, None)
         if spec.get("condition") is not None:
             condition, func = self.condition(f"{where}.condition", spec["condition"])
-        return RouteSettings(path, ttl, vary_by, private, condition, func)
+        statuses: tuple[int, ...] = (200,)
+        if "statuses" in spec:
+            raw_statuses = spec["statuses"]
+            if not isinstance(raw_statuses, list) or not raw_statuses:
+                raise self.fail(
+                    f"{where}.statuses", f"must be a list of statuses, got {raw_statuses!r}"
+                )
+            for status in raw_statuses:
+                if type(status) is not int or status not in CACHEABLE_STATUSES:
+                    allowed = ", ".join(map(str, sorted(CACHEABLE_STATUSES)))
+                    raise self.fail(
+                        f"{where}.statuses",
+                        f"{status!r} cannot be cached by a shared cache (allowed: {allowed})",
+                    )
+            statuses = tuple(sorted(set(raw_statuses)))
+        negative_ttl = None
+        if spec.get("negative_ttl") is not None:
+            negative_ttl = self.positive_int(f"{where}.negative_ttl", spec["negative_ttl"])
+            if not {404, 410} & set(statuses):
+                raise self.fail(
+                    f"{where}.negative_ttl", "applies to 404 and 410: list one in statuses"
+                )
+        swr = self.non_negative_int(
+            f"{where}.stale_while_revalidate", spec.get("stale_while_revalidate", 0)
+        )
+        sie = self.non_negative_int(f"{where}.stale_if_error", spec.get("stale_if_error", 0))
+        ignore = self.name_list(f"{where}.ignore_params", spec.get("ignore_params"), "globs")
+        return RouteSettings(
+            path,
+            ttl,
+            vary_by,
+            private,
+            condition,
+            func,
+            statuses=statuses,
+            negative_ttl=negative_ttl,
+            stale_while_revalidate=swr,
+            stale_if_error=sie,
+            ignore_params=ignore,
+        )
 
     def settings(self, data: Any) -> Settings:
         if data is None:
@@ -332,6 +417,25 @@ class _Validator:
             ),
             expose_key_header=self.boolean(
                 "expose_key_header", data.get("expose_key_header", True)
+            ),
+            trusted_headers=tuple(
+                self.header_name("trusted_headers", name) or ""
+                for name in self.name_list(
+                    "trusted_headers", data.get("trusted_headers"), "header names"
+                )
+            ),
+            honor_request_no_cache=self.boolean(
+                "honor_request_no_cache", data.get("honor_request_no_cache", False)
+            ),
+            lock_timeout=self.positive_number(
+                "lock_timeout", data.get("lock_timeout", DEFAULT_LOCK_TIMEOUT), high=3600
+            ),
+            coalesce_wait=self.positive_number(
+                "coalesce_wait", data.get("coalesce_wait", DEFAULT_COALESCE_WAIT), high=600
+            ),
+            breaker_failures=self.positive_int("breaker_failures", data.get("breaker_failures", 5)),
+            breaker_cooldown=self.positive_number(
+                "breaker_cooldown", data.get("breaker_cooldown", 5.0), high=3600
             ),
             admin=admin,
             source=self.source,

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+from collections.abc import Callable
+
 from ._core.policy import CachePolicy, Resolver
 from ._core.rules import Rule
 from .config import Settings
 
 __all__ = ["build_policy"]
+
+
+def _compile_globs(globs: tuple[str, ...]) -> Callable[[str], object] | None:
+    """`utm_*`-style globs -> one compiled matcher, built once at startup."""
+    if not globs:
+        return None
+    return re.compile("|".join(fnmatch.translate(glob) for glob in globs)).match
 
 
 def build_policy(
@@ -22,6 +33,11 @@ def build_policy(
             vary_by=route.vary_by,
             private=route.private,
             condition=route.condition_func,
+            statuses=frozenset(route.statuses),
+            negative_ttl=route.negative_ttl,
+            stale_while_revalidate=route.stale_while_revalidate,
+            stale_if_error=route.stale_if_error,
+            ignored=_compile_globs(route.ignore_params),
         )
         for route in settings.routes
     )
@@ -32,6 +48,8 @@ def build_policy(
         user_header=settings.user_header,
         max_body_bytes=settings.max_body_bytes,
         expose_key=settings.expose_key_header,
+        trusted_headers=settings.trusted_headers,
+        honor_request_no_cache=settings.honor_request_no_cache,
         user_resolver=user_resolver,
         venue_resolver=venue_resolver,
     )

@@ -2,19 +2,33 @@
 
 `app.wsgi_app = WSGICacheMiddleware(app.wsgi_app, config="cache.yaml")`. Headers cross into the
 core as lower-case byte pairs (latin-1, as PEP 3333 defines them) and back out as str pairs.
+The flow is asgi.py's, with threads where that has tasks: coalescing waits on a
+`threading.Event`, a stale-while-revalidate refresh runs on a daemon thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
+from io import BytesIO
 from types import TracebackType
 from typing import Any
 
-from ._core.entry import CorruptEntry, decode_entry
-from ._core.policy import Bypass, Lookup, RequestView
+from ._core.entry import CachedResponse
+from ._core.policy import (
+    REFRESH_DROPPED,
+    Follow,
+    Found,
+    Invalidate,
+    Lookup,
+    NotFound,
+    RequestView,
+)
 from ._core.stats import Counters
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
@@ -29,6 +43,8 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 logger = logging.getLogger("cache_middleware")
+
+POLL_INTERVAL = 0.02  # how often a request waiting on another process's fill looks again
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
@@ -62,6 +78,8 @@ class _WsgiRequest:
         self.environ = environ
 
     def header(self, name: str) -> str | None:
+        if not name:
+            return None
         if name == "content-type":
             value = self.environ.get("CONTENT_TYPE")
         elif name == "content-length":
@@ -113,6 +131,10 @@ class WSGICacheMiddleware:
         )
         self.store = store if store is not None else make_sync_store(self.settings)
         self.stats = Counters()
+        self._lease_ms = int(self.settings.lock_timeout * 1000)
+        # Fills under way in this process: primary key -> set when the entry is (or is not) in.
+        self._fills: dict[str, threading.Event] = {}
+        self._fills_lock = threading.Lock()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         plan = self.policy.plan(
@@ -123,85 +145,284 @@ class WSGICacheMiddleware:
         )
         if plan is None:
             return self.app(environ, start_response)
-        if isinstance(plan, Bypass):
-            return self._bypass(environ, start_response)
-        return self._lookup(plan, environ, start_response)
+        if isinstance(plan, Lookup):
+            return self._lookup(plan, environ, start_response)
+        if isinstance(plan, Invalidate):
+            return self._invalidate(plan, environ, start_response)
+        return self._bypass(environ, start_response, plan.reason)
 
-    def _bypass(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    # -- the request paths ---------------------------------------------------------------------
+
+    def _bypass(
+        self, environ: Environ, start_response: StartResponse, reason: str
+    ) -> Iterable[bytes]:
         self.stats.bypasses += 1
         policy = self.policy
 
         def start_bypass(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            patched = _to_str(policy.bypass_headers(_to_bytes(headers)))
+            patched = _to_str(policy.bypass_headers(_to_bytes(headers), reason))
             return start_response(status, patched, exc_info)
 
         return self.app(environ, start_bypass)
 
+    def _invalidate(
+        self, plan: Invalidate, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        self.stats.bypasses += 1
+        policy, store, stats = self.policy, self.store, self.stats
+
+        def start_invalidating(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            # RFC 9111 §4.4: only a non-error answer means the resource changed. Dropped
+            # before the answer leaves, so a client that reads after writing sees it.
+            if exc_info is None and 200 <= _status_code(status) < 400:
+                try:
+                    store.delete_index(plan.index_key)
+                    stats.invalidations += 1
+                except StoreUnavailable:
+                    stats.errors += 1
+            patched = _to_str(policy.bypass_headers(_to_bytes(headers), "method"))
+            return start_response(status, patched, exc_info)
+
+        return self.app(environ, start_invalidating)
+
     def _lookup(
         self, plan: Lookup, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
-        try:
-            raw = self.store.get(plan.key)
-        except StoreUnavailable:
-            self.stats.errors += 1
-            return self._bypass(environ, start_response)
-        if raw is not None:
+        stale: CachedResponse | None = None
+        if not plan.refresh:
             try:
-                entry = decode_entry(raw)
-            except CorruptEntry as exc:
-                logger.warning("dropping unreadable cache entry %r: %s", plan.key, exc)
-                self._forget(plan.key)
-            else:
-                self.stats.hits += 1
-                headers = self.policy.respond_hit(plan, entry, time.time())
-                start_response(_status_line(entry.status), _to_str(headers))
-                return [b"" if plan.head else entry.body]
-        recorder = _MissRecorder(self, plan, start_response)
-        return recorder.run(self.app(environ, recorder.start_response))
+                found = self._read(plan)
+            except StoreUnavailable:
+                self.stats.errors += 1
+                return self._bypass(environ, start_response, "store-unavailable")
+            if isinstance(found, Found):
+                now = time.time()
+                state = self.policy.freshness(found.entry, now)
+                if state == "fresh":
+                    self.stats.hits += 1
+                    return self._replay(plan, found.entry, now, start_response)
+                if state == "stale-while-revalidate":
+                    # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
+                    self.stats.stale_hits += 1
+                    self._refresh_in_background(plan, environ)
+                    return self._replay(plan, found.entry, now, start_response, state)
+                if state == "stale-if-error":
+                    stale = found.entry
+        return self._fill(plan, environ, start_response, stale)
 
-    def _forget(self, key: str) -> None:
+    def _read(self, plan: Lookup) -> Found | NotFound:
+        """Read the entry for `plan`, following a Vary record to the request's variant."""
+        key, first = self.policy.first_key(plan), True
+        while True:
+            raw = self.store.get(key)
+            step = self.policy.on_read(plan, key, raw, first=first)
+            first = False
+            if isinstance(step, Follow):
+                key = step.key
+                continue
+            if isinstance(step, NotFound) and step.drop is not None:
+                self.store.delete(step.drop)
+            return step
+
+    def _replay(
+        self,
+        plan: Lookup,
+        entry: CachedResponse,
+        now: float,
+        start_response: StartResponse,
+        stale: str = "",
+    ) -> list[bytes]:
+        status, headers, body = self.policy.respond_hit(plan, entry, now, stale=stale)
+        start_response(_status_line(status), _to_str(headers))
+        return [body]
+
+    def _claim(self, key: str) -> threading.Event | None:
+        """Become this process's filler of `key` (returns None), or get the filler's event."""
+        with self._fills_lock:
+            event = self._fills.get(key)
+            if event is None:
+                self._fills[key] = threading.Event()
+            return event
+
+    def _release(self, key: str) -> None:
+        with self._fills_lock:
+            event = self._fills.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _fill(
+        self,
+        plan: Lookup,
+        environ: Environ,
+        start_response: StartResponse,
+        stale: CachedResponse | None,
+    ) -> Iterable[bytes]:
+        pending = self._claim(plan.key)
+        if pending is not None:
+            # Another thread of this process is filling the key: wait for its entry.
+            pending.wait(self.settings.coalesce_wait)
+            return self._after_wait(plan, environ, start_response, stale)
+        token = secrets.token_hex(16)
         try:
-            self.store.delete(key)
+            epoch = self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
+        except StoreUnavailable:
+            self._release(plan.key)
+            self.stats.errors += 1
+            return self._bypass(environ, start_response, "store-unavailable")
+        if epoch is None:
+            # Another process holds the lease: wait (bounded) for its entry.
+            try:
+                self._wait_remote(plan)
+            finally:
+                self._release(plan.key)
+            return self._after_wait(plan, environ, start_response, stale)
+        recorder = _MissRecorder(self, plan, start_response, token, epoch, stale)
+        return recorder.run(environ, on_done=lambda: self._release(plan.key))
+
+    def _wait_remote(self, plan: Lookup) -> None:
+        deadline = time.monotonic() + self.settings.coalesce_wait
+        while time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+            try:
+                value, locked = self.store.peek_fill(plan.key, plan.lock_key)
+            except StoreUnavailable:
+                return
+            if value is not None or not locked:
+                return
+
+    def _after_wait(
+        self,
+        plan: Lookup,
+        environ: Environ,
+        start_response: StartResponse,
+        stale: CachedResponse | None,
+    ) -> Iterable[bytes]:
+        """After another request's fill: its entry if it serves this request, else the app."""
+        try:
+            found: Found | NotFound | None = self._read(plan)
+        except StoreUnavailable:
+            found = None
+        now = time.time()
+        if isinstance(found, Found) and self.policy.freshness(found.entry, now) == "fresh":
+            self.stats.coalesced += 1
+            self.stats.hits += 1
+            return self._replay(plan, found.entry, now, start_response)
+        # Not storable, another variant, or the wait ran out: answer without storing.
+        recorder = _MissRecorder(self, plan, start_response, None, 0, stale)
+        return recorder.run(environ)
+
+    # -- stale-while-revalidate ----------------------------------------------------------------
+
+    def _refresh_in_background(self, plan: Lookup, environ: Environ) -> None:
+        if self._claim(plan.key) is not None:
+            return  # this process is already filling it
+        # A plain GET of the full response: the client's validators and ranges stay behind.
+        dropped = {"HTTP_" + name.upper().replace("-", "_") for name in REFRESH_DROPPED}
+        copy = {
+            k: v
+            for k, v in environ.items()
+            if (not k.startswith("wsgi.") or k in _WSGI_KEEP) and k not in dropped
+        }
+        copy.update({"REQUEST_METHOD": "GET", "CONTENT_LENGTH": "0", "wsgi.input": BytesIO()})
+        thread = threading.Thread(
+            target=self._refresh, args=(plan, copy), name="cache-refresh", daemon=True
+        )
+        thread.start()
+
+    def _refresh(self, plan: Lookup, environ: Environ) -> None:
+        try:
+            token = secrets.token_hex(16)
+            epoch = self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
+            if epoch is None:
+                return  # another process is refreshing it: exactly one refresh per entry
+            recorder = _MissRecorder(
+                self, dataclasses.replace(plan, head=False), _ignore_start, token, epoch, None
+            )
+            for _ in recorder.run(environ):
+                pass
         except StoreUnavailable:
             self.stats.errors += 1
+        except Exception:
+            logger.exception("background refresh of %r failed", plan.key)
+        finally:
+            self._release(plan.key)
+
+
+_WSGI_KEEP = frozenset(
+    {"wsgi.url_scheme", "wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once"}
+)
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _ignore_start(
+    status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+) -> Callable[[bytes], object]:
+    return lambda data: None
 
 
 class _MissRecorder:
-    """Passes the app's response through, keeping a copy of a storable body."""
+    """Runs the app and passes its response through, keeping a copy of a storable body; with a
+    lease, stores it at the end. With a stale entry, an app error or 5xx is replaced by the
+    stale entry (RFC 5861 §4, stale-if-error)."""
 
     def __init__(
-        self, mw: WSGICacheMiddleware, plan: Lookup, start_response: StartResponse
+        self,
+        mw: WSGICacheMiddleware,
+        plan: Lookup,
+        start_response: StartResponse,
+        token: str | None,
+        epoch: int,
+        stale: CachedResponse | None,
     ) -> None:
         self.mw = mw
         self.plan = plan
         self.downstream = start_response
+        self.token = token
+        self.epoch = epoch
+        self.stale = stale
+        self.suppressed = False
         self.recording = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.size = 0
+        self.start: Any = None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
-        try:
-            self.status = int(status.split(" ", 1)[0])
-        except ValueError:
-            self.status = 0
+        mw = self.mw
+        self.status = _status_code(status)
+        if self.stale is not None and self.status >= 500:
+            self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+            return lambda data: None
         self.headers = _to_bytes(headers)
-        decision = self.mw.policy.start_miss(self.plan, self.status, self.headers)
+        decision = mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
+        self.start = decision
+        if decision.store and self.token is None:
+            # Answered for this request only (a coalesced wait ran out, say): not stored.
+            decision.headers = mw.policy.bypass_headers(self.headers, "not-leader")
+            decision.store = False
         # An exc_info call replaces an earlier start: only the final response may be stored.
         self.recording = decision.store and exc_info is None
+        self.body.clear()
+        self.size = 0
         if exc_info is None:
             # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
             if decision.store:
-                self.mw.stats.misses += 1
+                mw.stats.misses += 1
             else:
-                self.mw.stats.bypasses += 1
-        self.body.clear()
-        self.size = 0
+                mw.stats.bypasses += 1
         write = self.downstream(status, _to_str(decision.headers), exc_info)
 
         def write_through(data: bytes) -> object:
@@ -220,27 +441,64 @@ class _MissRecorder:
         elif chunk:
             self.body.append(bytes(chunk))
 
-    def run(self, result: Iterable[bytes]) -> Iterator[bytes]:
+    def run(self, environ: Environ, on_done: Callable[[], None] | None = None) -> Iterator[bytes]:
+        """The response body; the lease is settled (stored or released) however it ends."""
+        stored = False
         try:
-            for chunk in result:
-                self._record(chunk)
-                yield chunk
+            try:
+                result = self.mw.app(environ, self.start_response)
+            except Exception:
+                if self.stale is None:
+                    raise
+                self.suppressed = True  # the app failed before answering: serve stale
+                result = []
+            try:
+                for chunk in result:
+                    if self.suppressed:
+                        continue
+                    self._record(chunk)
+                    yield chunk
+            except Exception:
+                if not self.suppressed:
+                    raise
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            if self.suppressed:
+                assert self.stale is not None
+                self.mw.stats.stale_hits += 1
+                yield from self.mw._replay(
+                    self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
+                )
+                return
+            # Reached only when the server consumed the whole body (not on a disconnect).
+            if self.recording and self.token is not None:
+                stored = self._store()
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        # Reached only when the server consumed the whole body (not on a client disconnect).
-        if self.recording:
-            self._store()
+            if self.token is not None and not stored:
+                try:
+                    self.mw.store.release_fill(self.plan.lock_key, self.token)
+                except StoreUnavailable:
+                    self.mw.stats.errors += 1
+            if on_done is not None:
+                on_done()
 
-    def _store(self) -> None:
+    def _store(self) -> bool:
         mw = self.mw
-        record = mw.policy.encode_miss(
-            self.plan, self.status, self.headers, b"".join(self.body), time.time()
+        assert self.token is not None
+        writes, lifetime = mw.policy.miss_writes(
+            self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
         )
         try:
-            mw.store.set(self.plan.key, record, self.plan.rule.ttl)
+            ok = mw.store.store_fill(
+                self.plan.lock_key, self.token, self.epoch, writes, self.plan.index_key, lifetime
+            )
         except StoreUnavailable:
             mw.stats.errors += 1
-            return
-        mw.stats.stores += 1
+            return False
+        if ok:
+            mw.stats.stores += 1
+        else:
+            mw.stats.lost_leases += 1  # invalidated while the app was answering: not written
+        return True

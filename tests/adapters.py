@@ -56,6 +56,8 @@ def respond(
         status = 500
     elif tail == "created":
         status = 201
+    elif tail == "fragile" and method not in ("GET", "HEAD"):
+        status = 409  # a write the app refuses: nothing changed
     if tail == "big":
         return status, headers, [body, b"x" * BIG, b"y" * BIG, b"z" * BIG]
     return status, headers, [body]

@@ -13,8 +13,10 @@ from cache_middleware._core.entry import (
     MAGIC,
     CachedResponse,
     CorruptEntry,
+    VaryRecord,
     decode_entry,
     encode_entry,
+    encode_vary,
 )
 
 ENTRY = CachedResponse(200, [(b"content-type", b"application/json")], b'{"a":1}', 1700000000.5, 600)
@@ -22,6 +24,11 @@ ENTRY = CachedResponse(200, [(b"content-type", b"application/json")], b'{"a":1}'
 
 def test_round_trip() -> None:
     assert decode_entry(encode_entry(ENTRY)) == ENTRY
+    stale = CachedResponse(404, [], b"", 1.0, 30, stale_while_revalidate=5, stale_if_error=60)
+    assert decode_entry(encode_entry(stale)) == stale
+    assert decode_entry(encode_vary(("accept-language", "origin"))) == VaryRecord(
+        ("accept-language", "origin")
+    )
 
 
 @pytest.mark.parametrize(
@@ -33,6 +40,12 @@ def test_round_trip() -> None:
         MAGIC,
         MAGIC + b"\xc1",
         MAGIC + msgpack.packb([200, [], b"x", 1.0]),
+        MAGIC + msgpack.packb([200, [], b"x", 1.0, 5]),  # format 1's shape under format 2
+        MAGIC + msgpack.packb([200, [], b"x", 1.0, 5, -1, 0]),
+        b"CMR\x01" + msgpack.packb([200, [], b"x", 1.0, 5]),  # an older format: a MISS
+        b"CMY\x01" + msgpack.packb([["ok", 3]]),
+        b"CMY\x01" + msgpack.packb([[]]),
+        b"CMY\x01" + msgpack.packb([["a"]]) + b"trailing",
         MAGIC + msgpack.packb(["200", [], b"x", 1.0, 5]),
         MAGIC + msgpack.packb([200, [["a", "b"]], b"x", 1.0, 5]),
         MAGIC + msgpack.packb([200, [[b"a"]], b"x", 1.0, 5]),

@@ -20,7 +20,7 @@ CONFIG: dict[str, Any] = {
     "routes": {
         "/api": {"ttl": 60},
         "/api/me": {"ttl": 3600, "private": True},
-        "/api/search": {"ttl": 300, "vary_by": ["q", "category"]},
+        "/api/search": {"ttl": 300, "vary_by": ["q", "category"], "ignore_params": ["utm_*"]},
         "/api/reports": {"ttl": 60, "condition": "tests.helpers.conditions:only_without_nocache"},
     },
 }
@@ -54,6 +54,8 @@ CASES: dict[str, list[Step]] = {
         ("GET", "/api/search?q=b", H, "MISS", 2, 200),
         ("GET", "/api/search?category=c&q=a", H, "MISS", 3, 200),
         ("GET", "/api/search?q=a&category=c", H, "HIT", 3, 200),
+        # A parameter neither listed nor ignored could change the answer: not keyable.
+        ("GET", "/api/search?q=a&page=2", H, "BYPASS", 4, 200),
     ],
     "unmatched-paths-untouched": [
         ("GET", "/other", H, None, 1, 200),
@@ -65,12 +67,25 @@ CASES: dict[str, list[Step]] = {
         ("GET", "/api/events/42", H, "HIT", 1, 200),
         ("GET", "/api/events/43", H, "MISS", 2, 200),
     ],
-    "unsafe-methods-bypass": [
+    "unsafe-methods-invalidate-the-path": [
         ("POST", "/api/events", H, "BYPASS", 1, 200),
         ("GET", "/api/events", H, "MISS", 2, 200),
-        ("PUT", "/api/events", H, "BYPASS", 3, 200),
-        ("DELETE", "/api/events", H, "BYPASS", 4, 200),
+        ("GET", "/api/events?page=2", H, "MISS", 3, 200),
+        ("GET", "/api/events/7", H, "MISS", 4, 200),
         ("GET", "/api/events", H, "HIT", 2, 200),
+        ("PUT", "/api/events", H, "BYPASS", 5, 200),
+        ("GET", "/api/events", H, "MISS", 6, 200),
+        ("GET", "/api/events?page=2", H, "MISS", 7, 200),
+        ("GET", "/api/events/7", H, "HIT", 4, 200),  # another path: untouched
+        ("OPTIONS", "/api/events", H, "BYPASS", 8, 200),
+        ("GET", "/api/events", H, "HIT", 6, 200),
+    ],
+    "failed-unsafe-method-invalidates-nothing": [
+        ("GET", "/api/fragile", H, "MISS", 1, 200),
+        ("DELETE", "/api/fragile", H, "BYPASS", 2, 409),
+        ("GET", "/api/fragile", H, "HIT", 1, 200),
+        ("POST", "/api/fragile", H, "BYPASS", 3, 409),
+        ("GET", "/api/fragile", H, "HIT", 1, 200),
     ],
     "set-cookie-never-stored": [
         ("GET", "/api/cookie", H, "BYPASS", 1, 200),
@@ -92,9 +107,14 @@ CASES: dict[str, list[Step]] = {
         ("GET", "/api/vary-star", H, "BYPASS", 1, 200),
         ("GET", "/api/vary-star", H, "BYPASS", 2, 200),
     ],
-    "vary-header-not-keyed-yet": [
-        ("GET", "/api/vary-lang", {"Accept-Language": "fr"}, "BYPASS", 1, 200),
-        ("GET", "/api/vary-lang", {"Accept-Language": "de"}, "BYPASS", 2, 200),
+    "vary-header-keys-variants": [
+        ("GET", "/api/vary-lang", {"Accept-Language": "fr"}, "MISS", 1, 200),
+        ("GET", "/api/vary-lang", {"Accept-Language": "de"}, "MISS", 2, 200),
+        ("GET", "/api/vary-lang", H, "MISS", 3, 200),
+        ("GET", "/api/vary-lang", {"Accept-Language": "fr"}, "HIT", 1, 200),
+        ("GET", "/api/vary-lang", {"Accept-Language": "de"}, "HIT", 2, 200),
+        ("GET", "/api/vary-lang", H, "HIT", 3, 200),
+        ("GET", "/api/vary-lang", {"Accept-Language": ""}, "MISS", 4, 200),
     ],
     "event-stream": [
         ("GET", "/api/sse", H, "BYPASS", 1, 200),

@@ -13,7 +13,8 @@ P = "gateway:response"
 
 
 def test_seed_layout() -> None:
-    pairs = query_pairs("q=rock&category=music&page=2", ("q", "category"))
+    pairs = query_pairs("category=music&q=rock", ("q", "category"))
+    assert pairs is not None
     key = build_key(P, "GET", "/api/search", pairs, "u1", "v9")
     assert key == "gateway:response:GET:/api/search:q:rock:category:music:user:u1:venue:v9"
 
@@ -32,18 +33,28 @@ def test_seed_display_key() -> None:
         ("b=1&a=2", None, [("a", "2"), ("b", "1")]),
         # Repeated names keep request order: an app may treat ?a=1&a=2 and ?a=2&a=1 differently.
         ("a=2&b=0&a=1", None, [("a", "2"), ("a", "1"), ("b", "0")]),
-        ("q=x&utm=1&category=c", ("q", "category"), [("q", "x"), ("category", "c")]),
+        # With vary_by, an unlisted parameter makes the request unkeyable (None).
+        ("q=x&utm=1&category=c", ("q", "category"), None),
         ("category=c&q=x", ("q", "category"), [("q", "x"), ("category", "c")]),
         ("q=", ("q",), [("q", "")]),
-        ("other=1", ("q",), []),
+        ("other=1", ("q",), None),
         # `;` is not a separator (Python >= 3.10, as Starlette and werkzeug read it).
         ("a=1;b=2", None, [("a", "1;b=2")]),
     ],
 )
 def test_query_pairs(
-    query: str, vary_by: tuple[str, ...] | None, expected: list[tuple[str, str]]
+    query: str, vary_by: tuple[str, ...] | None, expected: list[tuple[str, str]] | None
 ) -> None:
     assert query_pairs(query, vary_by) == expected
+
+
+def test_ignored_params_never_reach_the_key() -> None:
+    def ignored(name: str) -> bool:
+        return name.startswith("utm_")
+
+    assert query_pairs("utm_source=x&q=a&utm_medium=y", ("q",), ignored) == [("q", "a")]
+    assert query_pairs("utm_source=x&b=1", None, ignored) == [("b", "1")]
+    assert query_pairs("utm_source=x&page=1", ("q",), ignored) is None
 
 
 def test_page_two_is_not_page_one() -> None:
@@ -95,7 +106,7 @@ def test_identity_glob_matches_only_its_own_venue() -> None:
     assert not pattern.match(forged)
 
 
-_ATOMS = [*"ab:%*?[]\\ /u=&\x00é", "user", "venue", "%75ser", "%u", "\udcff", "\ud800", "\udfff"]
+_ATOMS = [*"ab:%*?[]\\ /u=&\x00é", "user", "venue", "vary", "%75ser", "%u", "\udcff", "\ud800", "\udfff"]
 components = st.lists(st.sampled_from(_ATOMS), max_size=6).map("".join)
 requests = st.tuples(
     st.sampled_from(["GET", "HEAD"]),
@@ -132,6 +143,7 @@ def parse_key(key: str) -> tuple:  # type: ignore[type-arg]
     pairs, user, venue = [], None, None
     while rest:
         marker, value, rest = rest[0], _unescape(rest[1]), rest[2:]
+        assert marker != "vary", "build_key never writes a variant section"
         if marker == "user":
             user = value
         elif marker == "venue":

@@ -4,11 +4,16 @@ The `store` fixture (in the style of cashews' `raw_backend`) builds each backend
 sync `MemoryStore`, `AsyncMemoryStore`, `RedisStore` and `AsyncRedisStore` over fakeredis, and
 `RedisStore` and `AsyncRedisStore` over the real Redis — and hands the test the same awaitable
 face, so one test body checks them all. Every key lives under the test's own `prefix`.
+
+The fill, index and epoch operations run through the same fixture in tests/test_storage_fill.py.
+fakeredis runs the stores' Lua scripts through `lupa`; without it the fakeredis params are
+skipped, never the real-Redis ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import socket
 import time
@@ -17,26 +22,74 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from cache_middleware._core.globs import escape_glob
 from cache_middleware.errors import StoreUnavailable
 from cache_middleware.storage import AsyncMemoryStore, MemoryStore
-from cache_middleware.storage.base import SCAN_BATCH
+from cache_middleware.storage.base import SCAN_BATCH, Write
+from cache_middleware.storage.health import CircuitBreaker
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_sync import RedisStore
 from tests.conftest import FakeAsyncRedisStore, fake_sync_store
 
 STORE_LOGGER = "cache_middleware.storage"
+BREAKER_LOGGER = "cache_middleware.storage.breaker"
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
+
+
+class Inspector:
+    """Looks at a backend's raw state (TTLs, index sets) beside the store under test."""
+
+    def __init__(self, *, memory: MemoryStore | None = None, client: Any = None) -> None:
+        self.memory = memory
+        self.client = client  # a sync redis-py or fakeredis client on the same data
+
+    def pttl(self, key: str) -> int | None:
+        """Milliseconds `key` (an entry, a lease or an index) has left; None when absent."""
+        if self.memory is not None:
+            left = self.memory.ttl(key)
+            if left is None or left <= 0:
+                left = self.memory.index_ttl(key)
+            return None if left is None or left <= 0 else round(left * 1000)
+        ms = int(self.client.pttl(key))
+        assert ms != -1, f"{key} has no TTL"
+        return None if ms == -2 else ms
+
+    def members(self, index_key: str) -> set[str] | None:
+        if self.memory is not None:
+            found = self.memory.index_members(index_key)
+            return None if found is None else set(found)
+        raw = self.client.smembers(index_key)
+        return {m.decode() for m in raw} or None  # Redis has no empty sets: absent
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
 
 class Store:
     """An awaitable face over a sync or an async store, so one test body runs for both."""
 
-    def __init__(self, raw: Any, *, kind: str, is_async: bool) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        *,
+        kind: str,
+        is_async: bool,
+        inspector: Inspector | None = None,
+        twin: Callable[[], Any] | None = None,
+    ) -> None:
         self.raw = raw
         self.kind = kind  # "memory" | "fakeredis" | "redis"
         self.is_async = is_async
+        self.inspect = inspector if inspector is not None else Inspector()
+        self._twin = twin
+
+    def twin(self) -> Store:
+        """Another store instance on the same data: another process, as far as leases go."""
+        assert self._twin is not None
+        return Store(self._twin(), kind=self.kind, is_async=self.is_async, inspector=self.inspect)
 
     async def _call(self, method: str, *args: Any) -> Any:
         result = getattr(self.raw, method)(*args)
@@ -63,6 +116,46 @@ class Store:
         ok: bool = await self._call("ping")
         return ok
 
+    async def epoch(self) -> int:
+        value: int = await self._call("epoch")
+        return value
+
+    async def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None:
+        epoch: int | None = await self._call("acquire_fill", lock_key, token, ttl_ms, index_key)
+        return epoch
+
+    async def store_fill(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_key: str | None = None,
+        index_ttl: int = 0,
+    ) -> bool:
+        ok: bool = await self._call(
+            "store_fill", lock_key, token, epoch, writes, index_key, index_ttl
+        )
+        return ok
+
+    async def release_fill(self, lock_key: str, token: str) -> None:
+        await self._call("release_fill", lock_key, token)
+
+    async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
+        found: tuple[bytes | None, bool] = await self._call("peek_fill", key, lock_key)
+        return found
+
+    async def set_indexed(
+        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
+    ) -> None:
+        await self._call("set_indexed", key, value, ttl, index_key, index_ttl)
+
+    async def delete_index(self, index_key: str) -> int:
+        count: int = await self._call("delete_index", index_key)
+        return count
+
     async def close(self) -> None:
         await self._call("aclose" if self.is_async else "close")
 
@@ -78,19 +171,36 @@ STORE_IDS = [
 REDIS_IDS = [name for name in STORE_IDS if "redis" in name]
 
 
+def _lua_in_fakeredis() -> bool:
+    return importlib.util.find_spec("lupa") is not None  # fakeredis runs EVAL through it
+
+
 def _build(name: str, request: pytest.FixtureRequest, fake_server: fakeredis.FakeServer) -> Store:
     kind, mode = name.split("-")
     is_async = mode == "async"
-    raw: Any
+    make: Callable[[], Any]
     if kind == "memory":
-        raw = AsyncMemoryStore() if is_async else MemoryStore()
+        shared = MemoryStore()
+        make = (lambda: AsyncMemoryStore(shared)) if is_async else (lambda: shared)
+        inspector = Inspector(memory=shared)
     elif kind == "fakeredis":
-        raw = FakeAsyncRedisStore(fake_server) if is_async else fake_sync_store(fake_server)
+        if not _lua_in_fakeredis():
+            # Deletions are Lua scripts (they bump the invalidation epoch in the same step).
+            pytest.skip("fakeredis needs `lupa` to run the stores' Lua scripts: pip install lupa")
+
+        def make() -> Any:
+            return FakeAsyncRedisStore(fake_server) if is_async else fake_sync_store(fake_server)
+
+        inspector = Inspector(client=fakeredis.FakeRedis(server=fake_server))
     else:
         url = request.getfixturevalue("redis_url")  # skips, or fails under CI, without Redis
-        # A generous timeout: these tests check the contract, not the timeout (tested below).
-        raw = AsyncRedisStore(url, timeout=2.0) if is_async else RedisStore(url, timeout=2.0)
-    return Store(raw, kind=kind, is_async=is_async)
+
+        def make() -> Any:
+            # A generous timeout: these tests check the contract, not the timeout (tested below).
+            return AsyncRedisStore(url, timeout=2.0) if is_async else RedisStore(url, timeout=2.0)
+
+        inspector = Inspector(client=redis.Redis.from_url(url))
+    return Store(make(), kind=kind, is_async=is_async, inspector=inspector, twin=make)
 
 
 @pytest.fixture(params=STORE_IDS)
@@ -100,6 +210,7 @@ async def store(
     facade = _build(request.param, request, fake_server)
     yield facade
     await facade.close()
+    facade.inspect.close()
 
 
 @pytest.fixture(params=REDIS_IDS)
@@ -109,6 +220,7 @@ async def redis_store(
     facade = _build(request.param, request, fake_server)
     yield facade
     await facade.close()
+    facade.inspect.close()
 
 
 K = Callable[..., str]
@@ -420,17 +532,28 @@ def silent_url() -> Iterator[str]:
         yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-OPS = {
+OPS: dict[str, tuple[Any, ...]] = {
     "get": ("get", "k"),
     "set": ("set", "k", b"v", 60),
     "delete": ("delete", "k"),
     "delete_matching": ("delete_matching", "k*"),
     "ping": ("ping",),
+    "epoch": ("epoch",),
+    "acquire_fill": ("acquire_fill", "lk", "t", 1000),
+    "store_fill": ("store_fill", "lk", "t", 0, [("k", b"v", 60)], "ix", 60),
+    "release_fill": ("release_fill", "lk", "t"),
+    "peek_fill": ("peek_fill", "k", "lk"),
+    "set_indexed": ("set_indexed", "k", b"v", 60, "ix", 60),
+    "delete_index": ("delete_index", "ix"),
 }
 
 
-def _dead(url: str, is_async: bool) -> Store:
-    raw = AsyncRedisStore(url, timeout=0.1) if is_async else RedisStore(url, timeout=0.1)
+def _dead(url: str, is_async: bool, **kwargs: Any) -> Store:
+    raw: Any
+    if is_async:
+        raw = AsyncRedisStore(url, timeout=0.1, **kwargs)
+    else:
+        raw = RedisStore(url, timeout=0.1, **kwargs)
     return Store(raw, kind="redis", is_async=is_async)
 
 
@@ -462,13 +585,19 @@ async def test_hung_redis_times_out_quickly(silent_url: str, mode: str, op: str)
         await store.close()
 
 
-def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == STORE_LOGGER and r.levelno == level]
+def _records(
+    caplog: pytest.LogCaptureFixture, level: int, name: str = STORE_LOGGER
+) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == name and r.levelno == level]
 
 
+@pytest.mark.parametrize("breaker", ["breaker-off", "breaker-on"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_outage_is_logged_once(mode: str, caplog: pytest.LogCaptureFixture) -> None:
-    store = _dead("redis://app:s3cret@127.0.0.1:1/0", mode == "async")
+async def test_outage_is_logged_once(
+    mode: str, breaker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = 0 if breaker == "breaker-off" else 5
+    store = _dead("redis://app:s3cret@127.0.0.1:1/0", mode == "async", breaker_failures=failures)
     caplog.set_level(logging.INFO, logger=STORE_LOGGER)
     try:
         for _ in range(5):
@@ -477,13 +606,25 @@ async def test_outage_is_logged_once(mode: str, caplog: pytest.LogCaptureFixture
                     await getattr(store, method)(*args)
     finally:
         await store.close()
+    calls = 5 * len(OPS)
     warnings = _records(caplog, logging.WARNING)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "unavailable" in warnings[0].getMessage()
     assert "s3cret" not in caplog.text  # the password never reaches the logs
-    assert store.raw.monitor.failures == 5 * len(OPS)
     assert store.raw.monitor.down is True
     assert _records(caplog, logging.INFO) == []
+    opened = _records(caplog, logging.WARNING, BREAKER_LOGGER)
+    if failures:
+        # The breaker opened after `failures` tries; every later call was refused without I/O.
+        assert store.raw.monitor.failures == failures
+        assert store.raw.breaker.rejected == calls - failures
+        assert store.raw.breaker.state == "open"
+        assert len(opened) == 1
+        assert "circuit breaker open" in opened[0].getMessage()
+    else:
+        assert store.raw.monitor.failures == calls
+        assert store.raw.breaker.state == "closed"
+        assert opened == []
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -493,6 +634,9 @@ async def test_recovery_is_logged_once_and_a_new_outage_again(
     """fakeredis' `server.connected = False` makes every command fail with ConnectionError, as
     a Redis that went away would; setting it back brings the same server (and data) back."""
     raw: Any = FakeAsyncRedisStore(fake_server) if mode == "async" else fake_sync_store(fake_server)
+    # The breaker would refuse calls after five failures; this test is about the outage log
+    # alone (the breaker's recovery is tested in tests/test_breaker.py).
+    raw.breaker = CircuitBreaker("fake", failures=0)
     store = Store(raw, kind="fakeredis", is_async=mode == "async")
     caplog.set_level(logging.INFO, logger=STORE_LOGGER)
     try:

@@ -1,21 +1,37 @@
-"""A stored response and its versioned msgpack codec.
+"""A stored response (or a Vary record) and its versioned msgpack codec.
 
-Wire format: the 4 magic bytes `CMR\\x01` (format version 1), then a msgpack array
-`[status, [[name, value], ...], body, stored_at, ttl]`. Anything else under a key (another
-program's value, a truncated write, a future format) decodes to `CorruptEntry`, which the
-adapters treat as a MISS and delete. Unpacking is bounded: no container or byte string may
-claim more than the input holds, and the header list is capped.
+Wire format: 4 magic bytes, then a msgpack array.
+
+* `CMR\\x02` + `[status, [[name, value], ...], body, stored_at, ttl, swr, sie]`: a response,
+  fresh for `ttl` seconds after `stored_at`, then usable stale for `swr` seconds while it is
+  refreshed in the background and for `sie` seconds when the app fails (RFC 5861).
+* `CMY\\x01` + `[[header-name, ...]]`: a Vary record. It sits at a response's primary key and
+  names the request headers its variants are keyed by (RFC 9111 §4.1).
+
+Anything else under a key (another program's value, a truncated write, an older or newer
+format) decodes to `CorruptEntry`, which the adapters treat as a MISS and delete. Unpacking is
+bounded: no byte string may claim more than the input holds, and lists are capped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
-__all__ = ["MAGIC", "CachedResponse", "CorruptEntry", "decode_entry", "encode_entry"]
+__all__ = [
+    "MAGIC",
+    "CachedResponse",
+    "CorruptEntry",
+    "VaryRecord",
+    "decode_entry",
+    "encode_entry",
+    "encode_vary",
+]
 
-MAGIC = b"CMR\x01"
+MAGIC = b"CMR\x02"
+VARY_MAGIC = b"CMY\x01"
 MAX_HEADERS = 256
 
 
@@ -30,6 +46,13 @@ class CachedResponse:
     body: bytes
     stored_at: float
     ttl: int
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VaryRecord:
+    names: tuple[str, ...]
 
 
 def encode_entry(entry: CachedResponse) -> bytes:
@@ -40,49 +63,77 @@ def encode_entry(entry: CachedResponse) -> bytes:
             entry.body,
             entry.stored_at,
             entry.ttl,
+            entry.stale_while_revalidate,
+            entry.stale_if_error,
         ],
         use_bin_type=True,
     )
     return MAGIC + packed
 
 
-def decode_entry(data: bytes) -> CachedResponse:
-    if not data.startswith(MAGIC):
-        raise CorruptEntry("not a cache-middleware entry (bad magic or version)")
+def encode_vary(names: tuple[str, ...]) -> bytes:
+    packed: bytes = msgpack.packb([list(names)], use_bin_type=True)
+    return VARY_MAGIC + packed
+
+
+def _unpack(data: bytes, offset: int) -> Any:
     size = len(data)
     try:
-        raw = msgpack.unpackb(
-            memoryview(data)[len(MAGIC) :],
+        return msgpack.unpackb(
+            memoryview(data)[offset:],
             raw=False,
             use_list=True,
             strict_map_key=True,
             max_bin_len=size,
             max_str_len=size,
-            max_array_len=max(MAX_HEADERS, 8),
+            max_array_len=MAX_HEADERS,
             max_map_len=0,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises a zoo of types for bad input
         raise CorruptEntry(f"undecodable entry: {exc.__class__.__name__}") from exc
-    try:
-        status, headers, body, stored_at, ttl = raw
-        if not (
-            type(status) is int
-            and 100 <= status <= 999
-            and isinstance(body, bytes)
-            and isinstance(stored_at, (int, float))
-            and type(ttl) is int
-            and isinstance(headers, list)
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def decode_entry(data: bytes) -> CachedResponse | VaryRecord:
+    if data.startswith(VARY_MAGIC):
+        raw = _unpack(data, len(VARY_MAGIC))
+        if (
+            isinstance(raw, list)
+            and len(raw) == 1
+            and isinstance(raw[0], list)
+            and raw[0]
+            and all(isinstance(name, str) and name for name in raw[0])
         ):
-            raise CorruptEntry("entry fields have the wrong types")
-        pairs: list[tuple[bytes, bytes]] = []
-        for pair in headers:
-            name, value = pair
-            if not (isinstance(name, bytes) and isinstance(value, bytes)):
-                raise CorruptEntry("header is not a pair of byte strings")
-            pairs.append((name, value))
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, CorruptEntry):
-            raise
-        raise CorruptEntry("entry has the wrong shape") from exc
-    return CachedResponse(status, pairs, body, float(stored_at), ttl)
+            return VaryRecord(tuple(raw[0]))
+        raise CorruptEntry("vary record has the wrong shape")
+    if not data.startswith(MAGIC):
+        raise CorruptEntry("not a cache-middleware entry (bad magic or version)")
+    raw = _unpack(data, len(MAGIC))
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise CorruptEntry("entry has the wrong shape")
+    status, headers, body, stored_at, ttl, swr, sie = raw
+    if not (
+        _is_int(status, 100, 999)
+        and isinstance(body, bytes)
+        and type(stored_at) in (int, float)
+        and _is_int(ttl, 0, 2**31)
+        and _is_int(swr, 0, 2**31)
+        and _is_int(sie, 0, 2**31)
+        and isinstance(headers, list)
+    ):
+        raise CorruptEntry("entry fields have the wrong types")
+    pairs: list[tuple[bytes, bytes]] = []
+    for pair in headers:
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], bytes)
+            and isinstance(pair[1], bytes)
+        ):
+            raise CorruptEntry("header is not a pair of byte strings")
+        pairs.append((pair[0], pair[1]))
+    return CachedResponse(status, pairs, body, float(stored_at), ttl, swr, sie)

@@ -11,10 +11,15 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "HOP_BY_HOP",
     "HeaderList",
+    "connection_listed",
+    "delta_seconds",
     "get_header",
     "has_header",
     "parse_cache_control",
+    "parse_etag_list",
+    "parse_http_date",
     "vary_names",
+    "weak_match",
 ]
 
 HeaderList = Sequence[tuple[bytes, bytes]]
@@ -103,3 +108,56 @@ def vary_names(value: bytes | None) -> list[bytes]:
     if not value:
         return []
     return [item.lower() for item in _split_list(value)]
+
+
+def connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names a `Connection` header lists: hop-by-hop as well (RFC 9110 §7.6.1)."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(token.lower() for token in _split_list(value))
+    return listed
+
+
+def parse_etag_list(value: bytes | None) -> list[bytes] | None:
+    """An If-None-Match value as a list of entity-tags; `[b"*"]` for `*`; None when absent.
+
+    Tags keep their quotes; the weak prefix is kept so callers can compare weakly.
+    """
+    if value is None:
+        return None
+    return [item for item in _split_list(value) if item]
+
+
+def weak_match(a: bytes, b: bytes) -> bool:
+    """RFC 9110 §8.8.3.2 weak comparison: opaque tags equal, weakness ignored."""
+    return a.removeprefix(b"W/") == b.removeprefix(b"W/")
+
+
+def parse_http_date(value: bytes | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7) as a POSIX timestamp, or None when absent or invalid."""
+    if not value:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        parsed = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None  # RFC 9110 dates are always GMT; a date without a zone is not one
+    return parsed.timestamp()
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """A Cache-Control delta-seconds argument (RFC 9111 §1.2.2), or None when unusable.
+
+    Digits only; values too large for 31 bits are capped at 2**31 as the RFC says; a negative,
+    empty, quoted-garbage or non-ASCII value is unusable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        return None
+    return min(int(value[:12]), 2**31)

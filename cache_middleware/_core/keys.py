@@ -12,15 +12,19 @@ Contract (documented in docs/keys.md):
   surrogate (as `%uD800`), so that every key is valid UTF-8. Since `%` itself is encoded and
   every escape begins with `%`, escaping is injective; since no escaped component contains `:`, the
   components of a key can be read back unambiguously.
-* Query parameter *names* `user` and `venue` are written `%75ser` and `%76enue` (an encoding
-  `escape_component` never produces for them), so a parameter can never pose as an identity
-  segment: `/api/me?user=alice` is not alice's private entry.
+* Query parameter *names* `user`, `venue` and `vary` are written `%75ser`, `%76enue` and
+  `%76ary` (an encoding `escape_component` never produces for them), so a parameter can never
+  pose as an identity or variant segment: `/api/me?user=alice` is not alice's private entry.
+* A response that varies on request headers is stored under its variant key,
+  `{key}:vary:{header}:{value}...` (see `variant_key`), with a record at `{key}` naming them.
+* Fill locks and path indexes use the method positions `LOCK` and `IDX`, which no entry has.
 * Without `vary_by` every query parameter is keyed, sorted by name with repeated names kept in
   their original order; with `vary_by` only the listed names are keyed, in the listed order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 __all__ = ["build_key", "display_key", "escape_component", "query_pairs"]
@@ -34,7 +38,9 @@ _ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
 # every key is valid UTF-8 and still injective: `%u` never starts any other escape.
 _ESCAPED.update({i: f"%u{i:04X}" for i in range(0xD800, 0xE000) if not 0xDC80 <= i < 0xDD00})
 
-_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue"}
+_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary"}
+# A request header a response varies on, absent from the request: not producible by escaping.
+ABSENT = "%-"
 
 
 def escape_component(text: str) -> str:
@@ -42,17 +48,31 @@ def escape_component(text: str) -> str:
     return text.translate(_ESCAPED)
 
 
-def query_pairs(query_string: str, vary_by: tuple[str, ...] | None) -> list[tuple[str, str]]:
-    """The (name, value) pairs of a raw query string that belong in the key."""
+def query_pairs(
+    query_string: str,
+    vary_by: tuple[str, ...] | None,
+    ignored: Callable[[str], object] | None = None,
+) -> list[tuple[str, str]] | None:
+    """The (name, value) pairs of a raw query string that belong in the key.
+
+    `ignored(name)` is true for parameters that never reach the key (tracking params such as
+    `utm_*`). With `vary_by`, a parameter neither listed nor ignored makes the request
+    unkeyable and the result is None: the app might answer it differently, so it must not
+    share the entry of the request without it (a cache-poisoning vector).
+    """
     if not query_string:
         return []
     pairs = parse_qsl(
         query_string, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
     )
+    if ignored is not None:
+        pairs = [pair for pair in pairs if not ignored(pair[0])]
     if vary_by is None:
         # A stable sort keeps repeated names in request order: `?a=1&a=2` != `?a=2&a=1`.
         pairs.sort(key=lambda pair: pair[0])
         return pairs
+    if any(name not in vary_by for name, _ in pairs):
+        return None
     return [(name, value) for name in vary_by for (got, value) in pairs if got == name]
 
 
@@ -76,6 +96,29 @@ def build_key(
         parts.append("venue")
         parts.append(escape_component(venue))
     return ":".join(parts)
+
+
+def variant_key(primary: str, names: tuple[str, ...], values: list[str | None]) -> str:
+    """The key of one variant of a response that varies on request headers `names`.
+
+    `primary` gets `:vary:{name}:{value}` pairs; an absent header is written `%-`, which
+    escaping never produces, so "absent" and "empty" stay different variants.
+    """
+    parts = [primary, "vary"]
+    for name, value in zip(names, values, strict=True):
+        parts.append(escape_component(name))
+        parts.append(ABSENT if value is None else escape_component(value))
+    return ":".join(parts)
+
+
+def lock_key(primary: str, prefix: str) -> str:
+    """The fill lock of a key: `{prefix}:LOCK:...`. No entry key has a method `LOCK`."""
+    return f"{prefix}:LOCK:{primary[len(prefix) + 1 :]}"
+
+
+def path_index_key(prefix: str, path: str) -> str:
+    """The index of every GET entry of one path: `{prefix}:IDX:{path}`."""
+    return f"{prefix}:IDX:{escape_component(path)}"
 
 
 def display_key(key: str) -> str:

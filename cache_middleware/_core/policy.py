@@ -1,30 +1,52 @@
 """Cache decisions as values; the adapters do the I/O.
 
-`CachePolicy.plan()` turns a request into `None` (no route: pass through untouched), `Bypass`
-(a cached route, but this request must not be looked up) or `Lookup` (the key to read).
-`respond_hit()` turns a stored entry into the replayed status and headers; `start_miss()` decides,
-when the app's response headers arrive, whether the response may be stored; `encode_miss()`
-builds the stored record once the body is complete. Every rule lives here once, for ASGI and WSGI.
+The request side: `CachePolicy.plan()` turns a request into `None` (no route: pass through
+untouched), `Bypass` (a cached route, but this request must not be looked up), `Invalidate`
+(an unsafe method: on success, drop the path's entries) or `Lookup` (the key to read).
+`first_key()` / `on_read()` walk a Vary record to the right variant; `freshness()` says whether
+an entry is fresh, usable stale, or expired.
+
+The response side: `respond_hit()` turns an entry into the replayed status and headers (a 304
+when the request's validators match); `start_miss()` decides, when the app's headers arrive,
+whether the response may be stored and for how long; `miss_writes()` builds the records to
+write once the body is complete. Every rule lives here once, for ASGI and WSGI, and the line
+that implements an RFC rule cites it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, quote
 
-from .entry import CachedResponse, encode_entry
-from .headers import HOP_BY_HOP, HeaderList, get_header, parse_cache_control, vary_names
-from .keys import build_key, display_key, query_pairs
+from .entry import CachedResponse, CorruptEntry, VaryRecord, decode_entry, encode_entry, encode_vary
+from .headers import (
+    HOP_BY_HOP,
+    HeaderList,
+    connection_listed,
+    delta_seconds,
+    get_header,
+    parse_cache_control,
+    parse_etag_list,
+    parse_http_date,
+    vary_names,
+    weak_match,
+)
+from .keys import build_key, display_key, lock_key, path_index_key, query_pairs, variant_key
 from .rules import RouteTable, Rule
 
 __all__ = [
     "Bypass",
     "CachePolicy",
+    "Follow",
+    "Found",
+    "Invalidate",
     "Lookup",
     "MissStart",
+    "NotFound",
     "RequestSource",
     "RequestView",
     "Resolver",
@@ -34,6 +56,25 @@ logger = logging.getLogger("cache_middleware")
 
 _PRINTABLE = "".join(chr(i) for i in range(0x21, 0x7F))
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+# RFC 9111 §4.4: a non-error response to an unsafe request invalidates the target URI.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Requests the origin may answer differently from the plain GET we would key them as.
+_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+# Headers that make frameworks (or proxies in front of them) build URLs or route differently;
+# unkeyed, they are the classic cache-poisoning vector.
+_ROUTING_HEADERS = ("x-forwarded-host", "x-original-url", "x-rewrite-url", "forwarded")
+# Request fields a background refresh must not copy: it fetches the full response to store.
+REFRESH_DROPPED = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
+)
+# RFC 9110 §15.4.5: the fields a 304 must carry when the 200 would have.
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
+)
+# Headers this cache owns: an app's (or an upstream cache's) copies are dropped, never doubled.
+_OURS = frozenset({b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age", b"cache-status"})
+_CACHE_NAME = b"cache-middleware"
+_LEARNED_VARY_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +99,7 @@ class RequestSource(Protocol):
     """What an adapter exposes of a request, lazily: only what a decision needs is computed."""
 
     def header(self, name: str) -> str | None:
-        """First value of a request header; `name` is lower-case."""
+        """A request header (repeated fields joined by ", "); `name` is lower-case."""
 
     def default_user(self) -> str | None:
         """The framework's authenticated user id (scope["user"], REMOTE_USER), or None."""
@@ -80,12 +121,42 @@ class Bypass:
 
 
 @dataclass(frozen=True, slots=True)
+class Invalidate:
+    """An unsafe method on a cached route: if the app succeeds, drop the path's entries."""
+
+    rule: Rule
+    index_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lookup:
     rule: Rule
-    key: str
+    key: str  # the primary key; a varying response lives under one of its variant keys
     head: bool
     credentialed: bool
     key_header: bytes | None
+    source: RequestSource
+    index_key: str
+    lock_key: str
+    no_store: bool = False  # RFC 9111 §5.2.1.5: request no-store
+    refresh: bool = False  # request no-cache honoured: skip the read, fetch and store anew
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    key: str
+    entry: CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    key: str  # where the response is to be stored (a variant key when a Vary record said so)
+    drop: str | None = None  # a key holding garbage, to delete
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    key: str  # a Vary record pointed here: read it next
 
 
 @dataclass(slots=True)
@@ -95,6 +166,10 @@ class MissStart:
     store: bool
     headers: list[tuple[bytes, bytes]]
     reason: str = ""
+    ttl: int = 0
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    vary: tuple[str, ...] = field(default=())
 
 
 class CachePolicy:
@@ -109,6 +184,8 @@ class CachePolicy:
         expose_key: bool = True,
         user_resolver: Resolver | None = None,
         venue_resolver: Resolver | None = None,
+        trusted_headers: tuple[str, ...] = (),
+        honor_request_no_cache: bool = False,
     ) -> None:
         self.table = RouteTable(rules)
         self.key_prefix = key_prefix
@@ -117,8 +194,14 @@ class CachePolicy:
         self._venue_header = venue_header.lower() if venue_header else None
         self._user_header = user_header.lower() if user_header else None
         self._user_resolver = user_resolver
-        self._failed_hooks: set[str] = set()
         self._venue_resolver = venue_resolver
+        self._failed_hooks: set[str] = set()
+        trusted = {name.lower() for name in trusted_headers}
+        self._routing_headers = tuple(h for h in _ROUTING_HEADERS if h not in trusted)
+        self._honor_no_cache = honor_request_no_cache
+        # Primary key -> the request headers its responses vary on, learned from Vary records,
+        # so that a varying HIT is still one read once this process has seen the record.
+        self._learned_vary: dict[str, tuple[str, ...]] = {}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -127,12 +210,17 @@ class CachePolicy:
 
     def plan(
         self, method: str, path: str, query_string: str, source: RequestSource
-    ) -> Bypass | Lookup | None:
+    ) -> Bypass | Invalidate | Lookup | None:
         rule = self.table.match(path)
         if rule is None:
             return None
         if method not in _CACHEABLE_METHODS:
+            if method in _UNSAFE_METHODS:
+                return Invalidate(rule, path_index_key(self.key_prefix, path))
             return Bypass(rule, "method")
+        reason = self._unkeyable(source)
+        if reason:
+            return Bypass(rule, reason)
         # User code (conditions, resolvers) that raises costs caching, never the request.
         try:
             if rule.condition is not None and not rule.condition(source.view()):
@@ -150,15 +238,11 @@ class CachePolicy:
                 self._failed_hooks.add(rule.route)
                 logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
             return Bypass(rule, "hook-error")
+        pairs = query_pairs(query_string, rule.vary_by, rule.ignored)
+        if pairs is None:
+            return Bypass(rule, "unlisted-param")
         # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
-        key = build_key(
-            self.key_prefix,
-            "GET",
-            path,
-            query_pairs(query_string, rule.vary_by),
-            user,
-            venue,
-        )
+        key = build_key(self.key_prefix, "GET", path, pairs, user, venue)
         key_header: bytes | None = None
         if self.expose_key:
             shown = display_key(key)
@@ -171,7 +255,40 @@ class CachePolicy:
         credentialed = not rule.private and (
             source.header("authorization") is not None or source.header("cookie") is not None
         )
-        return Lookup(rule, key, method == "HEAD", credentialed, key_header)
+        request_cc = source.header("cache-control")
+        directives = parse_cache_control(request_cc.encode("latin-1")) if request_cc else {}
+        refresh = self._honor_no_cache and (
+            "no-cache" in directives or ("max-age" in directives and directives["max-age"] == "0")
+        )
+        return Lookup(
+            rule,
+            key,
+            method == "HEAD",
+            credentialed,
+            key_header,
+            source,
+            path_index_key(self.key_prefix, path),
+            lock_key(key, self.key_prefix),
+            no_store="no-store" in directives,
+            refresh=refresh,
+        )
+
+    def _unkeyable(self, source: RequestSource) -> str:
+        """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""
+        length = source.header("content-length")
+        if (length is not None and length.strip() not in ("", "0")) or source.header(
+            "transfer-encoding"
+        ) is not None:
+            return "request-body"  # a GET whose body the app may read is not the GET we key
+        for name in _OVERRIDE_HEADERS:
+            if source.header(name) is not None:
+                return "method-override"
+        if source.header("range") is not None:
+            return "range"  # RFC 9111 §3.4: we store whole responses only, never ranges
+        for name in self._routing_headers:
+            if source.header(name) is not None:
+                return "untrusted-header"
+        return ""
 
     def _resolve_user(self, source: RequestSource) -> str | None:
         if self._user_resolver is not None:
@@ -187,40 +304,150 @@ class CachePolicy:
             return source.header(self._venue_header) or None
         return None
 
+    # -- reading -------------------------------------------------------------------------------
+
+    def _variant(self, lookup: Lookup, names: tuple[str, ...]) -> str:
+        # RFC 9111 §4.1: the stored variant must match the request on every Vary header.
+        return variant_key(lookup.key, names, [lookup.source.header(n) for n in names])
+
+    def first_key(self, lookup: Lookup) -> str:
+        """The key to read first: the variant straight away once this process knows the Vary."""
+        names = self._learned_vary.get(lookup.key)
+        return self._variant(lookup, names) if names else lookup.key
+
+    def on_read(
+        self, lookup: Lookup, key: str, raw: bytes | None, *, first: bool
+    ) -> Found | NotFound | Follow:
+        """What one read means. `first` marks the read of `first_key()`; at most three reads
+        follow each other (learned variant, record, the record's variant)."""
+        if raw is None:
+            if first and key != lookup.key:
+                # The learned variant is absent: the record may name other headers now.
+                return Follow(lookup.key)
+            return NotFound(key)
+        try:
+            entry = decode_entry(raw)
+        except CorruptEntry as exc:
+            logger.warning("dropping unreadable cache entry %r: %s", key, exc)
+            return NotFound(key, drop=key)
+        if isinstance(entry, VaryRecord):
+            if key != lookup.key:
+                return NotFound(key, drop=key)  # a record where a variant belongs: garbage
+            variant = self._variant(lookup, entry.names)
+            if not first and self._learned_vary.get(lookup.key) == entry.names:
+                return NotFound(variant)  # the same variant we just missed
+            self._learn(lookup.key, entry.names)
+            return Follow(variant)
+        return Found(key, entry)
+
+    def _learn(self, key: str, names: tuple[str, ...]) -> None:
+        if len(self._learned_vary) >= _LEARNED_VARY_LIMIT:
+            self._learned_vary.clear()  # bounded: relearning costs one extra read per key
+        self._learned_vary[key] = names
+
+    @staticmethod
+    def freshness(entry: CachedResponse, now: float) -> str:
+        """ "fresh", "stale-while-revalidate", "stale-if-error" or "expired" (RFC 9111 §4.2,
+        RFC 5861)."""
+        age = now - entry.stored_at
+        if age < entry.ttl:
+            return "fresh"
+        if age < entry.ttl + entry.stale_while_revalidate:
+            return "stale-while-revalidate"
+        if age < entry.ttl + entry.stale_if_error:
+            return "stale-if-error"
+        return "expired"
+
     # -- responses -----------------------------------------------------------------------------
 
     def respond_hit(
-        self, lookup: Lookup, entry: CachedResponse, now: float
-    ) -> list[tuple[bytes, bytes]]:
-        """Headers to replay for a HIT; the caller sends `entry.body` unless `lookup.head`."""
-        headers = list(entry.headers)
-        self._decorate(headers, lookup, b"HIT")
-        age = int(now - entry.stored_at)
-        headers.append((b"age", str(age if age > 0 else 0).encode()))
-        return headers
+        self, lookup: Lookup, entry: CachedResponse, now: float, *, stale: str = ""
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body to replay; a 304 when the request's validators match."""
+        age = max(0, int(now - entry.stored_at))
+        status = entry.status
+        if 200 <= status < 300 and self._not_modified(lookup.source, entry.headers):
+            # RFC 9110 §15.4.5: only the fields that guide caches, no content.
+            headers = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_FIELDS]
+            status = 304
+        else:
+            headers = list(entry.headers)
+        self._decorate(headers, lookup, b"STALE" if stale else b"HIT")
+        headers.append((b"age", str(age).encode()))
+        remaining = entry.ttl - age
+        detail = f"; fwd=stale; detail={stale}" if stale else ""
+        headers.append((b"cache-status", _cache_status(f"hit; ttl={remaining}{detail}")))
+        if status == 304 or lookup.head:
+            return status, headers, b""
+        return status, headers, entry.body
 
-    def bypass_headers(self, headers: HeaderList) -> list[tuple[bytes, bytes]]:
-        return [*_without_ours(headers), (b"x-cache", b"BYPASS")]
+    @staticmethod
+    def _not_modified(source: RequestSource, stored: HeaderList) -> bool:
+        """RFC 9110 §13.1.2 / §13.1.3 / §13.2.2: If-None-Match wins over If-Modified-Since."""
+        if_none_match = source.header("if-none-match")
+        if if_none_match is not None:
+            tags = parse_etag_list(if_none_match.encode("latin-1")) or []
+            etag = get_header(stored, b"etag")
+            if b"*" in tags:
+                return True
+            return etag is not None and any(weak_match(tag, etag) for tag in tags)
+        since = parse_http_date(_encode(source.header("if-modified-since")))
+        if since is None:
+            return False
+        modified = parse_http_date(get_header(stored, b"last-modified"))
+        return modified is not None and modified <= since
 
-    def start_miss(self, lookup: Lookup, status: int, headers: HeaderList) -> MissStart:
-        reason = self._unstorable(lookup, status, headers)
-        if reason:
-            return MissStart(False, self.bypass_headers(headers), reason)
+    def bypass_headers(self, headers: HeaderList, reason: str = "") -> list[tuple[bytes, bytes]]:
+        detail = f"; detail={reason}" if reason else ""
+        return [
+            *_without_ours(headers),
+            (b"x-cache", b"BYPASS"),
+            (b"cache-status", _cache_status(f"fwd=bypass{detail}")),
+        ]
+
+    def start_miss(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
+        start = self._storable(lookup, status, headers, now)
+        if not start.store:
+            start.headers = self.bypass_headers(headers, start.reason)
+            return start
         out = _without_ours(headers)
         self._decorate(out, lookup, b"MISS")
-        return MissStart(True, out)
+        fwd = "request" if lookup.refresh else "uri-miss"
+        out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
+        start.headers = out
+        return start
 
-    def encode_miss(
-        self, lookup: Lookup, status: int, headers: HeaderList, body: bytes, now: float
-    ) -> bytes:
-        """The record to store: the app's own headers minus hop-by-hop ones, exact length."""
-        kept = [
-            (name.lower(), value)
-            for name, value in headers
-            if name.lower() not in HOP_BY_HOP and name.lower() not in _OURS
-        ]
-        kept.append((b"content-length", str(len(body)).encode()))
-        return encode_entry(CachedResponse(status, kept, body, now, lookup.rule.ttl))
+    def miss_writes(
+        self,
+        lookup: Lookup,
+        start: MissStart,
+        status: int,
+        headers: HeaderList,
+        body: bytes,
+        now: float,
+    ) -> tuple[list[tuple[str, bytes, int]], int]:
+        """The (key, record, ttl) writes that store a complete response, and the index TTL."""
+        dropped = HOP_BY_HOP | connection_listed(headers) | _OURS
+        kept = [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
+        if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+            kept.append((b"content-length", str(len(body)).encode()))
+        if not any(name == b"etag" for name, _ in kept):
+            # A strong validator derived from the bytes: the same in every process and restart.
+            digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+            kept.append((b"etag", f'"{digest}"'.encode()))
+        entry = CachedResponse(
+            status, kept, body, now, start.ttl, start.stale_while_revalidate, start.stale_if_error
+        )
+        # Kept in Redis as long as any stale use is allowed; freshness is judged by `ttl`.
+        lifetime = start.ttl + max(start.stale_while_revalidate, start.stale_if_error)
+        record = encode_entry(entry)
+        if not start.vary:
+            return [(lookup.key, record, lifetime)], lifetime
+        self._learn(lookup.key, start.vary)
+        return [
+            (self._variant(lookup, start.vary), record, lifetime),
+            (lookup.key, encode_vary(start.vary), lifetime),
+        ], lifetime
 
     def _decorate(self, headers: list[tuple[bytes, bytes]], lookup: Lookup, state: bytes) -> None:
         rule = lookup.rule
@@ -231,17 +458,28 @@ class CachePolicy:
             headers.append((b"x-cache-key", lookup.key_header))
         headers.append((b"x-cache-ttl", rule.ttl_header))
 
-    def _unstorable(self, lookup: Lookup, status: int, headers: HeaderList) -> str:
-        """Why a response must not be stored, or "" when it may be (DESIGN invariant 2)."""
+    def _storable(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
+        """Whether and for how long a response may be stored (DESIGN invariant 2)."""
+        rule = lookup.rule
+
+        def no(reason: str) -> MissStart:
+            return MissStart(False, [], reason)
+
         if lookup.head:
-            return "head"  # no body to store; HEAD is only ever answered from a GET entry
-        if status != 200:
-            return "status"
+            return no("head")  # no body to store; HEAD is only ever answered from a GET entry
+        if lookup.no_store:
+            return no("request-no-store")  # RFC 9111 §5.2.1.5
+        # RFC 9111 §3 / RFC 9110 §15.1: only the statuses the route opted into; the config
+        # refuses 206 and 5xx (bar 501), so a partial or an error is never replayed as content.
+        if status not in rule.statuses:
+            return no("status")
         cache_control = parse_cache_control(get_header(headers, b"cache-control"))
         set_cookie = False
         content_type = b""
         content_length: bytes | None = None
         vary: bytes | None = None
+        expires: bytes | None = None
+        date: bytes | None = None
         for name, value in headers:
             lname = name.lower()
             if lname == b"set-cookie":
@@ -252,36 +490,51 @@ class CachePolicy:
                 content_length = value
             elif lname == b"vary":
                 vary = value if vary is None else vary + b", " + value
+            elif lname == b"expires":
+                expires = value
+            elif lname == b"date":
+                date = value
         if set_cookie:
-            return "set-cookie"  # one user's session must never be replayed to another
+            return no("set-cookie")  # one user's session must never be replayed to another
         # RFC 9111 §5.2.2.5 / §5.2.2.7: no-store forbids storage; private forbids a shared cache.
         if "no-store" in cache_control:
-            return "no-store"
-        if "private" in cache_control and not lookup.rule.private:
-            return "private"
-        # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use, which we cannot do yet.
+            return no("no-store")
+        if "private" in cache_control and not rule.private:
+            return no("private")
+        # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use, which we do not do.
         if "no-cache" in cache_control:
-            return "no-cache"
-        for directive in ("s-maxage", "max-age"):
-            if directive in cache_control:
-                if _seconds(cache_control[directive]) <= 0:
-                    return "max-age"
-                break
+            return no("no-cache")
+        ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
+        # RFC 9111 §4.2.1: a shared cache uses s-maxage, else max-age, else Expires - Date;
+        # the route TTL is an upper bound. An unusable value counts as 0 (already stale).
+        if "s-maxage" in cache_control:
+            ttl = min(ttl, delta_seconds(cache_control["s-maxage"]) or 0)
+        elif "max-age" in cache_control:
+            ttl = min(ttl, delta_seconds(cache_control["max-age"]) or 0)
+        elif expires is not None:
+            expiry = parse_http_date(expires)
+            origin_date = parse_http_date(date)
+            if expiry is None:
+                ttl = 0  # RFC 9111 §5.3: an invalid Expires means already expired
+            else:
+                # RFC 9111 §4.2.1: without a Date, the time the response was received.
+                ttl = min(ttl, int(expiry - (origin_date if origin_date is not None else now)))
+        if ttl <= 0:
+            return no("max-age")
+        names: tuple[str, ...] = ()
         if vary is not None:
-            names = vary_names(vary)
-            if b"*" in names:
-                return "vary-star"  # RFC 9111 §4.1: Vary: * never matches a later request
-            if names:
-                # Variants are not keyed yet: storing one would serve it to every variant.
-                return "vary"
+            listed = vary_names(vary)
+            if b"*" in listed:
+                return no("vary-star")  # RFC 9111 §4.1: Vary: * never matches a later request
+            names = tuple(sorted({n.decode("latin-1") for n in listed}))
         if content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
-            return "event-stream"
+            return no("event-stream")
         if content_length is not None:
             try:
                 if int(content_length) > self.max_body_bytes:
-                    return "too-large"
+                    return no("too-large")
             except ValueError:
-                return "bad-length"
+                return no("bad-length")
         # RFC 9111 §3.5: a response to a request with Authorization is stored by a shared cache
         # only when it says public, s-maxage or must-revalidate. Cookies get the same rule here:
         # a session cookie is a credential, and the response may be that session's own page.
@@ -290,21 +543,32 @@ class CachePolicy:
             or "s-maxage" in cache_control
             or "must-revalidate" in cache_control
         ):
-            return "credentials"
-        return ""
+            return no("credentials")
+        swr, sie = rule.stale_while_revalidate, rule.stale_if_error
+        # RFC 5861 §3-4: the response's own stale directives override the route's.
+        if "stale-while-revalidate" in cache_control:
+            swr = delta_seconds(cache_control["stale-while-revalidate"]) or 0
+        if "stale-if-error" in cache_control:
+            sie = delta_seconds(cache_control["stale-if-error"]) or 0
+        # RFC 9111 §5.2.2.2 / §5.2.2.8 / §5.2.2.10: must-revalidate, proxy-revalidate and
+        # s-maxage forbid a shared cache to serve the response stale.
+        if (
+            "must-revalidate" in cache_control
+            or "proxy-revalidate" in cache_control
+            or "s-maxage" in cache_control
+        ):
+            swr = sie = 0
+        return MissStart(True, [], "", ttl, swr, sie, names)
 
 
-# Headers this cache owns: an app's (or an upstream cache's) copies are dropped, never doubled.
-_OURS = frozenset({b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age"})
+def _encode(value: str | None) -> bytes | None:
+    return value.encode("latin-1") if value is not None else None
+
+
+def _cache_status(params: str) -> bytes:
+    """RFC 9211 Cache-Status: our name, then the parameters. Never a key or a user id."""
+    return _CACHE_NAME + b"; " + params.encode("ascii")
 
 
 def _without_ours(headers: HeaderList) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers if name.lower() not in _OURS]
-
-
-def _seconds(value: str | None) -> int:
-    """A delta-seconds argument; anything unparsable counts as 0 (RFC 9111 §1.2.2)."""
-    if value is None:
-        return 0
-    value = value.strip()
-    return int(value) if value.isascii() and value.isdigit() else 0

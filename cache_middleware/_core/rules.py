@@ -25,6 +25,12 @@ class Rule:
     vary_by: tuple[str, ...] | None = None
     private: bool = False
     condition: Callable[[Any], bool] | None = None
+    statuses: frozenset[int] = frozenset({200})
+    negative_ttl: int | None = None
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    # Query parameter names never keyed (tracking params); compiled from `ignore_params` globs.
+    ignored: Callable[[str], object] | None = None
     ttl_header: bytes = field(init=False)
     cache_control: bytes = field(init=False)
 

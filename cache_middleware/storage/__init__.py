@@ -3,8 +3,10 @@
 Every backend honours the same contract (tests/test_storage_contract.py runs one suite over all):
 `get(key) -> bytes | None`, `set(key, value, ttl)`, `delete(*keys) -> int`,
 `delete_matching(pattern) -> int` (Redis glob; SCAN + UNLINK in batches, never KEYS),
-`ping()`. Failures to reach the backend raise `StoreUnavailable`; callers decide whether to
-fail open. Async backends mirror the sync ones method for method.
+`ping()`, plus the invalidation epoch, fill leases and indexes described in base.py.
+Failures to reach the backend raise `StoreUnavailable`; callers decide whether to fail open.
+The Redis stores fail fast through a circuit breaker while Redis is down (health.py). Async
+backends mirror the sync ones method for method.
 """
 
 from __future__ import annotations

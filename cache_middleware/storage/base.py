@@ -1,13 +1,68 @@
-"""The store contract, as Protocols the adapters and the manager are typed against."""
+"""The store contract, as Protocols the adapters and the manager are typed against.
+
+Beyond get/set/delete, every store keeps:
+
+- an invalidation epoch: a counter the store-wide deletion APIs (`delete`, `delete_matching`)
+  increment, even when nothing matched. A fill records it when it takes its lease and may only
+  store while it has not moved: a response computed from data read before an invalidation is
+  never written after it. `delete_index` does not move it: the fill's lease joined the index
+  (`acquire_fill(..., index_key)`), so deleting the index takes exactly that path's leases away
+  and leaves fills on other paths alone.
+- fill leases (`acquire_fill` / `store_fill` / `release_fill` / `peek_fill`): one process
+  computes a missing entry while the others poll for it. A lease is a key holding the filler's
+  token, with a TTL in milliseconds so a crashed filler only delays the others.
+- indexes: a set of entry keys under an index key (`set_indexed`, `store_fill`), deleted together
+  by `delete_index`. The index lives as long as its longest-lived member.
+
+Redis stores do each compound operation in one Lua script (storage/scripts.py): atomic, one round
+trip. The memory store does the same under its lock.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["SCAN_BATCH", "AsyncStore", "SyncStore"]
+__all__ = [
+    "EPOCH_KEY",
+    "SCAN_BATCH",
+    "AsyncStore",
+    "SyncStore",
+    "Write",
+    "check_fill_ttl",
+    "check_ttl",
+    "check_writes",
+]
 
 # Keys per SCAN page and per UNLINK call: large enough to be quick, small enough not to block Redis.
 SCAN_BATCH = 500
+
+# The invalidation epoch's key. No deletion API ever deletes it (even `delete_matching("*")`):
+# a counter that fell back to an old value could let a stale fill through.
+EPOCH_KEY = "cache-middleware:epoch"
+
+Write = tuple[str, bytes, int]  # (key, value, ttl seconds)
+
+
+def check_ttl(ttl: int, what: str = "ttl") -> int:
+    """Reject a TTL Redis would refuse, before a script could write half its keys."""
+    if type(ttl) is not int or ttl <= 0:
+        raise ValueError(f"{what} must be a positive integer of seconds, got {ttl!r}")
+    return ttl
+
+
+def check_fill_ttl(ttl_ms: int) -> int:
+    if type(ttl_ms) is not int or ttl_ms <= 0:
+        raise ValueError(f"ttl_ms must be a positive integer of milliseconds, got {ttl_ms!r}")
+    return ttl_ms
+
+
+def check_writes(writes: list[Write], index_key: str | None, index_ttl: int) -> None:
+    for _, value, ttl in writes:
+        check_ttl(ttl)
+        if not isinstance(value, bytes):
+            raise TypeError(f"values must be bytes, got {type(value).__name__}")
+    if index_key is not None:
+        check_ttl(index_ttl, "index_ttl")
 
 
 class SyncStore(Protocol):
@@ -18,6 +73,26 @@ class SyncStore(Protocol):
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
+    def epoch(self) -> int: ...
+    def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None: ...
+    def store_fill(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_key: str | None = None,
+        index_ttl: int = 0,
+    ) -> bool: ...
+    def release_fill(self, lock_key: str, token: str) -> None: ...
+    def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
+    def set_indexed(
+        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
+    ) -> None: ...
+    def delete_index(self, index_key: str) -> int: ...
+
 
 class AsyncStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
@@ -26,3 +101,23 @@ class AsyncStore(Protocol):
     async def delete_matching(self, pattern: str) -> int: ...
     async def ping(self) -> bool: ...
     async def aclose(self) -> None: ...
+
+    async def epoch(self) -> int: ...
+    async def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None: ...
+    async def store_fill(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_key: str | None = None,
+        index_ttl: int = 0,
+    ) -> bool: ...
+    async def release_fill(self, lock_key: str, token: str) -> None: ...
+    async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
+    async def set_indexed(
+        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
+    ) -> None: ...
+    async def delete_index(self, index_key: str) -> int: ...

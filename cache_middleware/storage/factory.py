@@ -32,7 +32,12 @@ def make_async_store(settings: Settings) -> AsyncStore:
         from .redis_async import AsyncRedisStore
 
         assert settings.redis_url is not None
-        return AsyncRedisStore(settings.redis_url, timeout=settings.redis_timeout)
+        return AsyncRedisStore(
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooldown=settings.breaker_cooldown,
+        )
     return AsyncMemoryStore(shared_memory_store(settings))
 
 
@@ -41,5 +46,10 @@ def make_sync_store(settings: Settings) -> SyncStore:
         from .redis_sync import RedisStore
 
         assert settings.redis_url is not None
-        return RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+        return RedisStore(
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooldown=settings.breaker_cooldown,
+        )
     return shared_memory_store(settings)

@@ -1,8 +1,10 @@
-"""Outage bookkeeping shared by the sync and async Redis stores.
+"""Outage bookkeeping and the circuit breaker, shared by the sync and async Redis stores.
 
 Failing open is a named choice (DESIGN invariant 3): the first failure of an outage is logged as
 a warning, the recovery once as info, and everything between is only counted, so a dead Redis
-does not flood the logs at request rate.
+does not flood the logs at request rate. The circuit breaker goes further: after a few
+consecutive failures it stops trying for a while, so a dead or blackholed Redis stops costing
+each request a timeout.
 """
 
 from __future__ import annotations
@@ -10,13 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
+from typing import Literal
 
 import redis.exceptions
 
 from ..errors import StoreUnavailable
 from .pipelined_get import ReplyError
 
-__all__ = ["FOREIGN_ERRORS", "RETRIES", "RETRY_ERRORS", "OutageMonitor", "is_wrong_type"]
+__all__ = [
+    "FOREIGN_ERRORS",
+    "RETRIES",
+    "RETRY_ERRORS",
+    "BreakerState",
+    "CircuitBreaker",
+    "OutageMonitor",
+    "is_server_reply",
+    "is_wrong_type",
+]
 
 # redis-py's retry policy, shared by both stores: one immediate retry, on a broken connection
 # only. That replaces a pooled connection the server dropped (a restart, an idle timeout) at the
@@ -25,6 +39,9 @@ RETRIES = 1
 RETRY_ERRORS: tuple[type[redis.exceptions.RedisError], ...] = (redis.exceptions.ConnectionError,)
 
 logger = logging.getLogger("cache_middleware.storage")
+# A logger of its own, so breaker transitions can be routed or silenced apart from the outage
+# messages above (which carry the cause); both fire once per outage, never per request.
+breaker_logger = logging.getLogger("cache_middleware.storage.breaker")
 
 # What a Redis call can raise when the server is down, slow, full or refusing.
 FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
@@ -39,6 +56,139 @@ FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
 def is_wrong_type(exc: BaseException) -> bool:
     """A non-string value sits under the key: foreign data, not an outage."""
     return str(exc).startswith("WRONGTYPE")
+
+
+def is_server_reply(exc: BaseException) -> bool:
+    """Redis answered, with an error (OOM, WRONGTYPE, NOSCRIPT...): reachable, not an outage of
+    the kind a circuit breaker guards against, since the answer came back at once."""
+    return isinstance(exc, (redis.exceptions.ResponseError, ReplyError))
+
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+class CircuitBreaker:
+    """Fail fast while the store is down, instead of paying a timeout per request.
+
+    After `failures` consecutive failed operations the breaker opens: `admit()` raises
+    `StoreUnavailable` at once, with no I/O, for `cooldown` seconds. Then it is half-open: the
+    next operation is admitted as the single probe (others are still refused while it runs);
+    its success closes the breaker, its failure opens it for another cooldown.
+
+    Only failures that cost time or reach nothing count (timeouts, refused or dropped
+    connections); an error reply proves the server is there and counts as a success.
+    `failures=0` disables the breaker. Thread-safe; the closed-state fast path takes no lock.
+
+    Usage, around one store operation:
+        probe = breaker.admit()          # may raise StoreUnavailable
+        try: ... except FOREIGN_ERRORS as exc: breaker.failed(exc, probe)
+        except BaseException: breaker.abandoned(probe)   # cancelled: frees the probe slot
+        else: breaker.succeeded(probe)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failures: int = 5,
+        cooldown: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failures < 0:
+            raise ValueError(f"breaker failures must be >= 0 (0 disables it), got {failures!r}")
+        if cooldown < 0:
+            raise ValueError(f"breaker cooldown must be >= 0 seconds, got {cooldown!r}")
+        self.name = name
+        self.failures = failures
+        self.cooldown = cooldown
+        self.opened_count = 0  # times it opened from closed (outages), not re-opens after probes
+        self.rejected = 0  # operations refused without I/O
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = True  # the fast-path flag: read without the lock
+        self._consecutive = 0
+        self._retry_at = 0.0  # while open: when the next probe may go
+        self._probing = False  # half-open: a probe is in flight
+        self._refusal = f"{name}: circuit breaker open, failing fast"
+
+    @property
+    def state(self) -> BreakerState:
+        if self._closed:
+            return "closed"
+        with self._lock:
+            if self._probing or self._clock() >= self._retry_at:
+                return "half-open"
+            return "open"
+
+    def admit(self) -> bool:
+        """Let one operation through, or raise `StoreUnavailable` without I/O.
+
+        Returns True when the operation is the half-open probe: pass that to the outcome."""
+        if self._closed:
+            return False
+        with self._lock:
+            if self._closed:  # closed by a probe while we waited for the lock
+                return False
+            if self._probing or self._clock() < self._retry_at:
+                self.rejected += 1
+                raise StoreUnavailable(self._refusal)
+            self._probing = True
+            return True
+
+    def succeeded(self, probe: bool) -> None:
+        if self._closed:
+            if self._consecutive:  # one attribute read per success on the hot path
+                with self._lock:
+                    self._consecutive = 0
+            return
+        if not probe:
+            # Admitted before the breaker opened and answered late: too old to prove recovery,
+            # and closing here would let a burst through while the probe is still out.
+            return
+        with self._lock:
+            self._closed = True
+            self._probing = False
+            self._consecutive = 0
+        breaker_logger.info("cache store %s: circuit breaker closed, store answering", self.name)
+
+    def failed(self, exc: BaseException, probe: bool) -> None:
+        if is_server_reply(exc):
+            self.succeeded(probe)
+            return
+        if self.failures == 0:
+            return
+        if probe:
+            with self._lock:
+                self._probing = False
+                self._retry_at = self._clock() + self.cooldown
+            # Still the same outage: the warning went out when it opened.
+            breaker_logger.debug("cache store %s: probe failed, staying open", self.name)
+            return
+        with self._lock:
+            if not self._closed:
+                return  # a straggler admitted before it opened: already counted as an outage
+            self._consecutive += 1
+            if self._consecutive < self.failures:
+                return
+            self._closed = False
+            self._consecutive = 0
+            self._retry_at = self._clock() + self.cooldown
+            self.opened_count += 1
+        breaker_logger.warning(
+            "cache store %s: circuit breaker open after %d consecutive failures (last: %s: %s);"
+            " failing fast, probing every %.1fs",
+            self.name,
+            self.failures,
+            exc.__class__.__name__,
+            exc,
+            self.cooldown,
+        )
+
+    def abandoned(self, probe: bool) -> None:
+        """The operation ended without an answer either way (cancelled, or a bug of ours)."""
+        if probe:
+            with self._lock:
+                self._probing = False  # the next caller probes; no new cooldown
 
 
 class OutageMonitor:

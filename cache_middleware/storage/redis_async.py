@@ -3,34 +3,72 @@
 Short timeouts and no redis-py retry storms: a slow or dead Redis must cost a request a bounded few
 milliseconds, then the caller fails open. redis.asyncio connections belong to the event loop
 that opened them, so the client is rebuilt when it is used from another loop (test clients and
-some servers start a loop per thread).
+some servers start a loop per thread). Every operation, the pipelined GET included, goes through
+the circuit breaker (health.py): a dead Redis costs nothing while it is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .base import SCAN_BATCH
-from .health import FOREIGN_ERRORS, RETRIES, RETRY_ERRORS, OutageMonitor, is_wrong_type
+from .base import EPOCH_KEY, SCAN_BATCH, Write, check_fill_ttl, check_ttl, check_writes
+from .health import (
+    FOREIGN_ERRORS,
+    RETRIES,
+    RETRY_ERRORS,
+    CircuitBreaker,
+    OutageMonitor,
+    is_wrong_type,
+)
 from .pipelined_get import PipelinedGetter
+from .scripts import (
+    ACQUIRE_FILL,
+    DELETE_INDEX,
+    DELETE_KEYS,
+    DRAIN_INDEX,
+    RELEASE_FILL,
+    SET_INDEXED,
+    STORE_FILL,
+    acquire_fill_call,
+    detached_index_name,
+    peek_result,
+    run_async,
+    store_fill_call,
+)
 
 __all__ = ["AsyncRedisStore"]
+
+T = TypeVar("T")
+_EPOCH = EPOCH_KEY.encode()
 
 
 class AsyncRedisStore:
     def __init__(
-        self, url: str, *, timeout: float = 0.1, fast_get: bool = True, **redis_kwargs: Any
+        self,
+        url: str,
+        *,
+        timeout: float = 0.1,
+        fast_get: bool = True,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 5.0,
+        breaker_clock: Callable[[], float] = time.monotonic,
+        **redis_kwargs: Any,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.monitor = OutageMonitor(_safe_url(url))
+        self.breaker = CircuitBreaker(
+            _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
+        )
         # Plain TCP URLs read through the pipelined GET (the HIT path); the rest use redis-py.
         self._fast_params = _pipelined_params(url, timeout) if fast_get else None
         self._getter: PipelinedGetter | None = None
@@ -63,7 +101,24 @@ class AsyncRedisStore:
     def _new_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis.from_url(self.url, **self._kwargs)
 
+    async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
+        """One store operation through the breaker, with failures translated and counted."""
+        probe = self.breaker.admit()
+        try:
+            result = await op()
+        except FOREIGN_ERRORS as exc:
+            self.breaker.failed(exc, probe)
+            raise self.monitor.failed(exc) from exc
+        except BaseException:
+            self.breaker.abandoned(probe)  # cancelled: a probe must not hold its slot forever
+            raise
+        self.breaker.succeeded(probe)
+        self.monitor.succeeded()
+        return result
+
     async def get(self, key: str) -> bytes | None:
+        # The HIT path: inline rather than through _run, to spare it a closure per call.
+        probe = self.breaker.admit()
         try:
             if self._loop is not asyncio.get_running_loop():
                 self._bind(asyncio.get_running_loop())
@@ -73,53 +128,119 @@ class AsyncRedisStore:
                 value = await self.client.get(key)  # type: ignore[assignment]
         except FOREIGN_ERRORS as exc:
             if is_wrong_type(exc):
+                self.breaker.succeeded(probe)  # Redis answered: reachable
                 return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
+            self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
+        except BaseException:
+            self.breaker.abandoned(probe)
+            raise
+        self.breaker.succeeded(probe)
         self.monitor.succeeded()
         return value
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        try:
-            await self.client.set(key, value, ex=ttl)
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
+        await self._run(lambda: self.client.set(key, value, ex=ttl))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        try:
-            count = int(await self.client.unlink(*keys))
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
-        return count
+        count = await self._run(lambda: run_async(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], []))
+        return int(count)
 
     async def delete_matching(self, pattern: str) -> int:
         """SCAN + UNLINK in batches, never KEYS: Redis stays responsive on a large keyspace."""
-        deleted = 0
-        batch: list[bytes] = []
-        try:
+
+        async def op() -> int:
             client = self.client
+            # The epoch moves before the scan, not after: a fill that read its data before this
+            # call and stores after the scan went past its key would otherwise survive it.
+            await client.incr(EPOCH_KEY)
+            deleted = 0
+            batch: list[bytes] = []
             async for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+                if key == _EPOCH:
+                    continue
                 batch.append(key)
                 if len(batch) >= SCAN_BATCH:
                     deleted += int(await client.unlink(*batch))
                     batch.clear()
             if batch:
                 deleted += int(await client.unlink(*batch))
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
-        return deleted
+            return deleted
+
+        return await self._run(op)
 
     async def ping(self) -> bool:
-        try:
-            await self.client.ping()
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
+        await self._run(lambda: self.client.ping())
         return True
+
+    async def epoch(self) -> int:
+        value = await self._run(lambda: self.client.get(EPOCH_KEY))
+        return int(value) if value is not None else 0
+
+    async def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None:
+        check_fill_ttl(ttl_ms)
+        epoch = await self._run(
+            lambda: run_async(
+                self.client, ACQUIRE_FILL, *acquire_fill_call(lock_key, token, ttl_ms, index_key)
+            )
+        )
+        return None if epoch is None else int(epoch)
+
+    async def store_fill(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_key: str | None = None,
+        index_ttl: int = 0,
+    ) -> bool:
+        check_writes(writes, index_key, index_ttl)
+        keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
+        return bool(await self._run(lambda: run_async(self.client, STORE_FILL, keys, args)))
+
+    async def release_fill(self, lock_key: str, token: str) -> None:
+        await self._run(lambda: run_async(self.client, RELEASE_FILL, [lock_key], [token]))
+
+    async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
+        async def op() -> tuple[bytes | None, bool]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.exists(lock_key)
+                value, exists = await pipe.execute(raise_on_error=False)
+            return peek_result(value, exists)
+
+        return await self._run(op)
+
+    async def set_indexed(
+        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
+    ) -> None:
+        check_ttl(ttl)
+        check_ttl(index_ttl, "index_ttl")
+        await self._run(
+            lambda: run_async(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl])
+        )
+
+    async def delete_index(self, index_key: str) -> int:
+        detached = detached_index_name(index_key)
+
+        async def op() -> int:
+            client = self.client
+            deleted, left = await run_async(
+                client, DELETE_INDEX, [EPOCH_KEY, index_key, detached], [SCAN_BATCH]
+            )
+            while left:
+                count, left = await run_async(
+                    client, DRAIN_INDEX, [EPOCH_KEY, detached], [SCAN_BATCH]
+                )
+                deleted += count
+            return int(deleted)
+
+        return await self._run(op)
 
     async def aclose(self) -> None:
         if self._getter is not None:

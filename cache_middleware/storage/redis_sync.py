@@ -1,22 +1,55 @@
 """The Redis store for threads (WSGI middleware, sync cache manager).
 
 The blocking twin of redis_async.py, method for method, with the same short timeouts, no
-redis-py retries and the same outage bookkeeping.
+redis-py retries, the same outage bookkeeping and circuit breaker, and the same Lua scripts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import SCAN_BATCH
-from .health import FOREIGN_ERRORS, RETRIES, RETRY_ERRORS, OutageMonitor, is_wrong_type
+from .base import (
+    EPOCH_KEY,
+    SCAN_BATCH,
+    Write,
+    check_fill_ttl,
+    check_ttl,
+    check_writes,
+)
+from .health import (
+    FOREIGN_ERRORS,
+    RETRIES,
+    RETRY_ERRORS,
+    CircuitBreaker,
+    OutageMonitor,
+    is_wrong_type,
+)
 from .redis_async import _safe_url
+from .scripts import (
+    ACQUIRE_FILL,
+    DELETE_INDEX,
+    DELETE_KEYS,
+    DRAIN_INDEX,
+    RELEASE_FILL,
+    SET_INDEXED,
+    STORE_FILL,
+    acquire_fill_call,
+    detached_index_name,
+    peek_result,
+    run_sync,
+    store_fill_call,
+)
 
 __all__ = ["RedisStore"]
+
+T = TypeVar("T")
+_EPOCH = EPOCH_KEY.encode()
 
 
 class RedisStore:
@@ -26,11 +59,17 @@ class RedisStore:
         *,
         timeout: float = 0.1,
         client: redis.Redis | None = None,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 5.0,
+        breaker_clock: Callable[[], float] = time.monotonic,
         **redis_kwargs: Any,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.monitor = OutageMonitor(_safe_url(url))
+        self.breaker = CircuitBreaker(
+            _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
+        )
         self.client = client or redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -40,57 +79,136 @@ class RedisStore:
             **redis_kwargs,
         )
 
+    def _run(self, op: Callable[[], T]) -> T:
+        """One store operation through the breaker, with failures translated and counted."""
+        probe = self.breaker.admit()
+        try:
+            result = op()
+        except FOREIGN_ERRORS as exc:
+            self.breaker.failed(exc, probe)
+            raise self.monitor.failed(exc) from exc
+        except BaseException:
+            self.breaker.abandoned(probe)
+            raise
+        self.breaker.succeeded(probe)
+        self.monitor.succeeded()
+        return result
+
     def get(self, key: str) -> bytes | None:
+        probe = self.breaker.admit()
         try:
             value: bytes | None = self.client.get(key)  # type: ignore[assignment]
         except FOREIGN_ERRORS as exc:
             if is_wrong_type(exc):
+                self.breaker.succeeded(probe)  # Redis answered: reachable
                 return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
+            self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
+        except BaseException:
+            self.breaker.abandoned(probe)
+            raise
+        self.breaker.succeeded(probe)
         self.monitor.succeeded()
         return value
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
-        try:
-            self.client.set(key, value, ex=ttl)
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
+        self._run(lambda: self.client.set(key, value, ex=ttl))
 
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        try:
-            count = int(self.client.unlink(*keys))
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
-        return count
+        return int(self._run(lambda: run_sync(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], [])))
 
     def delete_matching(self, pattern: str) -> int:
         """SCAN + UNLINK in batches, never KEYS: Redis stays responsive on a large keyspace."""
-        deleted = 0
-        batch: list[bytes] = []
-        try:
-            for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+
+        def op() -> int:
+            client = self.client
+            # The epoch moves before the scan, not after: a fill that read its data before this
+            # call and stores after the scan went past its key would otherwise survive it.
+            client.incr(EPOCH_KEY)
+            deleted = 0
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+                if key == _EPOCH:
+                    continue
                 batch.append(key)
                 if len(batch) >= SCAN_BATCH:
-                    deleted += int(self.client.unlink(*batch))
+                    deleted += int(client.unlink(*batch))
                     batch.clear()
             if batch:
-                deleted += int(self.client.unlink(*batch))
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
-        return deleted
+                deleted += int(client.unlink(*batch))
+            return deleted
+
+        return self._run(op)
 
     def ping(self) -> bool:
-        try:
-            self.client.ping()
-        except FOREIGN_ERRORS as exc:
-            raise self.monitor.failed(exc) from exc
-        self.monitor.succeeded()
+        self._run(self.client.ping)
         return True
 
     def close(self) -> None:
         self.client.close()
+
+    def epoch(self) -> int:
+        value = self._run(lambda: self.client.get(EPOCH_KEY))
+        return int(value) if value is not None else 0
+
+    def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None:
+        check_fill_ttl(ttl_ms)
+        epoch = self._run(
+            lambda: run_sync(
+                self.client, ACQUIRE_FILL, *acquire_fill_call(lock_key, token, ttl_ms, index_key)
+            )
+        )
+        return None if epoch is None else int(epoch)
+
+    def store_fill(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_key: str | None = None,
+        index_ttl: int = 0,
+    ) -> bool:
+        check_writes(writes, index_key, index_ttl)
+        keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
+        return bool(self._run(lambda: run_sync(self.client, STORE_FILL, keys, args)))
+
+    def release_fill(self, lock_key: str, token: str) -> None:
+        self._run(lambda: run_sync(self.client, RELEASE_FILL, [lock_key], [token]))
+
+    def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
+        def op() -> tuple[bytes | None, bool]:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.exists(lock_key)
+                value, exists = pipe.execute(raise_on_error=False)
+            return peek_result(value, exists)
+
+        return self._run(op)
+
+    def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
+        check_ttl(ttl)
+        check_ttl(index_ttl, "index_ttl")
+        self._run(
+            lambda: run_sync(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl])
+        )
+
+    def delete_index(self, index_key: str) -> int:
+        detached = detached_index_name(index_key)
+
+        def op() -> int:
+            deleted, left = run_sync(
+                self.client, DELETE_INDEX, [EPOCH_KEY, index_key, detached], [SCAN_BATCH]
+            )
+            while left:
+                count, left = run_sync(
+                    self.client, DRAIN_INDEX, [EPOCH_KEY, detached], [SCAN_BATCH]
+                )
+                deleted += count
+            return int(deleted)
+
+        return self._run(op)

@@ -1,0 +1,263 @@
+"""The Lua scripts behind the Redis stores' compound operations, shared by sync and async.
+
+Each compound operation (deletion + epoch bump, lease check + writes + index, ...) is one script,
+so it is atomic and costs one round trip. Scripts run by EVALSHA and fall back to EVAL when the
+server does not know them yet (first use, or after a restart or SCRIPT FLUSH).
+
+Keys the scripts read or write are declared in KEYS, except the members of an index set, which
+only the set knows: fine on a single Redis (what the stores support), not Redis Cluster.
+
+Numbers cross as decimal strings: the epoch is compared as the string Redis stores, so a Lua
+double never rounds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError
+
+from .base import EPOCH_KEY, Write
+from .health import is_wrong_type
+
+__all__ = [
+    "ACQUIRE_FILL",
+    "DELETE_INDEX",
+    "DELETE_KEYS",
+    "DRAIN_INDEX",
+    "RELEASE_FILL",
+    "SET_INDEXED",
+    "STORE_FILL",
+    "Script",
+    "acquire_fill_call",
+    "detached_index_name",
+    "peek_result",
+    "run_async",
+    "run_sync",
+    "store_fill_call",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+# Lua 5.1's unpack() fails past a few thousand values (the C stack limit): big key lists go to
+# UNLINK/SADD in slices of this size.
+_LUA_HELPERS = """
+local SLICE = 1000
+local function unlink_all(list, from, protect)
+  local n = 0
+  local slice = {}
+  for i = from, #list do
+    if list[i] ~= protect then
+      slice[#slice + 1] = list[i]
+      if #slice == SLICE then
+        n = n + redis.call('UNLINK', unpack(slice))
+        slice = {}
+      end
+    end
+  end
+  if #slice > 0 then n = n + redis.call('UNLINK', unpack(slice)) end
+  return n
+end
+local function index_add(index, list, from, last, ttl)
+  for i = from, last, SLICE do
+    redis.call('SADD', index, unpack(list, i, math.min(i + SLICE - 1, last)))
+  end
+  -- NX gives a new set its TTL; GT then only ever extends it: the index outlives its
+  -- longest-lived member, and a shorter write never cuts it short (Redis >= 7).
+  redis.call('EXPIRE', index, ttl, 'NX')
+  redis.call('EXPIRE', index, ttl, 'GT')
+end
+"""
+
+
+def _script(name: str, body: str) -> Script:
+    return Script(name, f"-- cache-middleware {name}\n{_LUA_HELPERS}{body}")
+
+
+# KEYS: epoch, key...   -> number of keys that existed.
+# The epoch moves even when nothing matched: the caller meant to invalidate, and a fill that
+# read the data before this call must not store it after.
+DELETE_KEYS = _script(
+    "DELETE_KEYS",
+    """
+redis.call('INCR', KEYS[1])
+return unlink_all(KEYS, 2, KEYS[1])
+""",
+)
+
+# KEYS: lock, epoch   ARGV: token, ttl_ms   -> epoch (string) if the lease was taken, else nil.
+# KEYS: lock, epoch, [index]   ARGV: token, ttl_ms, index_ttl seconds or ''
+# The lock joins the path's index, so that deleting the index (an unsafe method on the path)
+# also takes the lease away: the fill under way can then no longer write (STORE_FILL).
+ACQUIRE_FILL = _script(
+    "ACQUIRE_FILL",
+    """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[3] ~= '' then
+    redis.call('SADD', KEYS[3], KEYS[1])
+    redis.call('EXPIRE', KEYS[3], ARGV[3], 'NX')
+    redis.call('EXPIRE', KEYS[3], ARGV[3], 'GT')
+  end
+  return redis.call('GET', KEYS[2]) or '0'
+end
+return false
+""",
+)
+
+# KEYS: lock, epoch, [index], key...   ARGV: token, epoch, index_ttl or '', value, ttl, ...
+# -> 1 stored, 0 not (lease lost or an invalidation since acquire_fill: nothing written).
+STORE_FILL = _script(
+    "STORE_FILL",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local first = 3
+if ARGV[3] ~= '' then first = 4 end
+for i = first, #KEYS do
+  local j = 4 + 2 * (i - first)
+  redis.call('SET', KEYS[i], ARGV[j], 'EX', ARGV[j + 1])
+end
+if first == 4 and #KEYS >= 4 then
+  index_add(KEYS[3], KEYS, 4, #KEYS, ARGV[3])
+end
+redis.call('DEL', KEYS[1])
+return 1
+""",
+)
+
+# KEYS: lock   ARGV: token   -> 1 released, 0 not ours (expired, or someone else's now).
+RELEASE_FILL = _script(
+    "RELEASE_FILL",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+# KEYS: key, index   ARGV: value, ttl, index_ttl
+SET_INDEXED = _script(
+    "SET_INDEXED",
+    """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+index_add(KEYS[2], KEYS, 1, 1, ARGV[3])
+return 1
+""",
+)
+
+# Pops up to `batch` members off a detached index and unlinks them.
+_DRAIN = """
+local function drain(set, batch, protect)
+  local members = redis.call('SPOP', set, batch)
+  local n = 0
+  if #members > 0 then n = unlink_all(members, 1, protect) end
+  return {n, redis.call('SCARD', set)}
+end
+"""
+
+# KEYS: epoch, index, detached   ARGV: batch   -> {deleted, members left in `detached`}.
+# The index is renamed away first, so fills that store after this call start a fresh index
+# instead of adding to one that is being torn down (their members would be lost with it).
+# A big index is then drained by DRAIN_INDEX one batch per round trip, never blocking Redis
+# for long; if the caller dies midway, the detached set still expires with the index's TTL.
+DELETE_INDEX = _script(
+    "DELETE_INDEX",
+    _DRAIN
+    + """
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'set' then
+  return {0, 0}
+end
+redis.call('RENAME', KEYS[2], KEYS[3])
+return drain(KEYS[3], ARGV[1], KEYS[1])
+""",
+)
+
+# KEYS: epoch, detached   ARGV: batch   -> {deleted, members left}.
+DRAIN_INDEX = _script(
+    "DRAIN_INDEX",
+    _DRAIN
+    + """
+return drain(KEYS[2], ARGV[1], KEYS[1])
+""",
+)
+
+
+def acquire_fill_call(
+    lock_key: str, token: str, ttl_ms: int, index_key: str | None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ACQUIRE_FILL; the index outlives the lock by at least the lock's TTL."""
+    if index_key is None:
+        return [lock_key, EPOCH_KEY], [token, ttl_ms, ""]
+    return [lock_key, EPOCH_KEY, index_key], [token, ttl_ms, max(1, -(-ttl_ms // 1000))]
+
+
+def store_fill_call(
+    lock_key: str,
+    token: str,
+    epoch: int,
+    writes: Sequence[Write],
+    index_key: str | None,
+    index_ttl: int,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for STORE_FILL."""
+    keys = [lock_key, EPOCH_KEY]
+    args: list[Any] = [token, str(epoch), str(index_ttl) if index_key is not None else ""]
+    if index_key is not None:
+        keys.append(index_key)
+    for key, value, ttl in writes:
+        keys.append(key)
+        args += [value, ttl]
+    return keys, args
+
+
+def run_sync(client: redis.Redis, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return client.eval(script.source, len(keys), *keys, *args)
+
+
+async def run_async(
+    client: redis.asyncio.Redis, script: Script, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(script.source, len(keys), *keys, *args)
+
+
+def detached_index_name(index_key: str) -> str:
+    """A name no other call uses, for an index being torn down (see DELETE_INDEX)."""
+    return f"{index_key}:deleting:{uuid.uuid4().hex}"
+
+
+def peek_result(value: Any, exists: Any) -> tuple[bytes | None, bool]:
+    """peek_fill's pipeline replies (GET, EXISTS), errors raised as get() would raise them."""
+    if isinstance(exists, Exception):
+        raise exists
+    if isinstance(value, Exception):
+        if not is_wrong_type(value):
+            raise value
+        value = b""  # a foreign value under the key, reported as get() reports it
+    return value, bool(exists)
