@@ -48,6 +48,7 @@ class RouteSettings:
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
     ignore_params: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def _read_yaml(path: Path) -> Any:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PLACEHOLDER_NAME = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_TAG_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {
     "redis_url",
     "key_prefix",
@@ -180,6 +182,7 @@ _ROUTE_KEYS = {
     "stale_while_revalidate",
     "stale_if_error",
     "ignore_params",
+    "tags",
 }
 _ADMIN_KEYS = {"token"}
 
@@ -343,6 +346,14 @@ class _Validator:
         )
         sie = self.non_negative_int(f"{where}.stale_if_error", spec.get("stale_if_error", 0))
         ignore = self.name_list(f"{where}.ignore_params", spec.get("ignore_params"), "globs")
+        tags = self.name_list(f"{where}.tags", spec.get("tags"), "tags")
+        params = {seg[1:-1] for seg in split_route(path) if is_placeholder(seg)}
+        for tag in tags:
+            for name in _TAG_PLACEHOLDER.findall(tag):
+                if name not in params:
+                    raise self.fail(
+                        f"{where}.tags", f"{tag!r} uses {{{name}}}, which the route does not have"
+                    )
         return RouteSettings(
             path,
             ttl,
@@ -355,6 +366,7 @@ class _Validator:
             stale_while_revalidate=swr,
             stale_if_error=sie,
             ignore_params=ignore,
+            tags=tags,
         )
 
     def settings(self, data: Any) -> Settings:

@@ -38,6 +38,7 @@ def build_policy(
             stale_while_revalidate=route.stale_while_revalidate,
             stale_if_error=route.stale_if_error,
             ignored=_compile_globs(route.ignore_params),
+            tags=route.tags,
         )
         for route in settings.routes
     )

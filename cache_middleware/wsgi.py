@@ -492,7 +492,12 @@ class _MissRecorder:
         )
         try:
             ok = mw.store.store_fill(
-                self.plan.lock_key, self.token, self.epoch, writes, self.plan.index_key, lifetime
+                self.plan.lock_key,
+                self.token,
+                self.epoch,
+                writes,
+                mw.policy.index_keys(self.plan, self.headers),
+                lifetime,
             )
         except StoreUnavailable:
             mw.stats.errors += 1

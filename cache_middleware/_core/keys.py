@@ -27,7 +27,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-__all__ = ["build_key", "display_key", "escape_component", "query_pairs"]
+__all__ = [
+    "ABSENT",
+    "build_key",
+    "display_key",
+    "escape_component",
+    "lock_key",
+    "path_index_key",
+    "query_pairs",
+    "tag_index_key",
+    "variant_key",
+]
 
 _ESCAPED = {ord(c): f"%{ord(c):02X}" for c in "%:*?[]\\ "}
 _ESCAPED.update({i: f"%{i:02X}" for i in range(0x20)})
@@ -119,6 +129,14 @@ def lock_key(primary: str, prefix: str) -> str:
 def path_index_key(prefix: str, path: str) -> str:
     """The index of every GET entry of one path: `{prefix}:IDX:{path}`."""
     return f"{prefix}:IDX:{escape_component(path)}"
+
+
+def tag_index_key(prefix: str, tag: str, venue: str | None = None) -> str:
+    """The index of every entry carrying `tag` (a surrogate key): `{prefix}:TAG:{tag}`, and
+    per venue `{prefix}:TAG:{tag}:venue:{venue}` so a venue-scoped invalidation stays in its
+    venue."""
+    base = f"{prefix}:TAG:{escape_component(tag)}"
+    return base if venue is None else f"{base}:venue:{escape_component(venue)}"
 
 
 def display_key(key: str) -> str:

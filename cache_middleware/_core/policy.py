@@ -35,7 +35,15 @@ from .headers import (
     vary_names,
     weak_match,
 )
-from .keys import build_key, display_key, lock_key, path_index_key, query_pairs, variant_key
+from .keys import (
+    build_key,
+    display_key,
+    lock_key,
+    path_index_key,
+    query_pairs,
+    tag_index_key,
+    variant_key,
+)
 from .rules import RouteTable, Rule
 
 __all__ = [
@@ -72,7 +80,12 @@ _NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
 )
 # Headers this cache owns: an app's (or an upstream cache's) copies are dropped, never doubled.
-_OURS = frozenset({b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age", b"cache-status"})
+# Cache-Tag is the app's message to the cache (surrogate keys): never shown to the client.
+_OURS = frozenset(
+    {b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age", b"cache-status", b"cache-tag"}
+)
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
 _CACHE_NAME = b"cache-middleware"
 _LEARNED_VARY_LIMIT = 10_000
 
@@ -140,6 +153,8 @@ class Lookup:
     lock_key: str
     no_store: bool = False  # RFC 9111 §5.2.1.5: request no-store
     refresh: bool = False  # request no-cache honoured: skip the read, fetch and store anew
+    venue: str | None = None
+    path_params: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +226,10 @@ class CachePolicy:
     def plan(
         self, method: str, path: str, query_string: str, source: RequestSource
     ) -> Bypass | Invalidate | Lookup | None:
-        rule = self.table.match(path)
-        if rule is None:
+        matched = self.table.match_params(path)
+        if matched is None:
             return None
+        rule, path_params = matched
         if method not in _CACHEABLE_METHODS:
             if method in _UNSAFE_METHODS:
                 return Invalidate(rule, path_index_key(self.key_prefix, path))
@@ -271,6 +287,8 @@ class CachePolicy:
             lock_key(key, self.key_prefix),
             no_store="no-store" in directives,
             refresh=refresh,
+            venue=venue,
+            path_params=path_params,
         )
 
     def _unkeyable(self, source: RequestSource) -> str:
@@ -448,6 +466,27 @@ class CachePolicy:
             (self._variant(lookup, start.vary), record, lifetime),
             (lookup.key, encode_vary(start.vary), lifetime),
         ], lifetime
+
+    def tags_of(self, lookup: Lookup, headers: HeaderList) -> list[str]:
+        """The response's surrogate keys: the route's `tags` filled from the path, plus the
+        app's own `Cache-Tag` header (comma- or space-separated), bounded in number and size."""
+        tags = [template.format_map(lookup.path_params) for template in lookup.rule.tags]
+        value = get_header(headers, b"cache-tag")
+        if value:
+            text = value.decode("latin-1").replace(",", " ")
+            tags.extend(
+                tag for tag in text.split() if len(tag) <= MAX_TAG_LENGTH and tag.isprintable()
+            )
+        return list(dict.fromkeys(tags))[:MAX_TAGS]
+
+    def index_keys(self, lookup: Lookup, headers: HeaderList) -> list[str]:
+        """Where a stored response is indexed: its path, and each tag (also per venue)."""
+        keys = [lookup.index_key]
+        for tag in self.tags_of(lookup, headers):
+            keys.append(tag_index_key(self.key_prefix, tag))
+            if lookup.venue is not None:
+                keys.append(tag_index_key(self.key_prefix, tag, lookup.venue))
+        return keys
 
     def _decorate(self, headers: list[tuple[bytes, bytes]], lookup: Lookup, state: bytes) -> None:
         rule = lookup.rule

@@ -31,10 +31,16 @@ class Rule:
     stale_if_error: int = 0
     # Query parameter names never keyed (tracking params); compiled from `ignore_params` globs.
     ignored: Callable[[str], object] | None = None
+    # Surrogate keys for invalidation, e.g. "event:{event_id}", filled from the path.
+    tags: tuple[str, ...] = ()
+    # Placeholder names in route order, e.g. ("event_id",) for /api/events/{event_id}.
+    params: tuple[str, ...] = field(init=False)
     ttl_header: bytes = field(init=False)
     cache_control: bytes = field(init=False)
 
     def __post_init__(self) -> None:
+        names = tuple(seg[1:-1] for seg in split_route(self.route) if is_placeholder(seg))
+        object.__setattr__(self, "params", names)
         object.__setattr__(self, "ttl_header", str(self.ttl).encode())
         scope = b"private" if self.private else b"public"
         object.__setattr__(self, "cache_control", scope + b", max-age=" + self.ttl_header)
@@ -74,24 +80,34 @@ class RouteTable:
             node.rule = rule
 
     def match(self, path: str) -> Rule | None:
+        found = self.match_params(path)
+        return found[0] if found else None
+
+    def match_params(self, path: str) -> tuple[Rule, dict[str, str]] | None:
+        """The matching rule and the values of its `{name}` segments."""
         segments = path.split("/")
         # segments[0] is "" for an absolute path; a relative one can match nothing.
         if segments[0]:
             return None
-        best = self._walk(self._root, segments, 1)
-        return best[1] if best else None
+        best = self._walk(self._root, segments, 1, ())
+        if best is None:
+            return None
+        _, rule, values = best
+        return rule, dict(zip(rule.params, values, strict=True))
 
-    def _walk(self, node: _Node, segs: list[str], i: int) -> tuple[int, Rule] | None:
-        best = (i, node.rule) if node.rule is not None else None
+    def _walk(
+        self, node: _Node, segs: list[str], i: int, values: tuple[str, ...]
+    ) -> tuple[int, Rule, tuple[str, ...]] | None:
+        best = (i, node.rule, values) if node.rule is not None else None
         if i < len(segs):
             seg = segs[i]
             child = node.literal.get(seg)
             if child is not None:
-                found = self._walk(child, segs, i + 1)
+                found = self._walk(child, segs, i + 1, values)
                 if found is not None and (best is None or found[0] > best[0]):
                     best = found
             if node.param is not None and seg:
-                found = self._walk(node.param, segs, i + 1)
+                found = self._walk(node.param, segs, i + 1, (*values, seg))
                 # Strictly longer only: on a tie the literal branch, walked first, wins.
                 if found is not None and (best is None or found[0] > best[0]):
                     best = found

@@ -20,6 +20,7 @@ trip. The memory store does the same under its lock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "check_fill_ttl",
     "check_ttl",
     "check_writes",
+    "index_list",
 ]
 
 # Keys per SCAN page and per UNLINK call: large enough to be quick, small enough not to block Redis.
@@ -56,12 +58,21 @@ def check_fill_ttl(ttl_ms: int) -> int:
     return ttl_ms
 
 
-def check_writes(writes: list[Write], index_key: str | None, index_ttl: int) -> None:
+def index_list(index_key: str | Sequence[str] | None) -> list[str]:
+    """`store_fill`'s index argument (none, one, or several indexes) as a list."""
+    if index_key is None:
+        return []
+    return [index_key] if isinstance(index_key, str) else list(index_key)
+
+
+def check_writes(
+    writes: list[Write], index_key: str | Sequence[str] | None, index_ttl: int
+) -> None:
     for _, value, ttl in writes:
         check_ttl(ttl)
         if not isinstance(value, bytes):
             raise TypeError(f"values must be bytes, got {type(value).__name__}")
-    if index_key is not None:
+    if index_key is not None and (isinstance(index_key, str) or len(index_key) > 0):
         check_ttl(index_ttl, "index_ttl")
 
 
@@ -83,7 +94,7 @@ class SyncStore(Protocol):
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool: ...
     def release_fill(self, lock_key: str, token: str) -> None: ...
@@ -112,7 +123,7 @@ class AsyncStore(Protocol):
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool: ...
     async def release_fill(self, lock_key: str, token: str) -> None: ...

@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from .._core.globs import compile_glob
-from .base import EPOCH_KEY, Write, check_fill_ttl, check_ttl, check_writes
+from .base import EPOCH_KEY, Write, check_fill_ttl, check_ttl, check_writes, index_list
 
 __all__ = ["AsyncMemoryStore", "MemoryStore"]
 
@@ -182,7 +183,7 @@ class MemoryStore:
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool:
         check_writes(writes, index_key, index_ttl)
@@ -195,8 +196,9 @@ class MemoryStore:
                 return False
             for key, value, ttl in writes:
                 self._put(key, value, now + ttl)
-            if index_key is not None and writes:
-                self._index_add(index_key, [key for key, _, _ in writes], index_ttl, now)
+            if writes:
+                for index in index_list(index_key):
+                    self._index_add(index, [key for key, _, _ in writes], index_ttl, now)
             self._drop(lock_key)
             return True
 
@@ -291,7 +293,7 @@ class AsyncMemoryStore:
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool:
         return self.sync.store_fill(lock_key, token, epoch, writes, index_key, index_ttl)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -196,7 +196,7 @@ class AsyncRedisStore:
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool:
         check_writes(writes, index_key, index_ttl)

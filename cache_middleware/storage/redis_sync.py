@@ -7,7 +7,7 @@ redis-py retries, the same outage bookkeeping and circuit breaker, and the same 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -170,7 +170,7 @@ class RedisStore:
         token: str,
         epoch: int,
         writes: list[Write],
-        index_key: str | None = None,
+        index_key: str | Sequence[str] | None = None,
         index_ttl: int = 0,
     ) -> bool:
         check_writes(writes, index_key, index_ttl)

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from .base import EPOCH_KEY, Write
+from .base import EPOCH_KEY, Write, index_list
 from .health import is_wrong_type
 
 __all__ = [
@@ -119,7 +119,7 @@ return false
 """,
 )
 
-# KEYS: lock, epoch, [index], key...   ARGV: token, epoch, index_ttl or '', value, ttl, ...
+# KEYS: lock, epoch, index..., key...   ARGV: token, epoch, index_ttl, #indexes, value, ttl, ...
 # -> 1 stored, 0 not (lease lost or an invalidation since acquire_fill: nothing written).
 STORE_FILL = _script(
     "STORE_FILL",
@@ -131,14 +131,16 @@ if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then
   redis.call('DEL', KEYS[1])
   return 0
 end
-local first = 3
-if ARGV[3] ~= '' then first = 4 end
+local indexes = tonumber(ARGV[4])
+local first = 3 + indexes
 for i = first, #KEYS do
-  local j = 4 + 2 * (i - first)
+  local j = 5 + 2 * (i - first)
   redis.call('SET', KEYS[i], ARGV[j], 'EX', ARGV[j + 1])
 end
-if first == 4 and #KEYS >= 4 then
-  index_add(KEYS[3], KEYS, 4, #KEYS, ARGV[3])
+if #KEYS >= first then
+  for x = 3, first - 1 do
+    index_add(KEYS[x], KEYS, first, #KEYS, ARGV[3])
+  end
 end
 redis.call('DEL', KEYS[1])
 return 1
@@ -217,14 +219,13 @@ def store_fill_call(
     token: str,
     epoch: int,
     writes: Sequence[Write],
-    index_key: str | None,
+    index_key: str | Sequence[str] | None,
     index_ttl: int,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for STORE_FILL."""
-    keys = [lock_key, EPOCH_KEY]
-    args: list[Any] = [token, str(epoch), str(index_ttl) if index_key is not None else ""]
-    if index_key is not None:
-        keys.append(index_key)
+    indexes = index_list(index_key)
+    keys = [lock_key, EPOCH_KEY, *indexes]
+    args: list[Any] = [token, str(epoch), str(index_ttl) if indexes else "0", len(indexes)]
     for key, value, ttl in writes:
         keys.append(key)
         args += [value, ttl]
