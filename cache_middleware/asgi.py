@@ -28,11 +28,12 @@ from ._core.policy import (
     NotFound,
     RequestView,
 )
-from ._core.stats import Counters
+from ._core.stats import StatsBook
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
+from .registry import register
 from .storage import AsyncStore, make_async_store
-from .wiring import build_policy
+from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
 
 __all__ = ["CacheMiddleware"]
 
@@ -112,7 +113,11 @@ class CacheMiddleware:
             self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
         )
         self.store = store if store is not None else make_async_store(self.settings)
-        self.stats = Counters()
+        self.book = StatsBook()
+        self.stats = self.book.total  # the process totals; per route/venue in self.book
+        self._next_flush = time.monotonic() + FLUSH_INTERVAL
+        self._flushing: asyncio.Task[None] | None = None
+        register(self)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> done when the entry is (or is not) in.
         self._fills: dict[str, asyncio.Future[None]] = {}
@@ -122,6 +127,8 @@ class CacheMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if time.monotonic() >= self._next_flush:
+            self._schedule_flush()
         plan = self.policy.plan(
             scope["method"],
             scope["path"],
@@ -135,12 +142,40 @@ class CacheMiddleware:
         elif isinstance(plan, Invalidate):
             await self._invalidate(plan, scope, receive, send)
         else:
-            await self._bypass(scope, receive, send, plan.reason)
+            await self._bypass(scope, receive, send, plan.reason, plan.rule.route)
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    def bump(self, name: str, plan: Lookup) -> None:
+        self.book.bump(name, plan.rule.route, plan.venue)
+
+    def _schedule_flush(self) -> None:
+        self._next_flush = time.monotonic() + FLUSH_INTERVAL
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self.flush_stats())
+
+    async def flush_stats(self) -> None:
+        """Add this process's counters to the shared tally: one batched write per interval."""
+        deltas = self.book.drain()
+        if not deltas:
+            return
+        try:
+            await self.store.add_stats(stats_key(self.settings.key_prefix), deltas, STATS_TTL)
+        except StoreUnavailable:
+            self.book.undrain(deltas)  # written with the next flush instead
 
     # -- the request paths ---------------------------------------------------------------------
 
-    async def _bypass(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
-        self.stats.bypasses += 1
+    async def _bypass(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        reason: str,
+        route: str | None = None,
+        venue: str | None = None,
+    ) -> None:
+        self.book.bump("bypasses", route, venue)
         policy = self.policy
 
         async def send_bypass(message: Message) -> None:
@@ -153,8 +188,9 @@ class CacheMiddleware:
     async def _invalidate(
         self, plan: Invalidate, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.stats.bypasses += 1
-        policy, store, stats = self.policy, self.store, self.stats
+        route = plan.rule.route
+        self.book.bump("bypasses", route)
+        policy, store, book = self.policy, self.store, self.book
 
         async def send_invalidating(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -163,9 +199,9 @@ class CacheMiddleware:
                 if 200 <= message["status"] < 400:
                     try:
                         await store.delete_index(plan.index_key)
-                        stats.invalidations += 1
+                        book.bump("invalidations", route)
                     except StoreUnavailable:
-                        stats.errors += 1
+                        book.bump("errors", route)
                 message["headers"] = policy.bypass_headers(message.get("headers", []), "method")
             await send(message)
 
@@ -177,19 +213,21 @@ class CacheMiddleware:
             try:
                 found = await self._read(plan)
             except StoreUnavailable:
-                self.stats.errors += 1
-                await self._bypass(scope, receive, send, "store-unavailable")
+                self.bump("errors", plan)
+                await self._bypass(
+                    scope, receive, send, "store-unavailable", plan.rule.route, plan.venue
+                )
                 return
             if isinstance(found, Found):
                 now = time.time()
                 state = self.policy.freshness(found.entry, now)
                 if state == "fresh":
-                    self.stats.hits += 1
+                    self.bump("hits", plan)
                     await self._replay(plan, found.entry, now, send)
                     return
                 if state == "stale-while-revalidate":
                     # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
-                    self.stats.stale_hits += 1
+                    self.bump("stale_hits", plan)
                     await self._replay(plan, found.entry, now, send, stale=state)
                     self._refresh_in_background(plan, scope)
                     return
@@ -241,8 +279,10 @@ class CacheMiddleware:
                     plan.lock_key, token, self._lease_ms, plan.index_key
                 )
             except StoreUnavailable:
-                self.stats.errors += 1
-                await self._bypass(scope, receive, send, "store-unavailable")
+                self.bump("errors", plan)
+                await self._bypass(
+                    scope, receive, send, "store-unavailable", plan.rule.route, plan.venue
+                )
                 return
             if epoch is None:
                 # Another process holds the lease: wait (bounded) for its entry.
@@ -280,8 +320,8 @@ class CacheMiddleware:
         except StoreUnavailable:
             found = None
         if isinstance(found, Found) and self.policy.freshness(found.entry, time.time()) == "fresh":
-            self.stats.coalesced += 1
-            self.stats.hits += 1
+            self.bump("coalesced", plan)
+            self.bump("hits", plan)
             await self._replay(plan, found.entry, time.time(), send)
             return
         # Not storable, another variant, or the wait ran out: answer without storing.
@@ -330,7 +370,7 @@ class CacheMiddleware:
             )
             await recorder.run(refresh_scope, _EmptyRequest())
         except StoreUnavailable:
-            self.stats.errors += 1
+            self.bump("errors", plan)
         except Exception:
             logger.exception("background refresh of %r failed", plan.key)
         finally:
@@ -379,7 +419,7 @@ class _MissRecorder:
                 self.suppressed = True  # the app failed before answering: serve stale
             if self.suppressed:
                 assert self.stale is not None
-                mw.stats.stale_hits += 1
+                mw.bump("stale_hits", self.plan)
                 await mw._replay(
                     self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
                 )
@@ -391,7 +431,7 @@ class _MissRecorder:
                 try:
                     await mw.store.release_fill(self.plan.lock_key, self.token)
                 except StoreUnavailable:
-                    mw.stats.errors += 1
+                    mw.bump("errors", self.plan)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -410,9 +450,9 @@ class _MissRecorder:
                 decision.store = False
             # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
             if decision.store:
-                self.mw.stats.misses += 1
+                self.mw.bump("misses", self.plan)
             else:
-                self.mw.stats.bypasses += 1
+                self.mw.bump("bypasses", self.plan)
             message["headers"] = decision.headers
             self.started = True
             await self.downstream(message)
@@ -453,12 +493,14 @@ class _MissRecorder:
                 lifetime,
             )
         except StoreUnavailable:
-            mw.stats.errors += 1
+            mw.bump("errors", self.plan)
             return False
         if ok:
-            mw.stats.stores += 1
+            mw.bump("stores", self.plan)
         else:
-            mw.stats.lost_leases += 1  # invalidated while the app was answering: not written
+            mw.bump(
+                "lost_leases", self.plan
+            )  # invalidated while the app was answering: not written
         return True
 
 

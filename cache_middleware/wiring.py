@@ -10,7 +10,16 @@ from ._core.policy import CachePolicy, Resolver
 from ._core.rules import Rule
 from .config import Settings
 
-__all__ = ["build_policy"]
+__all__ = ["FLUSH_INTERVAL", "STATS_TTL", "build_policy", "stats_key"]
+
+# Counters go to the shared tally at most this often per process: never a write per request.
+FLUSH_INTERVAL = 5.0
+STATS_TTL = 7 * 24 * 3600  # an idle cache's figures fade out after a week
+
+
+def stats_key(prefix: str) -> str:
+    """The shared tally of every process's counters (a Redis hash)."""
+    return f"{prefix}:STATS"
 
 
 def _compile_globs(globs: tuple[str, ...]) -> Callable[[str], object] | None:

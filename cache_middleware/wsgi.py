@@ -29,11 +29,12 @@ from ._core.policy import (
     NotFound,
     RequestView,
 )
-from ._core.stats import Counters
+from ._core.stats import StatsBook
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
+from .registry import register
 from .storage import SyncStore, make_sync_store
-from .wiring import build_policy
+from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
 
 __all__ = ["WSGICacheMiddleware"]
 
@@ -130,13 +131,20 @@ class WSGICacheMiddleware:
             self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
         )
         self.store = store if store is not None else make_sync_store(self.settings)
-        self.stats = Counters()
+        self.book = StatsBook()
+        self.stats = self.book.total  # the process totals; per route/venue in self.book
+        self._next_flush = time.monotonic() + FLUSH_INTERVAL
+        self._flush_lock = threading.Lock()
+        register(self)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
         self._fills_lock = threading.Lock()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if time.monotonic() >= self._next_flush:
+            self._next_flush = time.monotonic() + FLUSH_INTERVAL
+            threading.Thread(target=self.flush_stats, name="cache-stats", daemon=True).start()
         plan = self.policy.plan(
             environ.get("REQUEST_METHOD", "GET"),
             _request_path(environ),
@@ -149,14 +157,39 @@ class WSGICacheMiddleware:
             return self._lookup(plan, environ, start_response)
         if isinstance(plan, Invalidate):
             return self._invalidate(plan, environ, start_response)
-        return self._bypass(environ, start_response, plan.reason)
+        return self._bypass(environ, start_response, plan.reason, plan.rule.route)
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    def bump(self, name: str, plan: Lookup) -> None:
+        self.book.bump(name, plan.rule.route, plan.venue)
+
+    def flush_stats(self) -> None:
+        """Add this process's counters to the shared tally: one batched write per interval."""
+        if not self._flush_lock.acquire(blocking=False):
+            return  # a flush is under way
+        try:
+            deltas = self.book.drain()
+            if not deltas:
+                return
+            try:
+                self.store.add_stats(stats_key(self.settings.key_prefix), deltas, STATS_TTL)
+            except StoreUnavailable:
+                self.book.undrain(deltas)  # written with the next flush instead
+        finally:
+            self._flush_lock.release()
 
     # -- the request paths ---------------------------------------------------------------------
 
     def _bypass(
-        self, environ: Environ, start_response: StartResponse, reason: str
+        self,
+        environ: Environ,
+        start_response: StartResponse,
+        reason: str,
+        route: str | None = None,
+        venue: str | None = None,
     ) -> Iterable[bytes]:
-        self.stats.bypasses += 1
+        self.book.bump("bypasses", route, venue)
         policy = self.policy
 
         def start_bypass(
@@ -170,8 +203,9 @@ class WSGICacheMiddleware:
     def _invalidate(
         self, plan: Invalidate, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
-        self.stats.bypasses += 1
-        policy, store, stats = self.policy, self.store, self.stats
+        route = plan.rule.route
+        self.book.bump("bypasses", route)
+        policy, store, book = self.policy, self.store, self.book
 
         def start_invalidating(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -181,9 +215,9 @@ class WSGICacheMiddleware:
             if exc_info is None and 200 <= _status_code(status) < 400:
                 try:
                     store.delete_index(plan.index_key)
-                    stats.invalidations += 1
+                    book.bump("invalidations", route)
                 except StoreUnavailable:
-                    stats.errors += 1
+                    book.bump("errors", route)
             patched = _to_str(policy.bypass_headers(_to_bytes(headers), "method"))
             return start_response(status, patched, exc_info)
 
@@ -197,17 +231,19 @@ class WSGICacheMiddleware:
             try:
                 found = self._read(plan)
             except StoreUnavailable:
-                self.stats.errors += 1
-                return self._bypass(environ, start_response, "store-unavailable")
+                self.bump("errors", plan)
+                return self._bypass(
+                    environ, start_response, "store-unavailable", plan.rule.route, plan.venue
+                )
             if isinstance(found, Found):
                 now = time.time()
                 state = self.policy.freshness(found.entry, now)
                 if state == "fresh":
-                    self.stats.hits += 1
+                    self.bump("hits", plan)
                     return self._replay(plan, found.entry, now, start_response)
                 if state == "stale-while-revalidate":
                     # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
-                    self.stats.stale_hits += 1
+                    self.bump("stale_hits", plan)
                     self._refresh_in_background(plan, environ)
                     return self._replay(plan, found.entry, now, start_response, state)
                 if state == "stale-if-error":
@@ -271,8 +307,10 @@ class WSGICacheMiddleware:
             epoch = self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
         except StoreUnavailable:
             self._release(plan.key)
-            self.stats.errors += 1
-            return self._bypass(environ, start_response, "store-unavailable")
+            self.bump("errors", plan)
+            return self._bypass(
+                environ, start_response, "store-unavailable", plan.rule.route, plan.venue
+            )
         if epoch is None:
             # Another process holds the lease: wait (bounded) for its entry.
             try:
@@ -308,8 +346,8 @@ class WSGICacheMiddleware:
             found = None
         now = time.time()
         if isinstance(found, Found) and self.policy.freshness(found.entry, now) == "fresh":
-            self.stats.coalesced += 1
-            self.stats.hits += 1
+            self.bump("coalesced", plan)
+            self.bump("hits", plan)
             return self._replay(plan, found.entry, now, start_response)
         # Not storable, another variant, or the wait ran out: answer without storing.
         recorder = _MissRecorder(self, plan, start_response, None, 0, stale)
@@ -345,7 +383,7 @@ class WSGICacheMiddleware:
             for _ in recorder.run(environ):
                 pass
         except StoreUnavailable:
-            self.stats.errors += 1
+            self.bump("errors", plan)
         except Exception:
             logger.exception("background refresh of %r failed", plan.key)
         finally:
@@ -420,9 +458,9 @@ class _MissRecorder:
         if exc_info is None:
             # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
             if decision.store:
-                mw.stats.misses += 1
+                mw.bump("misses", self.plan)
             else:
-                mw.stats.bypasses += 1
+                mw.bump("bypasses", self.plan)
         write = self.downstream(status, _to_str(decision.headers), exc_info)
 
         def write_through(data: bytes) -> object:
@@ -467,7 +505,7 @@ class _MissRecorder:
                     close()
             if self.suppressed:
                 assert self.stale is not None
-                self.mw.stats.stale_hits += 1
+                self.mw.bump("stale_hits", self.plan)
                 yield from self.mw._replay(
                     self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
                 )
@@ -480,7 +518,7 @@ class _MissRecorder:
                 try:
                     self.mw.store.release_fill(self.plan.lock_key, self.token)
                 except StoreUnavailable:
-                    self.mw.stats.errors += 1
+                    self.mw.bump("errors", self.plan)
             if on_done is not None:
                 on_done()
 
@@ -500,10 +538,12 @@ class _MissRecorder:
                 lifetime,
             )
         except StoreUnavailable:
-            mw.stats.errors += 1
+            mw.bump("errors", self.plan)
             return False
         if ok:
-            mw.stats.stores += 1
+            mw.bump("stores", self.plan)
         else:
-            mw.stats.lost_leases += 1  # invalidated while the app was answering: not written
+            mw.bump(
+                "lost_leases", self.plan
+            )  # invalidated while the app was answering: not written
         return True

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from .._core.globs import compile_glob
 from .base import EPOCH_KEY, Write, check_fill_ttl, check_ttl, check_writes, index_list
@@ -47,6 +48,7 @@ class MemoryStore:
         self._indexes: dict[str, _Index] = {}
         self._sweep_at = _SWEEP_MIN
         self._epoch = 0
+        self._stats: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -254,6 +256,58 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._data)
 
+    # -- housekeeping and figures for the admin sub-app (never on the request path) ------------
+
+    def keys_matching(self, pattern: str, limit: int | None = None) -> list[str]:
+        matcher = compile_glob(pattern)
+        now = time.monotonic()
+        with self._lock:
+            names = [k for k in list(self._data) if self._live(k, now) is not None]
+            names += [k for k in list(self._indexes) if self._live_index(k, now) is not None]
+        found = [k for k in names if matcher.match(k)]
+        return found if limit is None else found[:limit]
+
+    def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        now = time.monotonic()
+        with self._lock:
+            values = [self._live(key, now) for key in keys]
+        return [None if value is None else len(value) for value in values]
+
+    def prune_index(self, index_key: str, members: Sequence[str]) -> int:
+        with self._lock:
+            index = self._live_index(index_key, time.monotonic())
+            if index is None:
+                return 0
+            gone = index.members & set(members)
+            index.members -= gone
+            return len(gone)
+
+    def exists(self, keys: Sequence[str]) -> int:
+        now = time.monotonic()
+        with self._lock:
+            return sum(
+                self._live(k, now) is not None or self._live_index(k, now) is not None for k in keys
+            )
+
+    def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
+        with self._lock:
+            table = self._stats.setdefault(hash_key, {})
+            for field_name, delta in deltas.items():
+                table[field_name] = table.get(field_name, 0) + delta
+
+    def read_stats(self, hash_key: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._stats.get(hash_key, {}))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "type": "memory",
+            "entries": len(self._data),
+            "used_memory": self._bytes,
+            "max_bytes": self.max_bytes,
+            "breaker": None,
+        }
+
 
 class AsyncMemoryStore:
     """Async face of a `MemoryStore`; two faces may share one store (ASGI app + sync manager)."""
@@ -311,3 +365,27 @@ class AsyncMemoryStore:
 
     async def delete_index(self, index_key: str) -> int:
         return self.sync.delete_index(index_key)
+
+    async def keys_matching(self, pattern: str, limit: int | None = None) -> list[str]:
+        return self.sync.keys_matching(pattern, limit)
+
+    async def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        return self.sync.sizes(keys)
+
+    async def index_members(self, index_key: str) -> list[str]:
+        return sorted(self.sync.index_members(index_key) or ())
+
+    async def prune_index(self, index_key: str, members: Sequence[str]) -> int:
+        return self.sync.prune_index(index_key, members)
+
+    async def exists(self, keys: Sequence[str]) -> int:
+        return self.sync.exists(keys)
+
+    async def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
+        self.sync.add_stats(hash_key, deltas, ttl)
+
+    async def read_stats(self, hash_key: str) -> dict[str, int]:
+        return self.sync.read_stats(hash_key)
+
+    async def info(self) -> dict[str, Any]:
+        return self.sync.info()

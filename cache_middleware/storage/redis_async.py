@@ -252,6 +252,81 @@ class AsyncRedisStore:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    # -- housekeeping and figures for the admin sub-app (never on the request path) ------------
+
+    async def keys_matching(self, pattern: str, limit: int | None = None) -> list[str]:
+        """Keys matching a glob (SCAN), at most `limit` of them."""
+
+        async def op() -> list[str]:
+            found: list[str] = []
+            async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+                if key != _EPOCH:
+                    found.append(key.decode("utf-8", "surrogateescape"))
+                    if limit is not None and len(found) >= limit:
+                        break
+            return found
+
+        return await self._run(op)
+
+    async def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """Bytes of each string value (None: absent or not a string), one pipeline per batch."""
+
+        async def op() -> list[int | None]:
+            out: list[int | None] = []
+            for start in range(0, len(keys), SCAN_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                chunk = keys[start : start + SCAN_BATCH]
+                for key in chunk:
+                    pipe.type(key)
+                    pipe.strlen(key)
+                replies = await pipe.execute(raise_on_error=False)
+                for kind, size in zip(replies[0::2], replies[1::2], strict=True):
+                    out.append(int(size) if kind in (b"string", "string") else None)
+            return out
+
+        return await self._run(op)
+
+    async def index_members(self, index_key: str) -> list[str]:
+        members: set[bytes] = await self._run(lambda: self.client.smembers(index_key))  # type: ignore[arg-type,return-value]
+        return sorted(m.decode("utf-8", "surrogateescape") for m in members)
+
+    async def prune_index(self, index_key: str, members: Sequence[str]) -> int:
+        if not members:
+            return 0
+        return int(await self._run(lambda: self.client.srem(index_key, *members)))
+
+    async def exists(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        return int(await self._run(lambda: self.client.exists(*keys)))
+
+    async def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
+        """Add counters into a shared hash (HINCRBY), in one pipeline: a batch, not a request."""
+
+        async def op() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for field_name, delta in deltas.items():
+                pipe.hincrby(hash_key, field_name, delta)
+            pipe.expire(hash_key, ttl)
+            await pipe.execute()
+
+        await self._run(op)
+
+    async def read_stats(self, hash_key: str) -> dict[str, int]:
+        raw: dict[bytes, bytes] = await self._run(lambda: self.client.hgetall(hash_key))  # type: ignore[arg-type,return-value]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def info(self) -> dict[str, Any]:
+        facts = await self._run(lambda: self.client.info())
+        return {
+            "type": "redis",
+            "redis_version": facts.get("redis_version"),
+            "used_memory": facts.get("used_memory"),
+            "used_memory_human": facts.get("used_memory_human"),
+            "maxmemory": facts.get("maxmemory"),
+            "breaker": self.breaker.state,
+        }
+
 
 def _pipelined_params(url: str, timeout: float) -> dict[str, Any] | None:
     """Connection facts for the pipelined GET, or None when the URL needs redis-py (TLS,

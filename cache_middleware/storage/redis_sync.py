@@ -212,3 +212,15 @@ class RedisStore:
             return int(deleted)
 
         return self._run(op)
+
+    def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
+        """Add counters into a shared hash (HINCRBY), in one pipeline: a batch, not a request."""
+
+        def op() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for field_name, delta in deltas.items():
+                pipe.hincrby(hash_key, field_name, delta)
+            pipe.expire(hash_key, ttl)
+            pipe.execute()
+
+        self._run(op)
