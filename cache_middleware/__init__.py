@@ -6,6 +6,7 @@ app.wsgi_app = WSGICacheMiddleware(app.wsgi_app, config="cache.yaml")     # Flas
 
 from __future__ import annotations
 
+from .admin import create_admin_app
 from .asgi import CacheMiddleware
 from .config import Settings, load_config
 from .errors import CacheError, ConfigError, StoreUnavailable
@@ -21,6 +22,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncCacheManager",
     "WSGICacheMiddleware",
+    "create_admin_app",
     "get_cache_manager",
     "get_sync_cache_manager",
     "load_config",

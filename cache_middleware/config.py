@@ -54,6 +54,8 @@ class RouteSettings:
 @dataclass(frozen=True)
 class AdminSettings:
     token: str | None = None
+    # venue -> token: a token that sees and touches only that venue's entries
+    venue_tokens: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ _ROUTE_KEYS = {
     "ignore_params",
     "tags",
 }
-_ADMIN_KEYS = {"token"}
+_ADMIN_KEYS = {"token", "venue_tokens"}
 
 
 class _Validator:
@@ -395,7 +397,21 @@ class _Validator:
         if not isinstance(admin_raw, Mapping):
             raise self.fail("admin", "must be a mapping like {token: ...}")
         self.check_keys("admin", admin_raw, _ADMIN_KEYS)
-        admin = AdminSettings(token=self.string("admin.token", admin_raw.get("token")))
+        venue_tokens: list[tuple[str, str]] = []
+        raw_venue_tokens = admin_raw.get("venue_tokens") or {}
+        if not isinstance(raw_venue_tokens, Mapping):
+            raise self.fail("admin.venue_tokens", "must be a mapping of venue id -> token")
+        for venue, venue_token in raw_venue_tokens.items():
+            where = f"admin.venue_tokens.{venue}"
+            if not isinstance(venue, str) or not venue:
+                raise self.fail("admin.venue_tokens", f"venue ids must be strings, got {venue!r}")
+            value = self.string(where, venue_token, optional=False)
+            assert value is not None
+            venue_tokens.append((venue, value))
+        admin = AdminSettings(
+            token=self.string("admin.token", admin_raw.get("token")),
+            venue_tokens=tuple(venue_tokens),
+        )
 
         redis_url = self.string("redis_url", data.get("redis_url"))
         env_url = os.environ.get("CACHE_REDIS_URL")

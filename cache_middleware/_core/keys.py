@@ -32,11 +32,14 @@ __all__ = [
     "build_key",
     "display_key",
     "escape_component",
+    "in_venue",
     "lock_key",
     "path_index_key",
+    "path_patterns",
     "query_pairs",
     "tag_index_key",
     "variant_key",
+    "venue_patterns",
 ]
 
 _ESCAPED = {ord(c): f"%{ord(c):02X}" for c in "%:*?[]\\ "}
@@ -116,7 +119,8 @@ def variant_key(primary: str, names: tuple[str, ...], values: list[str | None]) 
     """
     parts = [primary, "vary"]
     for name, value in zip(names, values, strict=True):
-        parts.append(escape_component(name))
+        # A header named like a marker (`Vary: Venue`) must not read as an identity segment.
+        parts.append(_RESERVED_NAMES.get(name) or escape_component(name))
         parts.append(ABSENT if value is None else escape_component(value))
     return ":".join(parts)
 
@@ -137,6 +141,49 @@ def tag_index_key(prefix: str, tag: str, venue: str | None = None) -> str:
     venue."""
     base = f"{prefix}:TAG:{escape_component(tag)}"
     return base if venue is None else f"{base}:venue:{escape_component(venue)}"
+
+
+def path_patterns(prefix: str, path_glob: str, venue: str | None = None) -> list[str]:
+    """Key globs covering every entry of the request paths matching `path_glob`.
+
+    `path_glob` is a request path where `*` and `?` are wildcards and everything else is
+    literal (escaped the way keys escape it). Without a trailing `*`, the entries of exactly
+    those paths are covered: with or without a query, a user, a venue or a Vary variant. With
+    `venue`, only that venue's entries (its segment is the key's last, or just before
+    `:vary:`).
+    """
+    parts: list[str] = []
+    literal: list[str] = []
+    for char in path_glob:
+        if char in "*?":
+            parts.append(escape_component("".join(literal)))
+            literal.clear()
+            parts.append(char)
+        else:
+            literal.append(char)
+    parts.append(escape_component("".join(literal)))
+    base = f"{prefix}:GET:{''.join(parts)}"
+    bases = [base] if base.endswith("*") else [base, f"{base}:*"]
+    if venue is None:
+        return bases
+    suffix = f":venue:{escape_component(venue)}"
+    return [pattern for b in bases for pattern in (b + suffix, b + suffix + ":vary:*")]
+
+
+def venue_patterns(prefix: str, venue: str) -> list[str]:
+    """Key globs covering every entry of one venue (and its per-venue tag indexes)."""
+    suffix = f":venue:{escape_component(venue)}"
+    return [
+        f"{prefix}:GET:*{suffix}",
+        f"{prefix}:GET:*{suffix}:vary:*",
+        f"{prefix}:TAG:*{suffix}",
+    ]
+
+
+def in_venue(key: str, venue: str) -> bool:
+    """Whether an exact key belongs to `venue` (its venue segment is that venue)."""
+    suffix = f":venue:{escape_component(venue)}"
+    return key.endswith(suffix) or f"{suffix}:vary:" in key
 
 
 def display_key(key: str) -> str:
