@@ -201,6 +201,10 @@ class MemoryStore:
             if writes:
                 for index in index_list(index_key):
                     self._index_add(index, [key for key, _, _ in writes], index_ttl, now)
+            for index in index_list(index_key):
+                live = self._live_index(index, now)
+                if live is not None:
+                    live.members.discard(lock_key)  # the lease leaves the index with the lock
             self._drop(lock_key)
             return True
 

@@ -142,6 +142,10 @@ if #KEYS >= first then
     index_add(KEYS[x], KEYS, first, #KEYS, ARGV[3])
   end
 end
+-- The lease joined the path index (ACQUIRE_FILL); it leaves it with the lock.
+for x = 3, first - 1 do
+  redis.call('SREM', KEYS[x], KEYS[1])
+end
 redis.call('DEL', KEYS[1])
 return 1
 """,
