@@ -47,6 +47,8 @@ logger = logging.getLogger("cache_middleware")
 
 # How often a request waiting for another process's fill looks for the entry.
 POLL_INTERVAL = 0.02
+# Background refreshes (stale-while-revalidate) under way at once, at most.
+MAX_REFRESHES = 16
 
 
 class _AsgiRequest:
@@ -233,6 +235,10 @@ class CacheMiddleware:
                     return
                 if state == "stale-if-error":
                     stale = found.entry
+        if not self.policy.can_fill(plan):
+            # Its answer cannot be stored: it must not lead a fill, nor wait for one.
+            await _MissRecorder(self, plan, send, None, 0, stale).run(scope, receive)
+            return
         await self._fill(plan, scope, receive, send, stale)
 
     async def _read(self, plan: Lookup) -> Found | NotFound:
@@ -264,7 +270,12 @@ class CacheMiddleware:
         send: Send,
         stale: CachedResponse | None,
     ) -> None:
+        if self.policy.leads_alone(plan):
+            await self._fill_alone(plan, scope, receive, send, stale)
+            return
         pending = self._fills.get(plan.key)
+        if pending is not None and pending.get_loop() is not asyncio.get_running_loop():
+            pending = None  # another event loop's fill: not ours to wait on (and never a 500)
         if pending is not None:
             # Another request of this process is filling the key: wait for its entry.
             await _wait(pending, self.settings.coalesce_wait)
@@ -294,6 +305,30 @@ class CacheMiddleware:
         finally:
             del self._fills[plan.key]
             done.set_result(None)
+
+    async def _fill_alone(
+        self,
+        plan: Lookup,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stale: CachedResponse | None,
+    ) -> None:
+        """Fill with the lease if it is free, without making anyone wait; else just answer."""
+        token: str | None = secrets.token_hex(16)
+        epoch = 0
+        try:
+            got = await self.store.acquire_fill(
+                plan.lock_key, token or "", self._lease_ms, plan.index_key
+            )
+        except StoreUnavailable:
+            self.bump("errors", plan)
+            got = None
+        if got is None:
+            token = None
+        else:
+            epoch = got
+        await _MissRecorder(self, plan, send, token, epoch, stale).run(scope, receive)
 
     async def _wait_remote(self, plan: Lookup) -> None:
         deadline = time.monotonic() + self.settings.coalesce_wait
@@ -333,6 +368,8 @@ class CacheMiddleware:
     def _refresh_in_background(self, plan: Lookup, scope: Scope) -> None:
         if plan.key in self._fills:
             return  # this process is already filling it
+        if len(self._background) >= MAX_REFRESHES:
+            return  # bounded: the entry stays stale a little longer, the server stays responsive
         # Claimed now, not when the task first runs: a second stale hit must not start another.
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -428,10 +465,19 @@ class _MissRecorder:
                 stored = await self._store()
         finally:
             if self.token is not None and not stored:
-                try:
-                    await mw.store.release_fill(self.plan.lock_key, self.token)
-                except StoreUnavailable:
-                    mw.bump("errors", self.plan)
+                # In a task of its own: a cancelled request (a timeout, a disconnect) must still
+                # give the lease back, or the key stays blocked for lock_timeout.
+                release = asyncio.ensure_future(self._release(self.token))
+                mw._background.add(release)
+                release.add_done_callback(mw._background.discard)
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                    await asyncio.shield(release)
+
+    async def _release(self, token: str) -> None:
+        try:
+            await self.mw.store.release_fill(self.plan.lock_key, token)
+        except StoreUnavailable:
+            self.mw.bump("errors", self.plan)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -483,6 +529,8 @@ class _MissRecorder:
         writes, lifetime = mw.policy.miss_writes(
             self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
         )
+        if not writes:
+            return False  # incomplete body: not stored, and the lease is released
         try:
             ok = await mw.store.store_fill(
                 self.plan.lock_key,

@@ -351,6 +351,10 @@ class _Validator:
         tags = self.name_list(f"{where}.tags", spec.get("tags"), "tags")
         params = {seg[1:-1] for seg in split_route(path) if is_placeholder(seg)}
         for tag in tags:
+            if _TAG_PLACEHOLDER.sub("", tag).count("{") or _TAG_PLACEHOLDER.sub("", tag).count("}"):
+                raise self.fail(
+                    f"{where}.tags", f"{tag!r}: only bare {{name}} placeholders are allowed"
+                )
             for name in _TAG_PLACEHOLDER.findall(tag):
                 if name not in params:
                     raise self.fail(

@@ -46,6 +46,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 logger = logging.getLogger("cache_middleware")
 
 POLL_INTERVAL = 0.02  # how often a request waiting on another process's fill looks again
+MAX_REFRESHES = 16  # background refresh threads (stale-while-revalidate) at once, at most
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
@@ -140,6 +141,7 @@ class WSGICacheMiddleware:
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
         self._fills_lock = threading.Lock()
+        self._refreshing = 0  # background refresh threads running
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if time.monotonic() >= self._next_flush:
@@ -248,6 +250,9 @@ class WSGICacheMiddleware:
                     return self._replay(plan, found.entry, now, start_response, state)
                 if state == "stale-if-error":
                     stale = found.entry
+        if not self.policy.can_fill(plan):
+            # Its answer cannot be stored: it must not lead a fill, nor wait for one.
+            return _MissRecorder(self, plan, start_response, None, 0, stale).response(environ)
         return self._fill(plan, environ, start_response, stale)
 
     def _read(self, plan: Lookup) -> Found | NotFound:
@@ -297,6 +302,8 @@ class WSGICacheMiddleware:
         start_response: StartResponse,
         stale: CachedResponse | None,
     ) -> Iterable[bytes]:
+        if self.policy.leads_alone(plan):
+            return self._fill_alone(plan, environ, start_response, stale)
         pending = self._claim(plan.key)
         if pending is not None:
             # Another thread of this process is filling the key: wait for its entry.
@@ -319,7 +326,30 @@ class WSGICacheMiddleware:
                 self._release(plan.key)
             return self._after_wait(plan, environ, start_response, stale)
         recorder = _MissRecorder(self, plan, start_response, token, epoch, stale)
-        return recorder.run(environ, on_done=lambda: self._release(plan.key))
+        return recorder.response(environ, on_done=lambda: self._release(plan.key))
+
+    def _fill_alone(
+        self,
+        plan: Lookup,
+        environ: Environ,
+        start_response: StartResponse,
+        stale: CachedResponse | None,
+    ) -> Iterable[bytes]:
+        """Fill with the lease if it is free, without making anyone wait; else just answer."""
+        token: str | None = secrets.token_hex(16)
+        epoch = 0
+        try:
+            got = self.store.acquire_fill(
+                plan.lock_key, token or "", self._lease_ms, plan.index_key
+            )
+        except StoreUnavailable:
+            self.bump("errors", plan)
+            got = None
+        if got is None:
+            token = None
+        else:
+            epoch = got
+        return _MissRecorder(self, plan, start_response, token, epoch, stale).response(environ)
 
     def _wait_remote(self, plan: Lookup) -> None:
         deadline = time.monotonic() + self.settings.coalesce_wait
@@ -351,12 +381,18 @@ class WSGICacheMiddleware:
             return self._replay(plan, found.entry, now, start_response)
         # Not storable, another variant, or the wait ran out: answer without storing.
         recorder = _MissRecorder(self, plan, start_response, None, 0, stale)
-        return recorder.run(environ)
+        return recorder.response(environ)
 
     # -- stale-while-revalidate ----------------------------------------------------------------
 
     def _refresh_in_background(self, plan: Lookup, environ: Environ) -> None:
+        with self._fills_lock:
+            if self._refreshing >= MAX_REFRESHES:
+                return  # bounded: the entry stays stale a little longer, the server responsive
+            self._refreshing += 1
         if self._claim(plan.key) is not None:
+            with self._fills_lock:
+                self._refreshing -= 1
             return  # this process is already filling it
         # A plain GET of the full response: the client's validators and ranges stay behind.
         dropped = {"HTTP_" + name.upper().replace("-", "_") for name in REFRESH_DROPPED}
@@ -388,10 +424,19 @@ class WSGICacheMiddleware:
             logger.exception("background refresh of %r failed", plan.key)
         finally:
             self._release(plan.key)
+            with self._fills_lock:
+                self._refreshing -= 1
 
 
 _WSGI_KEEP = frozenset(
-    {"wsgi.url_scheme", "wsgi.version", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once"}
+    {
+        "wsgi.url_scheme",
+        "wsgi.version",
+        "wsgi.errors",
+        "wsgi.multithread",
+        "wsgi.multiprocess",
+        "wsgi.run_once",
+    }
 )
 
 
@@ -429,6 +474,9 @@ class _MissRecorder:
         self.epoch = epoch
         self.stale = stale
         self.suppressed = False
+        self.forwarded = False  # the server's start_response was called: no replacing now
+        self.settled = False
+        self.on_done: Callable[[], None] | None = None
         self.recording = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -462,6 +510,7 @@ class _MissRecorder:
             else:
                 mw.bump("bypasses", self.plan)
         write = self.downstream(status, _to_str(decision.headers), exc_info)
+        self.forwarded = True
 
         def write_through(data: bytes) -> object:
             self._record(data)
@@ -479,14 +528,36 @@ class _MissRecorder:
         elif chunk:
             self.body.append(bytes(chunk))
 
-    def run(self, environ: Environ, on_done: Callable[[], None] | None = None) -> Iterator[bytes]:
+    def response(
+        self, environ: Environ, on_done: Callable[[], None] | None = None
+    ) -> _Response:
+        """The body iterable for the server; however it ends (even never iterated, only
+        closed), the lease is settled and the claim released."""
+        self.on_done = on_done
+        return _Response(self.run(environ), self.settle)
+
+    def settle(self, stored: bool = False) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            if self.token is not None and not stored:
+                try:
+                    self.mw.store.release_fill(self.plan.lock_key, self.token)
+                except StoreUnavailable:
+                    self.mw.bump("errors", self.plan)
+        finally:
+            if self.on_done is not None:
+                self.on_done()
+
+    def run(self, environ: Environ) -> Iterator[bytes]:
         """The response body; the lease is settled (stored or released) however it ends."""
         stored = False
         try:
             try:
                 result = self.mw.app(environ, self.start_response)
             except Exception:
-                if self.stale is None:
+                if self.stale is None or self.forwarded:
                     raise
                 self.suppressed = True  # the app failed before answering: serve stale
                 result = []
@@ -514,13 +585,7 @@ class _MissRecorder:
             if self.recording and self.token is not None:
                 stored = self._store()
         finally:
-            if self.token is not None and not stored:
-                try:
-                    self.mw.store.release_fill(self.plan.lock_key, self.token)
-                except StoreUnavailable:
-                    self.mw.bump("errors", self.plan)
-            if on_done is not None:
-                on_done()
+            self.settle(stored)
 
     def _store(self) -> bool:
         mw = self.mw
@@ -528,6 +593,8 @@ class _MissRecorder:
         writes, lifetime = mw.policy.miss_writes(
             self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
         )
+        if not writes:
+            return False  # incomplete body: not stored, and the lease is released
         try:
             ok = mw.store.store_fill(
                 self.plan.lock_key,
@@ -547,3 +614,23 @@ class _MissRecorder:
                 "lost_leases", self.plan
             )  # invalidated while the app was answering: not written
         return True
+
+
+class _Response:
+    """What the server iterates. PEP 3333 servers call close() however the response ends, so
+    settling there covers a body that was never iterated (its generator's finally never ran)."""
+
+    def __init__(self, body: Iterator[bytes], settle: Callable[[], None]) -> None:
+        self._body = body
+        self._settle = settle
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._settle()

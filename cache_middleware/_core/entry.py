@@ -15,6 +15,7 @@ bounded: no byte string may claim more than the input holds, and lists are cappe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,7 @@ def decode_entry(data: bytes) -> CachedResponse | VaryRecord:
         _is_int(status, 100, 999)
         and isinstance(body, bytes)
         and type(stored_at) in (int, float)
+        and math.isfinite(stored_at)
         and _is_int(ttl, 0, 2**31)
         and _is_int(swr, 0, 2**31)
         and _is_int(sie, 0, 2**31)

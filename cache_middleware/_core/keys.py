@@ -51,6 +51,7 @@ _ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
 # every key is valid UTF-8 and still injective: `%u` never starts any other escape.
 _ESCAPED.update({i: f"%u{i:04X}" for i in range(0xD800, 0xE000) if not 0xDC80 <= i < 0xDD00})
 
+_RAW_HIGH = {i: f"%{i:02X}" for i in range(0x80, 0x100)}
 _RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary"}
 # A request header a response varies on, absent from the request: not producible by escaping.
 ABSENT = "%-"
@@ -75,6 +76,10 @@ def query_pairs(
     """
     if not query_string:
         return []
+    if not query_string.isascii():
+        # Raw (unencoded) bytes arrive latin-1-decoded: write them as the %XX they are, so a
+        # raw 0xE9 never shares a key with the UTF-8 `%C3%A9` for "é".
+        query_string = query_string.translate(_RAW_HIGH)
     pairs = parse_qsl(
         query_string, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,6 +85,7 @@ _NOT_MODIFIED_FIELDS = frozenset(
 _OURS = frozenset(
     {b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age", b"cache-status", b"cache-tag"}
 )
+_TAG_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
 _CACHE_NAME = b"cache-middleware"
@@ -310,19 +312,36 @@ class CachePolicy:
 
     def _resolve_user(self, source: RequestSource) -> str | None:
         if self._user_resolver is not None:
-            return self._user_resolver(source.native())
+            user = self._user_resolver(source.native())
+            # An int id is common; anything else that is not text is a resolver bug (bypass).
+            return None if user is None else _as_text(user)
         if self._user_header is not None:
             return source.header(self._user_header)
         return source.default_user()
 
     def _resolve_venue(self, source: RequestSource) -> str | None:
         if self._venue_resolver is not None:
-            return self._venue_resolver(source.native()) or None
+            venue = self._venue_resolver(source.native())
+            return None if venue is None else _as_text(venue) or None
         if self._venue_header is not None:
             return source.header(self._venue_header) or None
         return None
 
     # -- reading -------------------------------------------------------------------------------
+
+    @staticmethod
+    def can_fill(lookup: Lookup) -> bool:
+        """Whether this request's answer could fill the entry. One that cannot (HEAD, request
+        no-store) goes straight to the app: it must neither lead a fill, which would send every
+        waiter to the app, nor wait for one."""
+        return not (lookup.head or lookup.no_store)
+
+    @staticmethod
+    def leads_alone(lookup: Lookup) -> bool:
+        """A request with credentials may fill the entry (if the answer says `public`) but
+        should not be waited on: its answer is likely personal, and waiters would then all
+        go to the app. It takes the lease if free and never makes others wait in process."""
+        return lookup.credentialed
 
     def _variant(self, lookup: Lookup, names: tuple[str, ...]) -> str:
         # RFC 9111 §4.1: the stored variant must match the request on every Vary header.
@@ -444,7 +463,12 @@ class CachePolicy:
         body: bytes,
         now: float,
     ) -> tuple[list[tuple[str, bytes, int]], int]:
-        """The (key, record, ttl) writes that store a complete response, and the index TTL."""
+        """The (key, record, ttl) writes that store a complete response, and the index TTL;
+        none when the body is not the length the app declared (RFC 9111 §3.3: a response
+        cut short is incomplete and must not be stored as if it were whole)."""
+        declared = get_header(headers, b"content-length")
+        if declared is not None and declared.strip() != str(len(body)).encode():
+            return [], 0
         dropped = HOP_BY_HOP | connection_listed(headers) | _OURS
         kept = [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
         if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
@@ -470,7 +494,11 @@ class CachePolicy:
     def tags_of(self, lookup: Lookup, headers: HeaderList) -> list[str]:
         """The response's surrogate keys: the route's `tags` filled from the path, plus the
         app's own `Cache-Tag` header (comma- or space-separated), bounded in number and size."""
-        tags = [template.format_map(lookup.path_params) for template in lookup.rule.tags]
+        params = lookup.path_params
+        tags = [
+            _TAG_FIELD.sub(lambda m: params.get(m.group(1), m.group(0)), template)
+            for template in lookup.rule.tags
+        ]
         value = get_header(headers, b"cache-tag")
         if value:
             text = value.decode("latin-1").replace(",", " ")
@@ -598,6 +626,14 @@ class CachePolicy:
         ):
             swr = sie = 0
         return MissStart(True, [], "", ttl, swr, sie, names)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"a resolver must return str, int or None, got {type(value).__name__}")
 
 
 def _encode(value: str | None) -> bytes | None:

@@ -50,7 +50,11 @@ FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     TimeoutError,
+    # asyncio's "Event loop is closed" / "attached to a different loop": a client bound to
+    # another event loop is as unusable as a dead server, and must fail open the same way.
+    RuntimeError,
 )
+
 
 
 def is_wrong_type(exc: BaseException) -> bool:
@@ -167,6 +171,10 @@ class CircuitBreaker:
         with self._lock:
             if not self._closed:
                 return  # a straggler admitted before it opened: already counted as an outage
+            if getattr(exc, "collateral", False):
+                # Failed because another request's failure dropped the shared connection:
+                # one stall is one event, however many requests were queued behind it.
+                return
             self._consecutive += 1
             if self._consecutive < self.failures:
                 return

@@ -16,6 +16,7 @@ allocate without limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -51,11 +52,23 @@ class _Protocol(asyncio.Protocol):
         if self.owner.protocol is self:
             self.owner.protocol = None
         pending, self.pending = self.pending, deque()
+        first = True
         for future in pending:
             if not future.done():
-                future.set_exception(exc)
+                if first:
+                    future.set_exception(exc)
+                    first = False
+                else:
+                    # The others share this one failure: marked so the circuit breaker counts
+                    # the event once (see CircuitBreaker.failed).
+                    collateral = ConnectionError(f"{exc} (connection shared with a failure)")
+                    collateral.collateral = True  # type: ignore[attr-defined]
+                    future.set_exception(collateral)
         if self.transport is not None:
-            self.transport.abort()
+            # The transport's loop may be closed already (the middleware moved to a new loop):
+            # nothing left to abort then.
+            with contextlib.suppress(RuntimeError):
+                self.transport.abort()
             self.transport = None
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
