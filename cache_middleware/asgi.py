@@ -136,6 +136,7 @@ class CacheMiddleware:
             scope["path"],
             scope.get("query_string", b"").decode("latin-1"),
             _AsgiRequest(scope),
+            scope.get("scheme", "http"),
         )
         if plan is None:
             await self.app(scope, receive, send)

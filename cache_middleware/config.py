@@ -71,6 +71,7 @@ class Settings:
     expose_key_header: bool = True
     trusted_headers: tuple[str, ...] = ()
     honor_request_no_cache: bool = False
+    key_host: bool = True
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     coalesce_wait: float = DEFAULT_COALESCE_WAIT
     breaker_failures: int = 5
@@ -167,6 +168,7 @@ _TOP_KEYS = {
     "expose_key_header",
     "trusted_headers",
     "honor_request_no_cache",
+    "key_host",
     "lock_timeout",
     "coalesce_wait",
     "breaker_failures",
@@ -459,6 +461,7 @@ class _Validator:
             honor_request_no_cache=self.boolean(
                 "honor_request_no_cache", data.get("honor_request_no_cache", False)
             ),
+            key_host=self.boolean("key_host", data.get("key_host", True)),
             lock_timeout=self.positive_number(
                 "lock_timeout", data.get("lock_timeout", DEFAULT_LOCK_TIMEOUT), high=3600
             ),

@@ -60,6 +60,7 @@ def build_policy(
         expose_key=settings.expose_key_header,
         trusted_headers=settings.trusted_headers,
         honor_request_no_cache=settings.honor_request_no_cache,
+        key_host=settings.key_host,
         user_resolver=user_resolver,
         venue_resolver=venue_resolver,
     )

@@ -152,6 +152,7 @@ class WSGICacheMiddleware:
             _request_path(environ),
             environ.get("QUERY_STRING", ""),
             _WsgiRequest(environ),
+            environ.get("wsgi.url_scheme", "http"),
         )
         if plan is None:
             return self.app(environ, start_response)
@@ -528,9 +529,7 @@ class _MissRecorder:
         elif chunk:
             self.body.append(bytes(chunk))
 
-    def response(
-        self, environ: Environ, on_done: Callable[[], None] | None = None
-    ) -> _Response:
+    def response(self, environ: Environ, on_done: Callable[[], None] | None = None) -> _Response:
         """The body iterable for the server; however it ends (even never iterated, only
         closed), the lease is settled and the claim released."""
         self.on_done = on_done

@@ -145,7 +145,7 @@ def test_wsgi_unstorable_leader_sends_every_waiter_to_the_app(url: str, prefix: 
 async def test_foreign_lease_is_waited_on_for_a_bounded_time(redis_url: str, prefix: str) -> None:
     calls: list[str] = []
     mw = CacheMiddleware(asgi_app(calls), config=config(redis_url, prefix, coalesce_wait=0.3))
-    lock = f"{prefix}:LOCK:GET:/api/events"
+    lock = f"{prefix}:LOCK:GET:/api/events:host:http%3A//t"
     assert await mw.store.acquire_fill(lock, "someone-else", 30_000) is not None
     start = time.perf_counter()
     (reply,) = await asgi_burst([mw], 1)

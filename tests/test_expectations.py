@@ -182,6 +182,12 @@ CASES: dict[str, list[Step]] = {
         ("GET", "/api/me", {**ALICE, "Cookie": "session=alice"}, "MISS", 1, 200),
         ("GET", "/api/me", {**ALICE, "Cookie": "session=alice"}, "HIT", 1, 200),
     ],
+    "host-and-scheme-are-keyed": [
+        ("GET", "/api/page", {"Host": "a.example"}, "MISS", 1, 200),
+        ("GET", "/api/page", {"Host": "b.example"}, "MISS", 2, 200),
+        ("GET", "/api/page", {"Host": "A.example:80"}, "HIT", 1, 200),
+        ("GET", "/api/page", {"Host": "b.example"}, "HIT", 2, 200),
+    ],
     "app-cache-control-kept": [
         ("GET", "/api/own-cc", H, "MISS", 1, 200),
         ("GET", "/api/own-cc", H, "HIT", 1, 200),

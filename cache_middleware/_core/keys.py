@@ -34,6 +34,7 @@ __all__ = [
     "escape_component",
     "in_venue",
     "lock_key",
+    "origin_of",
     "path_index_key",
     "path_patterns",
     "query_pairs",
@@ -52,7 +53,7 @@ _ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
 _ESCAPED.update({i: f"%u{i:04X}" for i in range(0xD800, 0xE000) if not 0xDC80 <= i < 0xDD00})
 
 _RAW_HIGH = {i: f"%{i:02X}" for i in range(0x80, 0x100)}
-_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary"}
+_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary", "host": "%68ost"}
 # A request header a response varies on, absent from the request: not producible by escaping.
 ABSENT = "%-"
 
@@ -101,12 +102,17 @@ def build_key(
     pairs: list[tuple[str, str]],
     user: str | None,
     venue: str | None,
+    origin: str | None = None,
 ) -> str:
-    """Assemble a key; `prefix` is trusted configuration and is used as given."""
+    """Assemble a key; `prefix` is trusted configuration and is used as given. `origin`
+    (`scheme://host`) comes after the query and before the identity segments."""
     parts = [prefix, method, escape_component(path)]
     for name, value in pairs:
         parts.append(_RESERVED_NAMES.get(name) or escape_component(name))
         parts.append(escape_component(value))
+    if origin is not None:
+        parts.append("host")
+        parts.append(escape_component(origin))
     if user is not None:
         parts.append("user")
         parts.append(escape_component(user))
@@ -189,6 +195,16 @@ def in_venue(key: str, venue: str) -> bool:
     """Whether an exact key belongs to `venue` (its venue segment is that venue)."""
     suffix = f":venue:{escape_component(venue)}"
     return key.endswith(suffix) or f"{suffix}:vary:" in key
+
+
+def origin_of(scheme: str, host: str | None) -> str:
+    """`scheme://host` as a cache keys it: lower-case, the scheme's default port dropped."""
+    scheme = scheme.lower()
+    host = (host or "").strip().lower()
+    default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return f"{scheme}://{host}"
 
 
 def display_key(key: str) -> str:

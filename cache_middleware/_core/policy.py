@@ -40,6 +40,7 @@ from .keys import (
     build_key,
     display_key,
     lock_key,
+    origin_of,
     path_index_key,
     query_pairs,
     tag_index_key,
@@ -203,6 +204,7 @@ class CachePolicy:
         venue_resolver: Resolver | None = None,
         trusted_headers: tuple[str, ...] = (),
         honor_request_no_cache: bool = False,
+        key_host: bool = True,
     ) -> None:
         self.table = RouteTable(rules)
         self.key_prefix = key_prefix
@@ -216,6 +218,7 @@ class CachePolicy:
         trusted = {name.lower() for name in trusted_headers}
         self._routing_headers = tuple(h for h in _ROUTING_HEADERS if h not in trusted)
         self._honor_no_cache = honor_request_no_cache
+        self._key_host = key_host
         # Primary key -> the request headers its responses vary on, learned from Vary records,
         # so that a varying HIT is still one read once this process has seen the record.
         self._learned_vary: dict[str, tuple[str, ...]] = {}
@@ -226,7 +229,12 @@ class CachePolicy:
         return self.table.match(path)
 
     def plan(
-        self, method: str, path: str, query_string: str, source: RequestSource
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        source: RequestSource,
+        scheme: str = "http",
     ) -> Bypass | Invalidate | Lookup | None:
         matched = self.table.match_params(path)
         if matched is None:
@@ -260,7 +268,10 @@ class CachePolicy:
         if pairs is None:
             return Bypass(rule, "unlisted-param")
         # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
-        key = build_key(self.key_prefix, "GET", path, pairs, user, venue)
+        # The Host (and scheme) is keyed: an app that builds URLs from it (url_for, redirects)
+        # answers each host differently, and a client picks the Host it sends.
+        origin = origin_of(scheme, source.header("host")) if self._key_host else None
+        key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin)
         key_header: bytes | None = None
         if self.expose_key:
             shown = display_key(key)

@@ -56,7 +56,6 @@ FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-
 def is_wrong_type(exc: BaseException) -> bool:
     """A non-string value sits under the key: foreign data, not an outage."""
     return str(exc).startswith("WRONGTYPE")
