@@ -222,6 +222,7 @@ class CachePolicy:
         # Primary key -> the request headers its responses vary on, learned from Vary records,
         # so that a varying HIT is still one read once this process has seen the record.
         self._learned_vary: dict[str, tuple[str, ...]] = {}
+        self._route_vary: dict[str, tuple[str, ...]] = {}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -360,8 +361,12 @@ class CachePolicy:
 
     def first_key(self, lookup: Lookup) -> str:
         """The key to read first: the variant straight away once this process knows the Vary."""
-        names = self._learned_vary.get(lookup.key)
+        names = self._guess_vary(lookup)
         return self._variant(lookup, names) if names else lookup.key
+
+    def _guess_vary(self, lookup: Lookup) -> tuple[str, ...] | None:
+        # This key's record, else what other keys of the route vary on (usually all the same).
+        return self._learned_vary.get(lookup.key) or self._route_vary.get(lookup.rule.route)
 
     def on_read(
         self, lookup: Lookup, key: str, raw: bytes | None, *, first: bool
@@ -382,16 +387,18 @@ class CachePolicy:
             if key != lookup.key:
                 return NotFound(key, drop=key)  # a record where a variant belongs: garbage
             variant = self._variant(lookup, entry.names)
-            if not first and self._learned_vary.get(lookup.key) == entry.names:
+            if not first and self._guess_vary(lookup) == entry.names:
                 return NotFound(variant)  # the same variant we just missed
-            self._learn(lookup.key, entry.names)
+            self._learn(lookup.key, entry.names, lookup.rule.route)
             return Follow(variant)
         return Found(key, entry)
 
-    def _learn(self, key: str, names: tuple[str, ...]) -> None:
+    def _learn(self, key: str, names: tuple[str, ...], route: str) -> None:
         if len(self._learned_vary) >= _LEARNED_VARY_LIMIT:
-            self._learned_vary.clear()  # bounded: relearning costs one extra read per key
+            # Bounded: the route-level guess still makes a forgotten key's HIT one read.
+            self._learned_vary.clear()
         self._learned_vary[key] = names
+        self._route_vary[route] = names
 
     @staticmethod
     def freshness(entry: CachedResponse, now: float) -> str:
@@ -420,7 +427,7 @@ class CachePolicy:
             status = 304
         else:
             headers = list(entry.headers)
-        self._decorate(headers, lookup, b"STALE" if stale else b"HIT")
+        self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
         headers.append((b"age", str(age).encode()))
         remaining = entry.ttl - age
         detail = f"; fwd=stale; detail={stale}" if stale else ""
@@ -459,7 +466,7 @@ class CachePolicy:
             start.headers = self.bypass_headers(headers, start.reason)
             return start
         out = _without_ours(headers)
-        self._decorate(out, lookup, b"MISS")
+        self._decorate(out, lookup, b"MISS", start.ttl)
         fwd = "request" if lookup.refresh else "uri-miss"
         out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
         start.headers = out
@@ -496,7 +503,7 @@ class CachePolicy:
         record = encode_entry(entry)
         if not start.vary:
             return [(lookup.key, record, lifetime)], lifetime
-        self._learn(lookup.key, start.vary)
+        self._learn(lookup.key, start.vary, lookup.rule.route)
         return [
             (self._variant(lookup, start.vary), record, lifetime),
             (lookup.key, encode_vary(start.vary), lifetime),
@@ -527,10 +534,17 @@ class CachePolicy:
                 keys.append(tag_index_key(self.key_prefix, tag, lookup.venue))
         return keys
 
-    def _decorate(self, headers: list[tuple[bytes, bytes]], lookup: Lookup, state: bytes) -> None:
+    def _decorate(
+        self, headers: list[tuple[bytes, bytes]], lookup: Lookup, state: bytes, ttl: int
+    ) -> None:
         rule = lookup.rule
         if not any(name.lower() == b"cache-control" for name, _ in headers):
-            headers.append((b"cache-control", rule.cache_control))
+            # The lifetime actually granted (a response's max-age or Expires may shorten it).
+            if ttl == rule.ttl:
+                headers.append((b"cache-control", rule.cache_control))
+            else:
+                scope = b"private" if rule.private else b"public"
+                headers.append((b"cache-control", b"%s, max-age=%d" % (scope, max(ttl, 0))))
         headers.append((b"x-cache", state))
         if lookup.key_header is not None:
             headers.append((b"x-cache-key", lookup.key_header))
@@ -556,6 +570,7 @@ class CachePolicy:
         content_type = b""
         content_length: bytes | None = None
         vary: bytes | None = None
+        upstream_age = 0  # RFC 9111 §4.2.3: time it already spent in caches upstream
         expires: bytes | None = None
         date: bytes | None = None
         for name, value in headers:
@@ -572,6 +587,8 @@ class CachePolicy:
                 expires = value
             elif lname == b"date":
                 date = value
+            elif lname == b"age":
+                upstream_age = delta_seconds(value.decode("latin-1")) or 0
         if set_cookie:
             return no("set-cookie")  # one user's session must never be replayed to another
         # RFC 9111 §5.2.2.5 / §5.2.2.7: no-store forbids storage; private forbids a shared cache.
@@ -586,9 +603,9 @@ class CachePolicy:
         # RFC 9111 §4.2.1: a shared cache uses s-maxage, else max-age, else Expires - Date;
         # the route TTL is an upper bound. An unusable value counts as 0 (already stale).
         if "s-maxage" in cache_control:
-            ttl = min(ttl, delta_seconds(cache_control["s-maxage"]) or 0)
+            ttl = min(ttl, (delta_seconds(cache_control["s-maxage"]) or 0) - upstream_age)
         elif "max-age" in cache_control:
-            ttl = min(ttl, delta_seconds(cache_control["max-age"]) or 0)
+            ttl = min(ttl, (delta_seconds(cache_control["max-age"]) or 0) - upstream_age)
         elif expires is not None:
             expiry = parse_http_date(expires)
             origin_date = parse_http_date(date)

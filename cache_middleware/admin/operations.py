@@ -86,6 +86,10 @@ async def invalidate(
         count += await store.delete(*request.keys)
     for index in indexes:
         count += await store.delete_index(index)
+    if indexes:
+        # A tag's entries may be filling right now (a Cache-Tag is only known once the answer
+        # is in): move the invalidation epoch so no fill that began before this writes.
+        await store.delete(*indexes)
     return count
 
 

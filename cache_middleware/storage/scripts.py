@@ -73,9 +73,18 @@ local function unlink_all(list, from, protect)
   if #slice > 0 then n = n + redis.call('UNLINK', unpack(slice)) end
   return n
 end
+local PRUNE_AT = 256
+local PRUNE_SAMPLE = 32
 local function index_add(index, list, from, last, ttl)
   for i = from, last, SLICE do
     redis.call('SADD', index, unpack(list, i, math.min(i + SLICE - 1, last)))
+  end
+  -- Members outlive their entries (expired, evicted): a big index sheds a sample of dead ones
+  -- on every add, so it stays near the size of what is live instead of growing for ever.
+  if redis.call('SCARD', index) > PRUNE_AT then
+    for _, member in ipairs(redis.call('SRANDMEMBER', index, PRUNE_SAMPLE)) do
+      if redis.call('EXISTS', member) == 0 then redis.call('SREM', index, member) end
+    end
   end
   -- NX gives a new set its TTL; GT then only ever extends it: the index outlives its
   -- longest-lived member, and a shorter write never cuts it short (Redis >= 7).
