@@ -70,6 +70,11 @@ class _AsgiRequest:
                 headers[lname] = f"{headers[lname]}, {text}" if lname in headers else text
         return headers.get(name)
 
+    def has_any(self, names: frozenset[str]) -> bool:
+        if self._headers is None:
+            self.header("")  # build the header map once
+        return not names.isdisjoint(self._headers or ())
+
     def default_user(self) -> str | None:
         # scope["user"] is set by Starlette's AuthenticationMiddleware, which must wrap this one.
         user = self.scope.get("user")

@@ -9,6 +9,7 @@ The flow is asgi.py's, with threads where that has tasks: coalescing waits on a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import secrets
 import threading
@@ -63,6 +64,14 @@ def _to_str(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
+@functools.lru_cache(maxsize=256)
+def _environ_name(header: str) -> str:
+    """`x-forwarded-host` -> `HTTP_X_FORWARDED_HOST` (PEP 3333), CONTENT_* without the prefix."""
+    if header in ("content-type", "content-length"):
+        return header.upper().replace("-", "_")
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 def _request_path(environ: Environ) -> str:
     # PEP 3333 hands PATH_INFO over as latin-1-decoded bytes; decode it as werkzeug does, so the
     # key is built from the same path the app's router matches.
@@ -89,6 +98,10 @@ class _WsgiRequest:
         else:
             value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
         return value if isinstance(value, str) else None
+
+    def has_any(self, names: frozenset[str]) -> bool:
+        environ = self.environ
+        return any(_environ_name(name) in environ for name in names)
 
     def default_user(self) -> str | None:
         user = self.environ.get("REMOTE_USER")

@@ -70,6 +70,7 @@ _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Requests the origin may answer differently from the plain GET we would key them as.
 _OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+_CREDENTIALS = frozenset({"authorization", "cookie"})
 # Headers that make frameworks (or proxies in front of them) build URLs or route differently;
 # unkeyed, they are the classic cache-poisoning vector.
 _ROUTING_HEADERS = ("x-forwarded-host", "x-original-url", "x-rewrite-url", "forwarded")
@@ -116,6 +117,9 @@ class RequestSource(Protocol):
 
     def header(self, name: str) -> str | None:
         """A request header (repeated fields joined by ", "); `name` is lower-case."""
+
+    def has_any(self, names: frozenset[str]) -> bool:
+        """Whether any of these (lower-case) request headers is present."""
 
     def default_user(self) -> str | None:
         """The framework's authenticated user id (scope["user"], REMOTE_USER), or None."""
@@ -217,6 +221,12 @@ class CachePolicy:
         self._failed_hooks: set[str] = set()
         trusted = {name.lower() for name in trusted_headers}
         self._routing_headers = tuple(h for h in _ROUTING_HEADERS if h not in trusted)
+        # Every header a guard looks at: absent all of them, no guard needs a closer look.
+        self._suspects = frozenset(
+            {"content-length", "transfer-encoding", "range"}
+            | set(_OVERRIDE_HEADERS)
+            | set(self._routing_headers)
+        )
         self._honor_no_cache = honor_request_no_cache
         self._key_host = key_host
         # Primary key -> the request headers its responses vary on, learned from Vary records,
@@ -282,9 +292,7 @@ class CachePolicy:
             )
         # Authorization and Cookie both identify someone: what is answered to them on a shared
         # route may be personal, so it is stored only if the response says it is public.
-        credentialed = not rule.private and (
-            source.header("authorization") is not None or source.header("cookie") is not None
-        )
+        credentialed = not rule.private and source.has_any(_CREDENTIALS)
         request_cc = source.header("cache-control")
         directives = parse_cache_control(request_cc.encode("latin-1")) if request_cc else {}
         refresh = self._honor_no_cache and (
@@ -307,6 +315,8 @@ class CachePolicy:
 
     def _unkeyable(self, source: RequestSource) -> str:
         """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""
+        if not source.has_any(self._suspects):
+            return ""  # the common case, decided in one set operation
         length = source.header("content-length")
         if (length is not None and length.strip() not in ("", "0")) or source.header(
             "transfer-encoding"

@@ -144,8 +144,9 @@ def create_admin_app(
     async def warm(request: Request, principal: Principal) -> Response:
         paths = parse_warm(await request.body())
         try:
+            host = request.headers.get("host", "localhost").encode("latin-1")
             warmed, failed = await operations.warm(
-                settings, principal, middlewares_for(prefix), paths
+                settings, principal, middlewares_for(prefix), paths, host, request.url.scheme
             )
         except LookupError as exc:
             return _error(409, str(exc))
@@ -174,6 +175,8 @@ def create_admin_app(
         return _json({"success": True, **report})
 
     async def metrics(request: Request, principal: Principal) -> Response:
+        if principal.venue is not None:
+            raise operations.Forbidden("metrics cover the whole cache: a venue token cannot")
         body = await operations.stats(admin_store, settings, middlewares_for(prefix))
         text, content_type = render_metrics(body)
         return Response(text, media_type=content_type, headers=NO_STORE)
@@ -203,7 +206,27 @@ def create_admin_app(
     app.state.settings = settings
     app.state.store = admin_store
     app.state.event_sink = sink
+    app.add_middleware(_NoStore)
     return app
+
+
+class _NoStore:
+    """Every admin answer, Starlette's own 404/405 included, is `Cache-Control: no-store`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_no_store(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
+                ]
+                headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
 
 
 def _shared_store(settings: Settings) -> AsyncStore:

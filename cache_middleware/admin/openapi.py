@@ -10,11 +10,11 @@ from typing import Any
 
 __all__ = ["OPENAPI"]
 
-# No ASCII control characters (U+0000-U+001F, U+007F) in any string of a request body.
-_PRINTABLE = "^[^\\x00-\\x1f\\x7f]*$"
-_REQUEST_PATH = "^/[^\\x00-\\x1f\\x7f]*$"
+# No control characters (Unicode Cc: U+0000-U+001F, U+007F-U+009F) in a request body's strings.
+_PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+_REQUEST_PATH = "^/[^\\x00-\\x1f\\x7f-\\x9f]*$"
 # A single leading slash: "/", "/a", never "//a" (that would name another host).
-_WARM_PATH = "^/([^/\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*)?$"
+_WARM_PATH = "^/([^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*)?$"
 
 
 def _strings(pattern: str = _PRINTABLE, min_items: int = 0) -> dict[str, Any]:
@@ -307,13 +307,14 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {
             "get": {
                 "summary": "The stats in Prometheus text format",
+                "description": "Whole token only: a venue token gets a 403.",
                 "responses": {
                     "200": {
                         "description": "Prometheus exposition",
                         "headers": _NO_STORE,
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 503),
+                    **_errors(401, 403, 503),
                 },
             }
         },

@@ -30,7 +30,7 @@ __all__ = [
 
 KEYSPACE_REFRESH = 60.0  # seconds a keyspace count (a SCAN) is reused: never a scan per call
 KEYSPACE_LIMIT = 200_000  # keys counted at most; beyond, the figure is a lower bound
-HEADER_ALLOWANCE = 64 * 1024  # an entry's record may exceed its body by this much (headers)
+HEADER_ALLOWANCE = 8 * 1024  # an entry's record may exceed its body by this much (headers)
 WARM_CONCURRENCY = 4
 HISTORY_POINTS = 120
 
@@ -68,17 +68,20 @@ async def invalidate(
     for path in request.paths:
         patterns.extend(path_patterns(prefix, path, venue))
     for key in request.keys:
-        if venue is not None and not in_venue(key, venue):
-            raise Forbidden(f"key {key!r} is not in venue {venue!r}")
+        if venue is not None and not (key.startswith(f"{prefix}:GET:") and in_venue(key, venue)):
+            raise Forbidden(f"key {key!r} is not an entry of venue {venue!r}")
     indexes = [tag_index_key(prefix, tag, venue) for tag in request.tags]
     if request.dry_run:
-        count = 0
+        # Each key once, however many selectors reach it: what the deletion would report.
+        found: set[str] = set()
         for pattern in patterns:
-            count += len(await store.keys_matching(pattern))
-        count += await store.exists(request.keys)
+            found.update(await store.keys_matching(pattern))
+        candidates = list(request.keys)
         for index in indexes:
-            count += await store.exists(await store.index_members(index))
-        return count
+            candidates.extend(await store.index_members(index))
+        sizes = await store.sizes(candidates)
+        found.update(k for k, size in zip(candidates, sizes, strict=True) if size is not None)
+        return len(found)
     count = 0
     for pattern in patterns:
         count += await store.delete_matching(pattern)
@@ -141,14 +144,6 @@ async def optimize(store: AsyncStore, settings: Settings, match: Any) -> dict[st
         "oversized_entries": 0,
         "bytes_reclaimed": 0,
     }
-    for kind in ("IDX", "TAG"):
-        for index in await store.keys_matching(f"{prefix}:{kind}:*", KEYSPACE_LIMIT):
-            members = await store.index_members(index)
-            sizes = await store.sizes(members)
-            gone = [m for m, size in zip(members, sizes, strict=True) if size is None]
-            if gone:
-                report["orphaned_index_members"] += await store.prune_index(index, gone)
-                report["bytes_reclaimed"] += sum(len(m.encode()) for m in gone)
     keys = await store.keys_matching(f"{prefix}:GET:*", KEYSPACE_LIMIT)
     sizes = await store.sizes(keys)
     limit = settings.max_body_bytes + HEADER_ALLOWANCE
@@ -167,6 +162,15 @@ async def optimize(store: AsyncStore, settings: Settings, match: Any) -> dict[st
         report["bytes_reclaimed"] += size + len(key)
     for start in range(0, len(doomed), 500):
         await store.delete(*doomed[start : start + 500])
+    # Then the indexes: what was just deleted is orphaned too.
+    for kind in ("IDX", "TAG"):
+        for index in await store.keys_matching(f"{prefix}:{kind}:*", KEYSPACE_LIMIT):
+            members = await store.index_members(index)
+            sizes = await store.sizes(members)
+            gone = [m for m, size in zip(members, sizes, strict=True) if size is None]
+            if gone:
+                report["orphaned_index_members"] += await store.prune_index(index, gone)
+                report["bytes_reclaimed"] += sum(len(m.encode()) for m in gone)
     return report
 
 
@@ -224,10 +228,17 @@ async def stats(store: AsyncStore, settings: Settings, middlewares: list[Any]) -
 
 
 async def warm(
-    settings: Settings, principal: Principal, middlewares: list[Any], paths: list[str]
+    settings: Settings,
+    principal: Principal,
+    middlewares: list[Any],
+    paths: list[str],
+    host: bytes = b"localhost",
+    scheme: str = "http",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Fetch `paths` through this process's middleware, at most WARM_CONCURRENCY at a time, so
-    each lands in the cache exactly as a client's request would put it there."""
+    each lands in the cache exactly as a client's request would put it there. The Host and
+    scheme are the admin request's own (keys include the origin): warm through the host your
+    clients use."""
     if not middlewares:
         raise LookupError(
             "no CacheMiddleware with this key_prefix runs in this process: nothing to warm "
@@ -240,12 +251,12 @@ async def warm(
     async def one(target: str) -> tuple[str, int, dict[str, str]]:
         async with gate:
             path, _, query = target.partition("?")
-            headers = [(b"host", b"localhost"), (b"user-agent", b"cache-middleware-warm")]
+            headers = [(b"host", host), (b"user-agent", b"cache-middleware-warm")]
             if principal.venue is not None and venue_header:
                 headers.append((venue_header.lower().encode(), principal.venue.encode()))
             if hasattr(mw, "store") and asyncio.iscoroutinefunction(mw.store.get):
-                return await _warm_asgi(mw, path, query, headers)
-            return await asyncio.to_thread(_warm_wsgi, mw, path, query, headers)
+                return await _warm_asgi(mw, path, query, headers, scheme)
+            return await asyncio.to_thread(_warm_wsgi, mw, path, query, headers, scheme)
 
     results = await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
     warmed: list[dict[str, Any]] = []
@@ -266,14 +277,14 @@ async def warm(
 
 
 async def _warm_asgi(
-    mw: Any, path: str, query: str, headers: list[tuple[bytes, bytes]]
+    mw: Any, path: str, query: str, headers: list[tuple[bytes, bytes]], scheme: str
 ) -> tuple[str, int, dict[str, str]]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "GET",
-        "scheme": "http",
+        "scheme": scheme,
         "path": path,
         "raw_path": path.encode("utf-8"),
         "root_path": "",
@@ -305,7 +316,7 @@ async def _warm_asgi(
 
 
 def _warm_wsgi(
-    mw: Any, path: str, query: str, headers: list[tuple[bytes, bytes]]
+    mw: Any, path: str, query: str, headers: list[tuple[bytes, bytes]], scheme: str
 ) -> tuple[str, int, dict[str, str]]:
     from io import BytesIO
 
@@ -318,7 +329,7 @@ def _warm_wsgi(
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
+        "wsgi.url_scheme": scheme,
         "wsgi.input": BytesIO(),
         "wsgi.errors": BytesIO(),
         "wsgi.multithread": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ def _items(data: dict[str, Any], name: str) -> list[str]:
             raise BadRequest(f"{name}[{i}]: must be a non-empty string")
         if len(item) > MAX_LENGTH:
             raise BadRequest(f"{name}[{i}]: at most {MAX_LENGTH} characters, got {len(item)}")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in item):
+        if any(unicodedata.category(c) == "Cc" for c in item):  # C0, DEL and C1 controls
             raise BadRequest(f"{name}[{i}]: control characters are not allowed")
     return list(value)
 
