@@ -193,7 +193,9 @@ def create_admin_app(
 
     app = Starlette(
         routes=[
-            Route("/", guarded(dashboard), methods=["GET"]),
+            # The page itself holds no data and no secret: it asks for the token and sends it
+            # with every call, so a browser can open it from the address bar.
+            Route("/", _public(dashboard), methods=["GET"]),
             Route("/invalidate", guarded(invalidate), methods=["POST"]),
             Route("/stats", guarded(stats), methods=["GET"]),
             Route("/warm", guarded(warm), methods=["POST"]),
@@ -227,6 +229,13 @@ class _NoStore:
             await send(message)
 
         await self.app(scope, receive, send_no_store)
+
+
+def _public(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, Principal(None))
+
+    return endpoint
 
 
 def _shared_store(settings: Settings) -> AsyncStore:

@@ -320,7 +320,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/": {
             "get": {
-                "summary": "The HTML dashboard",
+                "summary": "The HTML dashboard (a page without data: it asks for the token)",
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "Dashboard page",
@@ -334,7 +335,6 @@ OPENAPI: dict[str, Any] = {
                         },
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401),
                 },
             }
         },

@@ -35,6 +35,8 @@ def _object(body: bytes, allowed: set[str]) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
+    except RecursionError as exc:
+        raise BadRequest("body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -58,6 +60,8 @@ def _items(data: dict[str, Any], name: str) -> list[str]:
             raise BadRequest(f"{name}[{i}]: at most {MAX_LENGTH} characters, got {len(item)}")
         if any(unicodedata.category(c) == "Cc" for c in item):  # C0, DEL and C1 controls
             raise BadRequest(f"{name}[{i}]: control characters are not allowed")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in item):  # `\ud800` in JSON: not text
+            raise BadRequest(f"{name}[{i}]: lone surrogates are not allowed")
     return list(value)
 
 

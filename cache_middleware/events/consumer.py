@@ -1,0 +1,279 @@
+"""The invalidation worker: consumes `data.updated` and `user.updated` from `coder.events`.
+
+Each message is an envelope (`id`, `type`, `data`, ...). What it invalidates comes from the
+`events.consume.entities` configuration::
+
+    events:
+      consume:
+        entities:
+          product:                      # data.updated with data.entityType == "product"
+            tags: ["product:{entityId}"]
+            paths: ["/api/products/{entityId}", "/api/products/{entityId}/*"]
+          user:                         # user.updated (and data.updated of entityType "user")
+            paths: ["/api/users/{userId}"]
+
+`{name}` is replaced by `data.<name>` of the event (`{entityId}` and `{userId}` also accept
+`data.id`). In a path template `*` and `?` are wildcards and everything else, a substituted
+value included, is literal: values are key-escaped and glob-escaped, so an id `4*2` matches only
+`4*2`. `user.updated` also always invalidates that user's private entries (keys with
+`:user:<id>`).
+
+Delivery: the queue is durable; a message is acknowledged after the store did its deletions;
+a store failure requeues it (after a short pause); an event id already handled (an in-memory
+window of `dedupe_size` ids) is acknowledged without doing it twice; a message that cannot be
+handled (not JSON, not an envelope, a placeholder missing from its data) is published to the
+dead-letter queue, with the reason in its `x-error` header, then acknowledged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._core.globs import escape_glob
+from .._core.keys import escape_component, tag_index_key
+from ..config import Settings
+from ..errors import StoreUnavailable
+from ..storage.base import SyncStore
+from .envelope import EventsSettings, load_events_config
+from .sink import EventSink
+
+__all__ = ["BadEvent", "InvalidationWorker", "invalidation_plan", "run_consumer"]
+
+logger = logging.getLogger("cache_middleware.events")
+
+_kombu: Any = importlib.import_module("kombu")
+_mixin: Any = importlib.import_module("kombu.mixins")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ALIASES = {"entityId": ("entityId", "entity_id", "id"), "userId": ("userId", "user_id", "id")}
+
+
+class BadEvent(ValueError):
+    """A message that can never be handled: it goes to the dead-letter queue."""
+
+
+def _value(data: Mapping[str, Any], name: str) -> str:
+    for candidate in _ALIASES.get(name, (name,)):
+        value = data.get(candidate)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (str, int)) and str(value):
+            return str(value)
+    raise BadEvent(f"placeholder {{{name}}}: data.{name} is missing or not a string/number")
+
+
+def _literal_glob(text: str) -> str:
+    """A path-glob piece as keys spell it: `*`/`?` stay wildcards, the rest is escaped."""
+    out: list[str] = []
+    literal: list[str] = []
+    for char in text:
+        if char in "*?":
+            out.append(escape_component("".join(literal)))
+            literal.clear()
+            out.append(char)
+        else:
+            literal.append(char)
+    out.append(escape_component("".join(literal)))
+    return "".join(out)
+
+
+def _path_patterns(prefix: str, template: str, data: Mapping[str, Any]) -> list[str]:
+    parts: list[str] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append(_literal_glob(template[pos : match.start()]))
+        parts.append(escape_glob(escape_component(_value(data, match.group(1)))))
+        pos = match.end()
+    parts.append(_literal_glob(template[pos:]))
+    base = f"{prefix}:GET:{''.join(parts)}"
+    return [base] if base.endswith("*") else [base, f"{base}:*"]
+
+
+def _fill_tag(template: str, data: Mapping[str, Any]) -> str:
+    return _PLACEHOLDER.sub(lambda m: _value(data, m.group(1)), template)
+
+
+def invalidation_plan(
+    envelope: Any, events: EventsSettings, prefix: str
+) -> tuple[list[str], list[str], dict[str, list[str]]] | None:
+    """(key globs, tag index keys, description) for one envelope; None when the configuration
+    maps nothing to it. Raises BadEvent for a malformed envelope."""
+    if not isinstance(envelope, Mapping):
+        raise BadEvent("not a JSON object")
+    event_id, event_type, data = envelope.get("id"), envelope.get("type"), envelope.get("data")
+    if not isinstance(event_id, str) or not event_id:
+        raise BadEvent("envelope has no id")
+    if event_type not in ("data.updated", "user.updated"):
+        raise BadEvent(f"unexpected event type {event_type!r}")
+    if not isinstance(data, Mapping):
+        raise BadEvent("envelope data is not an object")
+    patterns: list[str] = []
+    tags: list[str] = []
+    if event_type == "user.updated":
+        entity = "user"
+        user = escape_glob(escape_component(_value(data, "userId")))
+        patterns += [f"{prefix}:GET:*:user:{user}", f"{prefix}:GET:*:user:{user}:*"]
+    else:
+        raw = data.get("entityType", data.get("entity_type"))
+        if not isinstance(raw, str) or not raw:
+            raise BadEvent("data.updated without data.entityType")
+        entity = raw
+    rule = events.consume.rule(entity)
+    if rule is None and not patterns:
+        return None
+    if rule is not None:
+        for template in rule.paths:
+            patterns += _path_patterns(prefix, template, data)
+        tags = [_fill_tag(template, data) for template in rule.tags]
+    indexes = [tag_index_key(prefix, tag) for tag in tags]
+    return patterns, indexes, {"patterns": patterns, "tags": tags}
+
+
+class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
+    """A kombu ConsumerMixin: `run()` until `should_stop` is set."""
+
+    def __init__(
+        self,
+        connection: Any,
+        events: EventsSettings,
+        settings: Settings,
+        store: SyncStore,
+        sink: EventSink | None = None,
+        requeue_pause: float = 0.5,
+    ) -> None:
+        self.connection = connection
+        self.events = events
+        self.settings = settings
+        self.store = store
+        self.sink = sink
+        self.requeue_pause = requeue_pause
+        self.exchange = _kombu.Exchange(events.exchange, type="topic", durable=True)
+        consume = events.consume
+        self.queue = _kombu.Queue(
+            consume.queue,
+            bindings=[
+                _kombu.binding(self.exchange, routing_key=key) for key in consume.routing_keys
+            ],
+            durable=True,
+        )
+        self.dead_letter = _kombu.Queue(consume.dead_letter_queue, durable=True)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.handled = 0
+        self.dead_lettered = 0
+
+    def get_consumers(self, consumer: Any, channel: Any) -> list[Any]:
+        self.exchange(channel).declare()
+        self.dead_letter(channel).declare()
+        return [consumer(queues=[self.queue], on_message=self.on_message, prefetch_count=16)]
+
+    def on_message(self, message: Any) -> None:
+        try:
+            envelope = json.loads(message.body)
+        except (ValueError, TypeError) as exc:
+            self._dead_letter(message, f"not JSON: {exc}")
+            return
+        event_id = envelope.get("id") if isinstance(envelope, dict) else None
+        if isinstance(event_id, str) and event_id in self._seen:
+            logger.info("event %s already handled: acknowledged again", event_id)
+            message.ack()
+            return
+        try:
+            plan = invalidation_plan(envelope, self.events, self.settings.key_prefix)
+            if plan is not None:
+                self._invalidate(envelope, *plan)
+        except BadEvent as exc:
+            self._dead_letter(message, str(exc))
+            return
+        except (StoreUnavailable, OSError) as exc:
+            logger.warning("store unavailable handling %s (%s): requeued", event_id, exc)
+            time.sleep(self.requeue_pause)
+            message.requeue()
+            return
+        assert isinstance(event_id, str)
+        self._seen[event_id] = None
+        while len(self._seen) > self.events.consume.dedupe_size:
+            self._seen.popitem(last=False)
+        self.handled += 1
+        message.ack()
+
+    def _invalidate(
+        self,
+        envelope: Mapping[str, Any],
+        patterns: list[str],
+        indexes: list[str],
+        described: dict[str, list[str]],
+    ) -> None:
+        count = 0
+        for pattern in patterns:
+            count += self.store.delete_matching(pattern)
+        for index in indexes:
+            count += self.store.delete_index(index)
+        if indexes:
+            self.store.delete(*indexes)
+        if self.sink is not None:
+            reason = "user_updated" if envelope["type"] == "user.updated" else "data_updated"
+            self.sink.emit(
+                "cache.invalidated",
+                {
+                    "reason": reason,
+                    "venue": None,
+                    "patterns": described["patterns"],
+                    "tags": described["tags"],
+                    "count": count,
+                    "source_event_id": envelope["id"],
+                },
+            )
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        logger.warning("dead-lettering a message: %s", reason)
+        producer = _kombu.Producer(message.channel)
+        producer.publish(
+            message.body,
+            exchange="",
+            routing_key=self.dead_letter.name,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
+            headers={**(message.headers or {}), "x-error": reason[:500]},
+            delivery_mode=2,
+        )
+        self.dead_lettered += 1
+        message.ack()
+
+
+def load_consumer_config(config_path: str | os.PathLike[str]) -> tuple[Settings, EventsSettings]:
+    """The cache settings and the `events:` settings of one YAML file."""
+    from ..config import _read_yaml, _Validator
+
+    path = Path(config_path)
+    data = _read_yaml(path)
+    events = load_events_config(path)
+    rest = {k: v for k, v in data.items() if k != "events"}
+    return _Validator(path.name).settings(rest), events
+
+
+def run_consumer(config_path: str | os.PathLike[str]) -> None:
+    """Run the invalidation worker of a config file until interrupted (Ctrl-C / SIGTERM as
+    KeyboardInterrupt). The invalidations it does are published as `cache.invalidated`."""
+    from ..storage.factory import make_sync_store
+    from .publisher import KombuEventSink
+
+    settings, events = load_consumer_config(config_path)
+    store = make_sync_store(settings)
+    sink = KombuEventSink(events)
+    with _kombu.Connection(events.broker_url, heartbeat=30) as connection:
+        worker = InvalidationWorker(connection, events, settings, store, sink)
+        try:
+            worker.run()
+        except KeyboardInterrupt:
+            logger.info("invalidation worker stopping")
+        finally:
+            sink.close(5)
+            store.close()

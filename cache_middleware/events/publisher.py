@@ -1,0 +1,211 @@
+"""`KombuEventSink`: publishes lifecycle events to the `coder.events` topic exchange.
+
+`emit()` builds the envelopes, serializes them and appends them to a bounded in-memory buffer: it
+never blocks on the broker and never raises. One background thread publishes the buffer in order
+(routing key = event type, JSON, persistent, with publisher confirms so an event leaves the
+buffer only once the broker has it). With the broker down the events wait in the buffer and are
+flushed when it answers again; when the buffer is full the oldest events are dropped, counted
+and logged once per burst. `close(timeout)` flushes what it can within the time limit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from .envelope import EventsSettings, build_envelopes, load_events_config
+
+__all__ = ["KombuEventSink"]
+
+logger = logging.getLogger("cache_middleware.events")
+
+# kombu is only partly typed: used through `Any`, so mypy needs no override for it.
+_kombu: Any = importlib.import_module("kombu")
+Connection: Any = _kombu.Connection
+Exchange: Any = _kombu.Exchange
+Producer: Any = _kombu.Producer
+
+
+class KombuEventSink:
+    """An `EventSink` that publishes to RabbitMQ (or any kombu transport) in the background."""
+
+    def __init__(
+        self,
+        settings: EventsSettings | Mapping[str, Any] | str,
+        *,
+        broker_url: str | None = None,
+        start: bool = True,
+    ) -> None:
+        self.settings = load_events_config(settings)
+        self.broker_url = broker_url or self.settings.broker_url
+        try:
+            self._display_url = str(Connection(self.broker_url).as_uri())  # password masked
+        except Exception:
+            self._display_url = "<broker>"
+        self.exchange = Exchange(self.settings.exchange, type="topic", durable=True)
+        # (routing key, JSON body) in publishing order
+        self._buffer: deque[tuple[str, str]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closing = False
+        self._deadline: float | None = None
+        self._connection: Any = None
+        self._producer: Any = None
+        self.published = 0
+        self.dropped = 0
+        self._burst_dropped = 0
+        self._thread = threading.Thread(
+            target=self._run, name="cache-middleware-events", daemon=True
+        )
+        if start:
+            self._thread.start()
+
+    # -- the caller's side: never blocks, never raises --------------------------------------------
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        try:
+            messages = [
+                (envelope["type"], json.dumps(envelope, separators=(",", ":"), default=str))
+                for envelope in build_envelopes(event_type, data, self.settings)
+            ]
+        except Exception:
+            logger.exception("cannot build %s event: dropped", event_type)
+            return
+        with self._wake:
+            if self._closing:
+                logger.warning("event sink closed: %s event dropped", event_type)
+                return
+            room = self.settings.buffer_size
+            for message in messages:
+                if len(self._buffer) >= room:
+                    self._buffer.popleft()
+                    self.dropped += 1
+                    self._burst_dropped += 1
+                    if self._burst_dropped == 1:
+                        logger.warning(
+                            "event buffer full (%d events, broker %s unreachable or slow): "
+                            "dropping the oldest events",
+                            room,
+                            self._safe_url(),
+                        )
+                self._buffer.append(message)
+            self._wake.notify()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Publish what is buffered, for at most `timeout` seconds; return how many events were
+        left unpublished (0 when everything went out)."""
+        with self._wake:
+            self._closing = True
+            self._deadline = time.monotonic() + timeout
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout + 0.5)
+        with self._lock:
+            left = len(self._buffer)
+        if left:
+            logger.warning("event sink closed with %d events unpublished", left)
+        if not self._thread.is_alive():
+            self._disconnect()
+        return left
+
+    # -- the publishing thread --------------------------------------------------------------------
+
+    def _safe_url(self) -> str:
+        return self._display_url
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._wake:
+                while not self._buffer and not self._closing:
+                    self._wake.wait()
+                if not self._buffer or self._past_deadline():
+                    return
+                routing_key, body = self._buffer[0]
+            try:
+                self._publish(routing_key, body)
+            except Exception as exc:
+                self._disconnect()
+                if self._past_deadline():
+                    return
+                logger.warning(
+                    "cannot publish to %s (%s: %s): %d events buffered, retrying",
+                    self._safe_url(),
+                    type(exc).__name__,
+                    exc,
+                    self.pending,
+                )
+                with self._wake:
+                    wait = backoff
+                    if self._deadline is not None:
+                        wait = min(wait, max(0.0, self._deadline - time.monotonic()))
+                    self._wake.wait(wait)
+                backoff = min(backoff * 2, self.settings.reconnect_max)
+                continue
+            backoff = 0.05
+            with self._wake:
+                if self._buffer and self._buffer[0] == (routing_key, body):
+                    self._buffer.popleft()
+                self.published += 1
+                if not self._buffer and self._burst_dropped:
+                    logger.warning(
+                        "event buffer drained: %d events were dropped while it was full",
+                        self._burst_dropped,
+                    )
+                    self._burst_dropped = 0
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _connect(self) -> Any:
+        if self._producer is None:
+            timeout = self.settings.connect_timeout
+            if self._deadline is not None:
+                timeout = max(0.05, min(timeout, self._deadline - time.monotonic()))
+            connection = Connection(
+                self.broker_url,
+                connect_timeout=timeout,
+                transport_options={"confirm_publish": True},
+                heartbeat=0,
+            )
+            try:
+                connection.ensure_connection(max_retries=1, timeout=timeout)
+                producer = Producer(connection.channel(), exchange=self.exchange)
+                self.exchange(producer.channel).declare()
+            except Exception:
+                connection.release()
+                raise
+            self._connection, self._producer = connection, producer
+        return self._producer
+
+    def _publish(self, routing_key: str, body: str) -> None:
+        producer = self._connect()
+        producer.publish(
+            body,
+            routing_key=routing_key,
+            exchange=self.exchange,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,  # persistent
+            retry=True,
+            retry_policy=self.settings.retry.as_kombu(),
+        )
+
+    def _disconnect(self) -> None:
+        connection, self._connection, self._producer = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:
+                logger.debug("error closing the broker connection", exc_info=True)
