@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -61,6 +62,31 @@ def _check(path: str) -> int:
     return 0
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _consume(path: str) -> int:
+    try:
+        from .events import run_consumer
+    except ImportError:
+        print(
+            "error: the event bridge needs kombu: pip install 'cache-middleware[events]'",
+            file=sys.stderr,
+        )
+        return 1
+    # A process manager stops workers with SIGTERM: leave as on Ctrl-C, acking nothing half-done.
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        run_consumer(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _demo(host: str, port: int) -> int:
     try:
         import uvicorn
@@ -88,9 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     check = commands.add_parser("check", help="validate a config file and print its route table")
     check.add_argument("file", help="path to the YAML config")
+    events = commands.add_parser("events", help="the Kombu event bridge")
+    event_commands = events.add_subparsers(dest="events_command", required=True)
+    consume = event_commands.add_parser(
+        "consume", help="invalidate on data.updated / user.updated events (runs until stopped)"
+    )
+    consume.add_argument("--config", required=True, help="path to the YAML config")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "events":
+        return _consume(args.config)
     return _demo(args.host, args.port)
 
 

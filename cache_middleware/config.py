@@ -175,6 +175,7 @@ _TOP_KEYS = {
     "breaker_cooldown",
     "routes",
     "admin",
+    "events",  # the event bridge's section, validated by cache_middleware.events
 }
 _ROUTE_KEYS = {
     "ttl",
