@@ -258,7 +258,7 @@ class CacheMiddleware:
                 key = step.key
                 continue
             if isinstance(step, NotFound) and step.drop is not None:
-                await self.store.delete(step.drop)
+                await self.store.forget(step.drop)
             return step
 
     async def _replay(

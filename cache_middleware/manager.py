@@ -69,7 +69,7 @@ class CacheManager:
         except CorruptValue as exc:
             logger.warning("dropping unreadable value under %r: %s", key, exc)
             with contextlib.suppress(StoreUnavailable):
-                await self.store.delete(key)
+                await self.store.forget(key)
             return _MISSING
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -166,7 +166,7 @@ class SyncCacheManager:
         except CorruptValue as exc:
             logger.warning("dropping unreadable value under %r: %s", key, exc)
             with contextlib.suppress(StoreUnavailable):
-                self.store.delete(key)
+                self.store.forget(key)
             return _MISSING
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -280,7 +280,7 @@ class WSGICacheMiddleware:
                 key = step.key
                 continue
             if isinstance(step, NotFound) and step.drop is not None:
-                self.store.delete(step.drop)
+                self.store.forget(step.drop)
             return step
 
     def _replay(

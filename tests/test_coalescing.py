@@ -191,3 +191,22 @@ async def test_unsafe_method_during_a_fill_wins(url: str, prefix: str) -> None:
     assert (get.headers["x-cache"], post.headers["x-cache"]) == ("MISS", "BYPASS")
     assert (await client.get("/api/events")).headers["x-cache"] == "MISS"
     await client.aclose()
+
+
+async def test_dropping_an_unreadable_entry_voids_no_fill(url: str, prefix: str) -> None:
+    """Garbage under one key is housekeeping, not an invalidation: other fills still store."""
+    calls: list[str] = []
+    mw = CacheMiddleware(asgi_app(calls), config=config(url, prefix))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://t")
+    await mw.store.set(f"{prefix}:GET:/api/b:host:http%3A//t", b"not an entry", 60)
+
+    async def read_garbage_midway() -> httpx.Response:
+        await asyncio.sleep(SLOW / 2)
+        return await client.get("/api/b")
+
+    first, garbage = await asyncio.gather(client.get("/api/a"), read_garbage_midway())
+    assert (first.headers["x-cache"], garbage.headers["x-cache"]) == ("MISS", "MISS")
+    assert mw.stats.lost_leases == 0
+    assert (await client.get("/api/a")).headers["x-cache"] == "HIT"
+    assert (await client.get("/api/b")).headers["x-cache"] == "HIT"
+    await client.aclose()

@@ -146,6 +146,11 @@ class MemoryStore:
             self._epoch += 1
             return sum(self._remove(key, now) for key in keys)
 
+    def forget(self, key: str) -> None:
+        """Drop one unreadable value: housekeeping, not an invalidation (the epoch stays)."""
+        with self._lock:
+            self._remove(key, time.monotonic())
+
     def delete_matching(self, pattern: str) -> int:
         regex = compile_glob(pattern)
         with self._lock:
@@ -327,6 +332,9 @@ class AsyncMemoryStore:
 
     async def delete(self, *keys: str) -> int:
         return self.sync.delete(*keys)
+
+    async def forget(self, key: str) -> None:
+        self.sync.forget(key)
 
     async def delete_matching(self, pattern: str) -> int:
         return self.sync.delete_matching(pattern)

@@ -148,6 +148,10 @@ class AsyncRedisStore:
         count = await self._run(lambda: run_async(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], []))
         return int(count)
 
+    async def forget(self, key: str) -> None:
+        """Drop one unreadable value: housekeeping, not an invalidation (the epoch stays)."""
+        await self._run(lambda: self.client.unlink(key))
+
     async def delete_matching(self, pattern: str) -> int:
         """SCAN + UNLINK in batches, never KEYS: Redis stays responsive on a large keyspace."""
 

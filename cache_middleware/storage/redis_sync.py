@@ -119,6 +119,10 @@ class RedisStore:
             return 0
         return int(self._run(lambda: run_sync(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], [])))
 
+    def forget(self, key: str) -> None:
+        """Drop one unreadable value: housekeeping, not an invalidation (the epoch stays)."""
+        self._run(lambda: self.client.unlink(key))
+
     def delete_matching(self, pattern: str) -> int:
         """SCAN + UNLINK in batches, never KEYS: Redis stays responsive on a large keyspace."""
 
