@@ -412,3 +412,29 @@ async def test_index_members_may_be_gone_already(store: Store, k: K) -> None:
     await store.set_indexed(k("b"), b"x", 60, k("ix"), 60)
     assert await store.delete_matching(escape_glob(k("a"))) == 1
     assert await store.delete_index(k("ix")) == 1
+
+
+async def test_each_cache_has_its_own_epoch(store: Store, k: K) -> None:
+    """An invalidation in one cache (key prefix) voids that cache's fills, not another's;
+    a glob that could reach any cache voids them all."""
+    a, b = k("cache-a"), k("cache-b")
+    lock_a, lock_b = f"{a}:LOCK:GET:/x", f"{b}:LOCK:GET:/x"
+    epoch_a = await store.acquire_fill(lock_a, "t", LEASE_MS)
+    epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
+    assert epoch_a is not None and epoch_b is not None
+    await store.delete_matching(f"{a}:GET:/x*")
+    assert not await store.store_fill(lock_a, "t", epoch_a, [(f"{a}:GET:/x", b"old", 60)])
+    assert await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/x", b"new", 60)])
+    assert await store.get(f"{b}:GET:/x") == b"new"
+    # An exact key names its cache too.
+    epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
+    assert epoch_b is not None
+    await store.delete(f"{a}:GET:/y")
+    assert await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/y", b"new", 60)])
+    # A glob without a cache's marker may reach every cache: all fills are void.
+    epoch_a = await store.acquire_fill(lock_a, "t", LEASE_MS)
+    epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
+    assert epoch_a is not None and epoch_b is not None
+    await store.delete_matching(escape_glob(k("nothing")) + "*")
+    assert not await store.store_fill(lock_a, "t", epoch_a, [(f"{a}:GET:/z", b"old", 60)])
+    assert not await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/z", b"old", 60)])

@@ -2,12 +2,13 @@
 
 Beyond get/set/delete, every store keeps:
 
-- an invalidation epoch: a counter the store-wide deletion APIs (`delete`, `delete_matching`)
-  increment, even when nothing matched. A fill records it when it takes its lease and may only
-  store while it has not moved: a response computed from data read before an invalidation is
-  never written after it. `delete_index` does not move it: the fill's lease joined the index
-  (`acquire_fill(..., index_key)`), so deleting the index takes exactly that path's leases away
-  and leaves fills on other paths alone.
+- invalidation epochs: a counter per cache (`{prefix}:EPOCH:%`) that the deletion APIs
+  (`delete`, `delete_matching`) increment for the cache they name (every cache's when a glob
+  could reach any), even when nothing matched. A fill records its cache's when it takes its
+  lease and may only store while it has not moved: a response computed from data read before
+  an invalidation is never written after it. `delete_index` does not move it: the fill's lease
+  joined the index (`acquire_fill(..., index_key)`), so deleting the index takes exactly that
+  path's leases away and leaves fills on other paths alone.
 - fill leases (`acquire_fill` / `store_fill` / `release_fill` / `peek_fill`): one process
   computes a missing entry while the others poll for it. A lease is a key holding the filler's
   token, with a TTL in milliseconds so a crashed filler only delays the others.
@@ -25,14 +26,20 @@ from typing import Any, Protocol
 
 __all__ = [
     "EPOCH_KEY",
+    "EPOCH_REGISTRY",
     "SCAN_BATCH",
     "AsyncStore",
     "SyncStore",
     "Write",
+    "cache_epoch",
     "check_fill_ttl",
     "check_ttl",
     "check_writes",
+    "fill_epoch",
     "index_list",
+    "is_epoch",
+    "key_epochs",
+    "literal_head",
 ]
 
 # Keys per SCAN page and per UNLINK call: large enough to be quick, small enough not to block Redis.
@@ -41,6 +48,43 @@ SCAN_BATCH = 500
 # The invalidation epoch's key. No deletion API ever deletes it (even `delete_matching("*")`):
 # a counter that fell back to an old value could let a stale fill through.
 EPOCH_KEY = "cache-middleware:epoch"
+# Every cache (key prefix) has an epoch of its own, `{prefix}:EPOCH:%`, which its fills check:
+# an invalidation in one cache never voids another cache's fills. The registry lists them, for
+# deletions that cannot tell which caches they reach (a bare `*`).
+EPOCH_REGISTRY = "cache-middleware:epochs"
+_EPOCH_SUFFIX = ":EPOCH:%"  # no escaped key component ends in a bare `%`
+_MARKERS = (":GET:", ":LOCK:", ":IDX:", ":TAG:")
+_GLOB = frozenset("*?[\\")
+
+
+def cache_epoch(name: str) -> str | None:
+    """The epoch of the cache a key (or a glob's literal head) belongs to, if it says."""
+    found = [at for marker in _MARKERS if (at := name.find(marker)) > 0]
+    return name[: min(found)] + _EPOCH_SUFFIX if found else None
+
+
+def fill_epoch(lock_key: str) -> str:
+    """The epoch a fill under `lock_key` checks: its cache's, else the store-wide one."""
+    return cache_epoch(lock_key) or EPOCH_KEY
+
+
+def literal_head(pattern: str) -> str:
+    """The part of a glob before its first wildcard."""
+    for i, char in enumerate(pattern):
+        if char in _GLOB:
+            return pattern[:i]
+    return pattern
+
+
+def key_epochs(keys: Sequence[str]) -> list[str]:
+    """The epochs a deletion of these keys moves: the store-wide one and each cache's."""
+    scoped = {epoch for key in keys if (epoch := cache_epoch(key)) is not None}
+    return [EPOCH_KEY, *sorted(scoped)]
+
+
+def is_epoch(key: str) -> bool:
+    return key in (EPOCH_KEY, EPOCH_REGISTRY) or key.endswith(_EPOCH_SUFFIX)
+
 
 Write = tuple[str, bytes, int]  # (key, value, ttl seconds)
 

@@ -19,7 +19,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._core.globs import compile_glob
-from .base import EPOCH_KEY, Write, check_fill_ttl, check_ttl, check_writes, index_list
+from .base import (
+    EPOCH_KEY,
+    Write,
+    cache_epoch,
+    check_fill_ttl,
+    check_ttl,
+    check_writes,
+    fill_epoch,
+    index_list,
+    is_epoch,
+    key_epochs,
+    literal_head,
+)
 
 __all__ = ["AsyncMemoryStore", "MemoryStore"]
 
@@ -47,7 +59,7 @@ class MemoryStore:
         self._bytes = 0
         self._indexes: dict[str, _Index] = {}
         self._sweep_at = _SWEEP_MIN
-        self._epoch = 0
+        self._epochs: dict[str, int] = {EPOCH_KEY: 0}  # per cache, and the store-wide one
         self._stats: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
@@ -138,13 +150,18 @@ class MemoryStore:
         with self._lock:
             self._put(key, value, time.monotonic() + ttl)
 
+    def _bump(self, epochs: list[str]) -> None:
+        for epoch in epochs:
+            self._epochs[epoch] = self._epochs.get(epoch, 0) + 1
+
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0  # nothing named, nothing invalidated (the Redis stores send nothing)
         with self._lock:
             now = time.monotonic()
-            self._epoch += 1
-            return sum(self._remove(key, now) for key in keys)
+            targets = [key for key in keys if not is_epoch(key)]
+            self._bump(key_epochs(targets))
+            return sum(self._remove(key, now) for key in targets)
 
     def forget(self, key: str) -> None:
         """Drop one unreadable value: housekeeping, not an invalidation (the epoch stays)."""
@@ -155,7 +172,8 @@ class MemoryStore:
         regex = compile_glob(pattern)
         with self._lock:
             now = time.monotonic()
-            self._epoch += 1
+            scoped = cache_epoch(literal_head(pattern))
+            self._bump([EPOCH_KEY, scoped] if scoped is not None else list(self._epochs))
             doomed = [k for k, (_, exp) in self._data.items() if exp > now and regex.match(k)]
             doomed += [k for k, i in self._indexes.items() if i.expires_at > now and regex.match(k)]
             return sum(self._remove(key, now) for key in doomed)
@@ -168,7 +186,7 @@ class MemoryStore:
 
     def epoch(self) -> int:
         with self._lock:
-            return self._epoch
+            return self._epochs[EPOCH_KEY]
 
     def acquire_fill(
         self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
@@ -182,7 +200,7 @@ class MemoryStore:
             if index_key is not None:
                 # Deleting the index (an unsafe method on the path) takes the lease away too.
                 self._index_add(index_key, [lock_key], max(1, -(-ttl_ms // 1000)), now)
-            return self._epoch
+            return self._epochs.setdefault(fill_epoch(lock_key), 0)
 
     def store_fill(
         self,
@@ -198,7 +216,7 @@ class MemoryStore:
             now = time.monotonic()
             if self._live(lock_key, now) != token.encode():
                 return False  # the lease expired (and may be someone else's now): not ours
-            if self._epoch != epoch:
+            if self._epochs.get(fill_epoch(lock_key), 0) != epoch:
                 self._drop(lock_key)  # invalidated since acquire_fill: the value may be stale
                 return False
             for key, value, ttl in writes:

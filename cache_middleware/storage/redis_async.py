@@ -20,7 +20,19 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .base import EPOCH_KEY, SCAN_BATCH, Write, check_fill_ttl, check_ttl, check_writes
+from .base import (
+    EPOCH_KEY,
+    EPOCH_REGISTRY,
+    SCAN_BATCH,
+    Write,
+    cache_epoch,
+    check_fill_ttl,
+    check_ttl,
+    check_writes,
+    is_epoch,
+    key_epochs,
+    literal_head,
+)
 from .health import (
     FOREIGN_ERRORS,
     RETRIES,
@@ -145,7 +157,11 @@ class AsyncRedisStore:
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        count = await self._run(lambda: run_async(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], []))
+        targets = [key for key in keys if not is_epoch(key)]  # a counter never goes back
+        epochs = key_epochs(targets)
+        count = await self._run(
+            lambda: run_async(self.client, DELETE_KEYS, [*epochs, *targets], [len(epochs)])
+        )
         return int(count)
 
     async def forget(self, key: str) -> None:
@@ -159,11 +175,20 @@ class AsyncRedisStore:
             client = self.client
             # The epoch moves before the scan, not after: a fill that read its data before this
             # call and stores after the scan went past its key would otherwise survive it.
-            await client.incr(EPOCH_KEY)
+            scoped = cache_epoch(literal_head(pattern))
+            if scoped is not None:
+                epochs = [EPOCH_KEY, scoped]
+            else:  # a glob that may reach any cache: every cache's fills are void
+                members = await client.smembers(EPOCH_REGISTRY)
+                epochs = list(dict.fromkeys([EPOCH_KEY, *(_text(m) for m in members)]))
+            pipe = client.pipeline(transaction=False)
+            for epoch in epochs:
+                pipe.incr(epoch)
+            await pipe.execute()
             deleted = 0
             batch: list[bytes] = []
             async for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
-                if key == _EPOCH:
+                if is_epoch(key.decode("utf-8", "surrogateescape")):
                     continue
                 batch.append(key)
                 if len(batch) >= SCAN_BATCH:
@@ -330,6 +355,10 @@ class AsyncRedisStore:
             "maxmemory": facts.get("maxmemory"),
             "breaker": self.breaker.state,
         }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pipelined_params(url: str, timeout: float) -> dict[str, Any] | None:

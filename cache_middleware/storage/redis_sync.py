@@ -16,11 +16,16 @@ from redis.retry import Retry
 
 from .base import (
     EPOCH_KEY,
+    EPOCH_REGISTRY,
     SCAN_BATCH,
     Write,
+    cache_epoch,
     check_fill_ttl,
     check_ttl,
     check_writes,
+    is_epoch,
+    key_epochs,
+    literal_head,
 )
 from .health import (
     FOREIGN_ERRORS,
@@ -117,7 +122,13 @@ class RedisStore:
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(self._run(lambda: run_sync(self.client, DELETE_KEYS, [EPOCH_KEY, *keys], [])))
+        targets = [key for key in keys if not is_epoch(key)]  # a counter never goes back
+        epochs = key_epochs(targets)
+        return int(
+            self._run(
+                lambda: run_sync(self.client, DELETE_KEYS, [*epochs, *targets], [len(epochs)])
+            )
+        )
 
     def forget(self, key: str) -> None:
         """Drop one unreadable value: housekeeping, not an invalidation (the epoch stays)."""
@@ -130,11 +141,20 @@ class RedisStore:
             client = self.client
             # The epoch moves before the scan, not after: a fill that read its data before this
             # call and stores after the scan went past its key would otherwise survive it.
-            client.incr(EPOCH_KEY)
+            scoped = cache_epoch(literal_head(pattern))
+            if scoped is not None:
+                epochs = [EPOCH_KEY, scoped]
+            else:  # a glob that may reach any cache: every cache's fills are void
+                members = client.smembers(EPOCH_REGISTRY)
+                epochs = list(dict.fromkeys([EPOCH_KEY, *(m.decode() for m in members)]))  # type: ignore[union-attr]
+            pipe = client.pipeline(transaction=False)
+            for epoch in epochs:
+                pipe.incr(epoch)
+            pipe.execute()
             deleted = 0
             batch: list[bytes] = []
             for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
-                if key == _EPOCH:
+                if is_epoch(key.decode("utf-8", "surrogateescape")):
                     continue
                 batch.append(key)
                 if len(batch) >= SCAN_BATCH:

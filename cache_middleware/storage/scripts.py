@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from .base import EPOCH_KEY, Write, index_list
+from .base import EPOCH_REGISTRY, Write, fill_epoch, index_list
 from .health import is_wrong_type
 
 __all__ = [
@@ -98,29 +98,32 @@ def _script(name: str, body: str) -> Script:
     return Script(name, f"-- cache-middleware {name}\n{_LUA_HELPERS}{body}")
 
 
-# KEYS: epoch, key...   -> number of keys that existed.
-# The epoch moves even when nothing matched: the caller meant to invalidate, and a fill that
+# KEYS: epoch..., key...   ARGV: number of epochs   -> number of keys that existed.
+# The epochs move even when nothing matched: the caller meant to invalidate, and a fill that
 # read the data before this call must not store it after.
 DELETE_KEYS = _script(
     "DELETE_KEYS",
     """
-redis.call('INCR', KEYS[1])
-return unlink_all(KEYS, 2, KEYS[1])
+local epochs = tonumber(ARGV[1])
+for i = 1, epochs do redis.call('INCR', KEYS[i]) end
+if #KEYS == epochs then return 0 end
+return unlink_all(KEYS, epochs + 1, KEYS[1])
 """,
 )
 
 # KEYS: lock, epoch   ARGV: token, ttl_ms   -> epoch (string) if the lease was taken, else nil.
-# KEYS: lock, epoch, [index]   ARGV: token, ttl_ms, index_ttl seconds or ''
+# KEYS: lock, epoch, epoch registry, [index]   ARGV: token, ttl_ms, index_ttl seconds or ''
 # The lock joins the path's index, so that deleting the index (an unsafe method on the path)
 # also takes the lease away: the fill under way can then no longer write (STORE_FILL).
 ACQUIRE_FILL = _script(
     "ACQUIRE_FILL",
     """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SADD', KEYS[3], KEYS[2])
   if ARGV[3] ~= '' then
-    redis.call('SADD', KEYS[3], KEYS[1])
-    redis.call('EXPIRE', KEYS[3], ARGV[3], 'NX')
-    redis.call('EXPIRE', KEYS[3], ARGV[3], 'GT')
+    redis.call('SADD', KEYS[4], KEYS[1])
+    redis.call('EXPIRE', KEYS[4], ARGV[3], 'NX')
+    redis.call('EXPIRE', KEYS[4], ARGV[3], 'GT')
   end
   return redis.call('GET', KEYS[2]) or '0'
 end
@@ -222,9 +225,14 @@ def acquire_fill_call(
     lock_key: str, token: str, ttl_ms: int, index_key: str | None
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for ACQUIRE_FILL; the index outlives the lock by at least the lock's TTL."""
+    epoch = fill_epoch(lock_key)
     if index_key is None:
-        return [lock_key, EPOCH_KEY], [token, ttl_ms, ""]
-    return [lock_key, EPOCH_KEY, index_key], [token, ttl_ms, max(1, -(-ttl_ms // 1000))]
+        return [lock_key, epoch, EPOCH_REGISTRY], [token, ttl_ms, ""]
+    return [lock_key, epoch, EPOCH_REGISTRY, index_key], [
+        token,
+        ttl_ms,
+        max(1, -(-ttl_ms // 1000)),
+    ]
 
 
 def store_fill_call(
@@ -237,7 +245,7 @@ def store_fill_call(
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for STORE_FILL."""
     indexes = index_list(index_key)
-    keys = [lock_key, EPOCH_KEY, *indexes]
+    keys = [lock_key, fill_epoch(lock_key), *indexes]
     args: list[Any] = [token, str(epoch), str(index_ttl) if indexes else "0", len(indexes)]
     for key, value, ttl in writes:
         keys.append(key)
