@@ -17,14 +17,38 @@ VENUES: list[dict[str, Any]] = [
 ]
 
 EVENTS: list[dict[str, Any]] = [
-    {"id": "e1", "name": "Midnight Orchestra", "category": "music", "venue_id": "v1",
-     "starts_at": "2025-06-14T20:00:00Z", "price": 45.0},
-    {"id": "e2", "name": "Stand-up Saturday", "category": "comedy", "venue_id": "v2",
-     "starts_at": "2025-06-21T19:30:00Z", "price": 18.5},
-    {"id": "e3", "name": "Jazz on the Lawn", "category": "music", "venue_id": "v3",
-     "starts_at": "2025-07-02T18:00:00Z", "price": 30.0},
-    {"id": "e4", "name": "Hamlet", "category": "theatre", "venue_id": "v3",
-     "starts_at": "2025-07-10T19:00:00Z", "price": 52.0},
+    {
+        "id": "e1",
+        "name": "Midnight Orchestra",
+        "category": "music",
+        "venue_id": "v1",
+        "starts_at": "2025-06-14T20:00:00Z",
+        "price": 45.0,
+    },
+    {
+        "id": "e2",
+        "name": "Stand-up Saturday",
+        "category": "comedy",
+        "venue_id": "v2",
+        "starts_at": "2025-06-21T19:30:00Z",
+        "price": 18.5,
+    },
+    {
+        "id": "e3",
+        "name": "Jazz on the Lawn",
+        "category": "music",
+        "venue_id": "v3",
+        "starts_at": "2025-07-02T18:00:00Z",
+        "price": 30.0,
+    },
+    {
+        "id": "e4",
+        "name": "Hamlet",
+        "category": "theatre",
+        "venue_id": "v3",
+        "starts_at": "2025-07-10T19:00:00Z",
+        "price": 52.0,
+    },
 ]
 
 # Tickets left per event.
@@ -83,7 +107,8 @@ def availability(event_id: str | None) -> dict[str, Any] | None:
 def search(q: str | None, category: str | None) -> dict[str, Any]:
     needle = (q or "").strip().lower()
     results = [
-        e for e in EVENTS
+        e
+        for e in EVENTS
         if needle in e["name"].lower() and (category is None or e["category"] == category)
     ]
     return {"q": needle, "category": category, "results": results}

@@ -136,6 +136,7 @@ TABLE: list[tuple[str, str, bool]] = [
     ("[a-]b]", "-b]", False),
 ]
 
+
 def _params() -> list[object]:
     return [
         pytest.param(pattern, key, expected, id=f"{pattern!r}~{key!r}")

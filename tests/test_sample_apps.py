@@ -245,7 +245,12 @@ async def test_demo_index_lists_the_routes() -> None:
     assert page.status == 200
     assert page.headers["content-type"].startswith("text/html")
     text = page.body.decode()
-    for route in ("/api/events", "/api/venues", "/api/tickets/availability", "/api/search",
-                  "/api/me"):
+    for route in (
+        "/api/events",
+        "/api/venues",
+        "/api/tickets/availability",
+        "/api/search",
+        "/api/me",
+    ):
         assert route in text
     assert "curl -i http://testserver/api/events" in text
