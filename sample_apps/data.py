@@ -10,46 +10,12 @@ import html
 from datetime import datetime, timezone
 from typing import Any
 
-VENUES: list[dict[str, Any]] = [
-    {"id": "v1", "name": "Harbour Arena", "city": "Lisbon", "capacity": 12000},
-    {"id": "v2", "name": "The Old Mill", "city": "Leeds", "capacity": 850},
-    {"id": "v3", "name": "Parkside Theatre", "city": "Denver", "capacity": 2400},
-]
+from cache_middleware.demo.app import EVENTS as DEMO_EVENTS
+from cache_middleware.demo.app import VENUES as DEMO_VENUES
 
-EVENTS: list[dict[str, Any]] = [
-    {
-        "id": "e1",
-        "name": "Midnight Orchestra",
-        "category": "music",
-        "venue_id": "v1",
-        "starts_at": "2025-06-14T20:00:00Z",
-        "price": 45.0,
-    },
-    {
-        "id": "e2",
-        "name": "Stand-up Saturday",
-        "category": "comedy",
-        "venue_id": "v2",
-        "starts_at": "2025-06-21T19:30:00Z",
-        "price": 18.5,
-    },
-    {
-        "id": "e3",
-        "name": "Jazz on the Lawn",
-        "category": "music",
-        "venue_id": "v3",
-        "starts_at": "2025-07-02T18:00:00Z",
-        "price": 30.0,
-    },
-    {
-        "id": "e4",
-        "name": "Hamlet",
-        "category": "theatre",
-        "venue_id": "v3",
-        "starts_at": "2025-07-10T19:00:00Z",
-        "price": 52.0,
-    },
-]
+# One fake catalogue for the packaged demo and the three samples.
+VENUES: list[dict[str, Any]] = [dict(venue) for venue in DEMO_VENUES]
+EVENTS: list[dict[str, Any]] = [dict(event) for event in DEMO_EVENTS]
 
 # Tickets left per event.
 AVAILABILITY: dict[str, int] = {"e1": 1204, "e2": 37, "e3": 0, "e4": 412}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -186,7 +187,10 @@ def _build(name: str, request: pytest.FixtureRequest, fake_server: fakeredis.Fak
     elif kind == "fakeredis":
         if not _lua_in_fakeredis():
             # Deletions are Lua scripts (they bump the invalidation epoch in the same step).
-            pytest.skip("fakeredis needs `lupa` to run the stores' Lua scripts: pip install lupa")
+            message = "fakeredis needs `lupa` to run the stores' Lua scripts: pip install lupa"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI is set: {message}")
+            pytest.skip(message)
 
         def make() -> Any:
             return FakeAsyncRedisStore(fake_server) if is_async else fake_sync_store(fake_server)
