@@ -22,7 +22,15 @@ import yaml
 from ._core.rules import is_placeholder, split_route
 from .errors import ConfigError
 
-__all__ = ["AdminSettings", "ConfigSource", "RouteSettings", "Settings", "load_config"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "AdminSettings",
+    "ConfigSource",
+    "NearCacheSettings",
+    "RouteSettings",
+    "Settings",
+    "load_config",
+]
 
 DEFAULT_PREFIX = "gateway:response"
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -30,6 +38,8 @@ DEFAULT_TIMEOUT = 0.1
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_COALESCE_WAIT = 5.0
+DEFAULT_NEAR_BYTES = 32 * 1024 * 1024
+DEFAULT_NEAR_MAX_AGE = 60.0
 # RFC 9110 §15.1 heuristically cacheable statuses a route may opt into; 206 and 5xx (but 501,
 # which says the method is not implemented at all) never.
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -59,6 +69,15 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class NearCacheSettings:
+    """`near_cache: {max_bytes: ..., max_age: ...}`: decoded entries kept in process, dropped
+    when Redis reports their key changed (client-side caching), and never older than `max_age`."""
+
+    max_bytes: int = DEFAULT_NEAR_BYTES
+    max_age: float = DEFAULT_NEAR_MAX_AGE
+
+
+@dataclass(frozen=True)
 class Settings:
     routes: tuple[RouteSettings, ...] = ()
     redis_url: str | None = None
@@ -77,6 +96,8 @@ class Settings:
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
     admin: AdminSettings = AdminSettings()
+    # The in-process near-cache (L1) in front of Redis; None = off (storage/near.py).
+    near_cache: NearCacheSettings | None = None
     # Where the settings came from, for messages; not part of their identity.
     source: str = field(default="<dict>", compare=False)
 
@@ -176,6 +197,7 @@ _TOP_KEYS = {
     "routes",
     "admin",
     "events",  # the event bridge's section, validated by cache_middleware.events
+    "near_cache",
 }
 _ROUTE_KEYS = {
     "ttl",
@@ -190,6 +212,19 @@ _ROUTE_KEYS = {
     "tags",
 }
 _ADMIN_KEYS = {"token", "venue_tokens"}
+_NEAR_KEYS = {"max_bytes", "max_age"}
+# Schemes redis_url accepts: a single server, Sentinel (service name after the sentinels) and
+# Cluster (seed nodes); memory:// is the embedded store.
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "memory://",
+)
 
 
 class _Validator:
@@ -424,13 +459,9 @@ class _Validator:
         env_url = os.environ.get("CACHE_REDIS_URL")
         if env_url:
             redis_url = env_url
-        if redis_url is not None and not redis_url.startswith(
-            ("redis://", "rediss://", "unix://", "memory://")
-        ):
-            raise self.fail(
-                "redis_url",
-                f"must be a redis://, rediss://, unix:// or memory:// URL, got {redis_url!r}",
-            )
+        if redis_url is not None and not redis_url.startswith(REDIS_SCHEMES):
+            schemes = ", ".join(scheme.rstrip("/") for scheme in REDIS_SCHEMES)
+            raise self.fail("redis_url", f"must be a URL of {schemes}; got {redis_url!r}")
         prefix = self.string("key_prefix", data.get("key_prefix", DEFAULT_PREFIX), optional=False)
         assert prefix is not None
         if any(c in prefix for c in "*?[]\\") or any(ord(c) < 0x21 for c in prefix):
@@ -474,7 +505,25 @@ class _Validator:
                 "breaker_cooldown", data.get("breaker_cooldown", 5.0), high=3600
             ),
             admin=admin,
+            near_cache=self.near_cache(data.get("near_cache")),
             source=self.source,
+        )
+
+    def near_cache(self, raw: Any) -> NearCacheSettings | None:
+        if raw is None or raw is False:
+            return None
+        if raw is True:
+            return NearCacheSettings()
+        if not isinstance(raw, Mapping):
+            raise self.fail("near_cache", f"must be a mapping like {{max_bytes: ...}}, got {raw!r}")
+        self.check_keys("near_cache", raw, _NEAR_KEYS)
+        return NearCacheSettings(
+            max_bytes=self.positive_int(
+                "near_cache.max_bytes", raw.get("max_bytes", DEFAULT_NEAR_BYTES)
+            ),
+            max_age=self.positive_number(
+                "near_cache.max_age", raw.get("max_age", DEFAULT_NEAR_MAX_AGE), high=3600
+            ),
         )
 
 
