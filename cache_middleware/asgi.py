@@ -33,6 +33,7 @@ from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .registry import register
 from .storage import AsyncStore, make_async_store
+from .storage.tracking import with_near_cache_async
 from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
 
 __all__ = ["CacheMiddleware"]
@@ -119,7 +120,9 @@ class CacheMiddleware:
         self.policy = build_policy(
             self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
         )
-        self.store = store if store is not None else make_async_store(self.settings)
+        self.store = with_near_cache_async(
+            store if store is not None else make_async_store(self.settings), self.settings
+        )
         self.book = StatsBook()
         self.stats = self.book.total  # the process totals; per route/venue in self.book
         self._next_flush = time.monotonic() + FLUSH_INTERVAL

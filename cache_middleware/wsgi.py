@@ -35,6 +35,7 @@ from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .registry import register
 from .storage import SyncStore, make_sync_store
+from .storage.tracking import with_near_cache_sync
 from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
 
 __all__ = ["WSGICacheMiddleware"]
@@ -144,7 +145,9 @@ class WSGICacheMiddleware:
         self.policy = build_policy(
             self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
         )
-        self.store = store if store is not None else make_sync_store(self.settings)
+        self.store = with_near_cache_sync(
+            store if store is not None else make_sync_store(self.settings), self.settings
+        )
         self.book = StatsBook()
         self.stats = self.book.total  # the process totals; per route/venue in self.book
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
