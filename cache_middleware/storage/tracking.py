@@ -69,6 +69,7 @@ class InvalidationListener:
         self.timeout = timeout
         self.retry_max = retry_max
         self.connects = 0
+        self.client_id: int | None = None  # the current connection's, as CLIENT ID said
         self.messages = 0
         self._stopping = threading.Event()
         self._live = threading.Event()
@@ -140,6 +141,7 @@ class InvalidationListener:
         if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
             raise redis.RedisError(f"unexpected SUBSCRIBE reply {reply!r}")
         self.connects += 1
+        self.client_id = int(client_id)
         # Only now can nothing be missed: copies may be kept from here on.
         self.near.set_live(True)
         self._live.set()

@@ -1,0 +1,479 @@
+"""The near-cache (L1): its rules in isolation, its invalidation stream on the real Redis, both
+adapters in front of it, and coherence across uvicorn workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from cache_middleware import CacheMiddleware, WSGICacheMiddleware
+from cache_middleware.config import load_config
+from cache_middleware.errors import ConfigError
+from cache_middleware.storage.near import NearCache
+from cache_middleware.storage.tracking import CHANNEL, InvalidationListener, near_cache_for
+
+WAIT = 3.0  # how long a test waits for something that should take milliseconds
+
+
+def until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def live_cache(max_bytes: int = 10_000, max_age: float = 60, clock: Any = None) -> NearCache:
+    near = NearCache(max_bytes, max_age, clock=clock or Clock())
+    near.set_live(True)
+    return near
+
+
+def keep(near: NearCache, key: str, value: bytes) -> None:
+    near.offer(key, value, near.begin(key))
+
+
+# -- the rules ------------------------------------------------------------------------------------
+
+
+def test_a_read_is_kept_and_served() -> None:
+    near = live_cache()
+    keep(near, "p:GET:/a", b"entry")
+    assert near.get("p:GET:/a") == b"entry"
+    assert near.figures()["hits"] == 1
+
+
+def test_nothing_is_kept_until_the_stream_is_live() -> None:
+    near = NearCache(10_000, 60)
+    assert near.begin("k") is None
+    near.offer("k", b"v", None)
+    assert near.get("k") is None
+
+
+def test_an_invalidation_during_the_read_withdraws_it() -> None:
+    # The push for a write after our read may overtake the read's own reply.
+    near = live_cache()
+    token = near.begin("k")
+    near.invalidate(["k"])
+    near.offer("k", b"old", token)
+    assert near.get("k") is None
+
+
+def test_a_flush_or_an_outage_during_the_read_withdraws_it() -> None:
+    near = live_cache()
+    token = near.begin("k")
+    near.flush()
+    near.offer("k", b"old", token)
+    assert near.get("k") is None
+    token = near.begin("k")
+    near.set_live(False)
+    near.set_live(True)
+    near.offer("k", b"old", token)
+    assert near.get("k") is None
+
+
+def test_a_second_reader_of_the_same_key_supersedes_the_first() -> None:
+    near = live_cache()
+    first = near.begin("k")
+    second = near.begin("k")
+    near.offer("k", b"a", first)
+    assert near.get("k") is None
+    near.offer("k", b"b", second)
+    assert near.get("k") == b"b"
+
+
+def test_copies_never_outlive_max_age() -> None:
+    clock = Clock()
+    near = live_cache(max_age=5, clock=clock)
+    keep(near, "k", b"v")
+    clock.now += 4.9
+    assert near.get("k") == b"v"
+    clock.now += 0.2
+    assert near.get("k") is None
+    assert near.figures()["entries"] == 0
+
+
+def test_bounded_in_bytes_least_recently_used_first() -> None:
+    near = live_cache(max_bytes=3 * (100 + 1 + 120))
+    for name in "abc":
+        keep(near, name, b"x" * 100)
+    near.get("a")  # a is now the most recent
+    keep(near, "d", b"x" * 100)
+    assert near.get("b") is None
+    assert near.get("a") == near.get("c") == near.get("d") == b"x" * 100
+    assert near.figures()["bytes"] <= near.max_bytes
+    keep(near, "huge", b"x" * 10_000)  # larger than the whole bound: not kept at all
+    assert near.get("huge") is None and near.get("a") is not None
+
+
+def test_going_down_empties_it() -> None:
+    near = live_cache()
+    keep(near, "k", b"v")
+    near.set_live(False)
+    assert near.get("k") is None
+    assert near.begin("k") is None
+
+
+def test_glob_invalidation_is_redis_glob_exact() -> None:
+    near = live_cache()
+    for key in ("p:GET:/api/a", "p:GET:/api/a:lang:en", "p:GET:/api/ab", "q:GET:/api/a"):
+        keep(near, key, b"v")
+    near.invalidate_matching("p:GET:/api/a:*")
+    assert near.get("p:GET:/api/a:lang:en") is None
+    assert near.get("p:GET:/api/a") == near.get("p:GET:/api/ab") == b"v"
+    near.invalidate_matching(r"p:GET:/api/a\*")  # a literal star matches no key here
+    assert near.get("p:GET:/api/a") == b"v"
+    near.invalidate_matching("p:*")
+    assert near.get("p:GET:/api/a") is None and near.get("q:GET:/api/a") == b"v"
+
+
+def test_a_null_push_flushes_everything() -> None:
+    near = live_cache()
+    keep(near, "k", b"v")
+    listener = InvalidationListener("redis://127.0.0.1:1/0", "p", near)
+    listener._apply([b"message", CHANNEL, None])
+    assert near.get("k") is None
+    keep(near, "k", b"v")
+    listener._apply([b"message", CHANNEL, [b"k", b"other"]])
+    assert near.get("k") is None
+    listener._apply([b"pong", b""])  # not an invalidation: ignored
+
+
+def test_cluster_and_sentinel_urls_are_refused_with_a_clear_message() -> None:
+    settings = load_config({"redis_url": "redis+cluster://127.0.0.1:7000", "near_cache": {}})
+    with pytest.raises(ConfigError, match="near_cache: needs a redis://"):
+        near_cache_for(settings)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"near_cache": {"max_bytes": 0}}, "near_cache.max_bytes: must be a positive integer"),
+        ({"near_cache": {"max_age": -1}}, "near_cache.max_age: must be a number of seconds"),
+        ({"near_cache": {"size": 1}}, "near_cache.size: unknown field"),
+        ({"near_cache": "yes"}, "near_cache: must be a mapping"),
+    ],
+)
+def test_bad_near_cache_config(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_near_cache_config_forms() -> None:
+    assert load_config({}).near_cache is None
+    assert load_config({"near_cache": False}).near_cache is None
+    defaults = load_config({"near_cache": {}}).near_cache
+    assert load_config({"near_cache": True}).near_cache == defaults
+    custom = load_config({"near_cache": {"max_bytes": 1024, "max_age": 2.5}}).near_cache
+    assert custom is not None and (custom.max_bytes, custom.max_age) == (1024, 2.5)
+
+
+# -- the invalidation stream, on the real Redis --------------------------------------------------
+
+
+@pytest.fixture
+def listener(redis_url: str, prefix: str) -> Iterator[InvalidationListener]:
+    near = NearCache(1 << 20, 60)
+    stream = InvalidationListener(redis_url, prefix, near, timeout=0.5)
+    stream.start()
+    assert stream.wait_live(WAIT), "the invalidation stream never came up"
+    yield stream
+    stream.stop()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r, k: r.delete(k),
+        lambda r, k: r.set(k, b"new"),
+        lambda r, k: r.pexpire(k, 1),
+        lambda r, k: r.eval("redis.call('UNLINK', KEYS[1])", 1, k),
+    ],
+    ids=["DEL", "SET", "expiry", "Lua UNLINK"],
+)
+def test_every_change_by_anyone_reaches_the_copy(
+    listener: InvalidationListener, redis_url: str, prefix: str, change: Any
+) -> None:
+    other = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:GET:/api/a"
+    other.set(key, b"old")
+    keep(listener.near, key, b"old")
+    assert listener.near.get(key) == b"old"
+    change(other, key)
+    assert until(lambda: listener.near.get(key) is None)
+    other.close()
+
+
+def test_keys_of_other_caches_do_not_disturb_it(
+    listener: InvalidationListener, redis_url: str, prefix: str
+) -> None:
+    other = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:GET:/api/a"
+    keep(listener.near, key, b"v")
+    before = listener.messages
+    other.set(f"x{prefix}:GET:/api/a", b"v", ex=5)
+    other.set(key + "-sibling", b"v", ex=5)  # same prefix: reported, but names another key
+    assert until(lambda: listener.messages > before)
+    assert listener.near.get(key) == b"v"
+    other.delete(f"x{prefix}:GET:/api/a", key + "-sibling")
+    other.close()
+
+
+def test_a_killed_connection_empties_it_then_it_comes_back(
+    listener: InvalidationListener, redis_url: str, prefix: str
+) -> None:
+    other = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:GET:/api/a"
+    keep(listener.near, key, b"v")
+    connects = listener.connects
+    other.client_kill_filter(_id=listener.client_id)
+    assert until(lambda: listener.connects > connects), "the listener did not reconnect"
+    assert listener.near.get(key) is None  # anything could have changed while it was down
+    assert listener.near.live
+    other.set(key, b"v2")
+    keep(listener.near, key, b"v2")
+    other.delete(key)
+    assert until(lambda: listener.near.get(key) is None)
+    other.close()
+
+
+def test_an_unreachable_redis_keeps_it_off() -> None:
+    near = NearCache(1 << 20, 60)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    address = port.getsockname()[1]
+    port.close()
+    stream = InvalidationListener(f"redis://127.0.0.1:{address}/0", "p", near, timeout=0.2)
+    stream.start()
+    try:
+        assert not stream.wait_live(0.5)
+        assert near.begin("k") is None
+    finally:
+        stream.stop()
+
+
+# -- both adapters ------------------------------------------------------------------------------
+
+
+def _config(redis_url: str, prefix: str) -> dict[str, Any]:
+    return {
+        "redis_url": redis_url,
+        "key_prefix": prefix,
+        "near_cache": {"max_age": 300},
+        "routes": {"/api/item": {"ttl": 300}},
+    }
+
+
+class Versions:
+    """What the app serves: its version, read per request (so a refill shows a change)."""
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.calls = 0
+
+    def next(self) -> dict[str, int]:
+        self.calls += 1
+        return {"version": self.version}
+
+
+def asgi_client(config: dict[str, Any], versions: Versions) -> TestClient:
+    async def item(request: Request) -> Response:
+        return JSONResponse(versions.next())
+
+    app = Starlette(routes=[Route("/api/item", item, methods=["GET", "POST"])])
+    app.add_middleware(CacheMiddleware, config=config)
+    return TestClient(app)
+
+
+def wsgi_client(config: dict[str, Any], versions: Versions) -> Any:
+    flask_app = Flask(__name__)
+
+    @flask_app.route("/api/item", methods=["GET", "POST"])
+    def item() -> Any:
+        return versions.next()
+
+    flask_app.wsgi_app = WSGICacheMiddleware(flask_app.wsgi_app, config=config)  # type: ignore[method-assign]
+    return Buffered(flask_app.test_client())
+
+
+class Buffered:
+    """Werkzeug's test client, reading each body to its end and closing it, as a server does
+    (the WSGI middleware stores an entry when the body is closed)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def get(self, path: str) -> Any:
+        return Answer(self.client.get(path, buffered=True))
+
+    def post(self, path: str) -> Any:
+        return Answer(self.client.post(path, buffered=True))
+
+
+class Answer:
+    def __init__(self, response: Any) -> None:
+        self.headers = response.headers
+        self._json = response.json
+
+    def json(self) -> Any:
+        return self._json
+
+
+@pytest.mark.parametrize("make_client", [asgi_client, wsgi_client], ids=["asgi", "wsgi"])
+def test_hits_come_from_the_near_cache_and_invalidations_reach_it(
+    make_client: Any, redis_url: str, prefix: str
+) -> None:
+    config = _config(redis_url, prefix)
+    near, stream = near_cache_for(load_config(config))
+    assert stream.wait_live(WAIT)
+    versions = Versions()
+    client = make_client(config, versions)
+    assert client.get("/api/item").headers["x-cache"] == "MISS"
+    for _ in range(5):
+        response = client.get("/api/item")
+        assert response.headers["x-cache"] == "HIT"
+        assert response.json() == {"version": 1}
+    assert near.hits >= 3, "HITs did not come from the near-cache"
+    assert versions.calls == 1
+    # Another process (here: another client) invalidates: this process follows within the bound.
+    versions.version = 2
+    other = redis.Redis.from_url(redis_url)
+    for key in other.scan_iter(match=f"{prefix}:GET:/api/item*"):
+        other.delete(key)
+    other.close()
+    assert until(lambda: client.get("/api/item").json() == {"version": 2})
+    assert client.get("/api/item").headers["x-cache"] == "HIT"
+
+
+@pytest.mark.parametrize("make_client", [asgi_client, wsgi_client], ids=["asgi", "wsgi"])
+def test_this_processes_own_invalidation_is_seen_at_once(
+    make_client: Any, redis_url: str, prefix: str
+) -> None:
+    config = _config(redis_url, prefix)
+    _, stream = near_cache_for(load_config(config))
+    assert stream.wait_live(WAIT)
+    versions = Versions()
+    client = make_client(config, versions)
+    client.get("/api/item")
+    client.get("/api/item")
+    client.get("/api/item")
+    versions.version = 2
+    # An unsafe method on the path drops the entry before its answer leaves: the very next
+    # read, in the same process, must not be served from the near-cache.
+    client.post("/api/item")
+    assert client.get("/api/item").json() == {"version": 2}
+
+
+# -- several workers --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str, method: str = "GET") -> tuple[dict[str, Any], dict[str, str]]:
+    import json
+
+    request = urllib.request.Request(url, method=method, headers={"Connection": "close"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
+
+
+def test_workers_never_serve_what_another_worker_invalidated(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "NEAR_TEST_REDIS_URL": redis_url,
+        "NEAR_TEST_PREFIX": prefix,
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "near_app:app",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    version_key = f"{prefix}:test-version"
+    other = redis.Redis.from_url(redis_url)
+    try:
+        other.set(version_key, 1)
+
+        def up() -> bool:
+            try:
+                _get(f"{base}/api/item")
+                return True
+            except OSError:
+                return False
+
+        assert until(up, 20), "uvicorn did not start"
+        # Both workers serve version 1 from their near-cache.
+        near_pids: set[str] = set()
+
+        def both_near() -> bool:
+            body, headers = _get(f"{base}/api/item")
+            assert body == {"version": 1}
+            if headers["x-cache"] == "HIT" and int(headers["x-near-hits"]) > 0:
+                near_pids.add(headers["x-pid"])
+            return len(near_pids) == 2
+
+        assert until(both_near, 20), f"only {near_pids} served from the near-cache"
+        # The data changes and one worker invalidates; within the bound no worker serves v1.
+        other.set(version_key, 2)
+        _get(f"{base}/invalidate", method="POST")
+        invalidated = time.monotonic()
+        time.sleep(0.2)  # the bound on loopback is far below this
+        seen: dict[str, int] = {}
+        while len(seen) < 2 or time.monotonic() - invalidated < 1.5:
+            body, headers = _get(f"{base}/api/item")
+            assert body == {"version": 2}, f"worker {headers['x-pid']} served a stale copy"
+            seen[headers["x-pid"]] = seen.get(headers["x-pid"], 0) + 1
+            assert time.monotonic() - invalidated < 20, f"only workers {seen} answered"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        other.delete(version_key)
+        other.close()
