@@ -2,8 +2,9 @@
 
 The Kombu bridge (publishing to the `coder.events` exchange) plugs in as an `EventSink`:
 `KombuEventSink` (needs the `events` extra: kombu), and `run_consumer` runs the worker that
-invalidates on `data.updated` / `user.updated`. Both are imported on first use, so this package
-imports without kombu installed.
+invalidates on `data.updated` / `user.updated` (or `maybe_start_in_process` runs it inside the app
+process), and `ExpiryReporter` reports expired entries. They are imported on first use, so this
+package imports without kombu installed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from .sink import EventSink, LoggingSink, MemorySink
 
 if TYPE_CHECKING:
     from .consumer import InvalidationWorker, run_consumer
+    from .expiry import ExpiryReporter
+    from .in_process import (
+        InProcessConsumer,
+        maybe_start_in_process,
+        start_in_process_consumer,
+    )
     from .publisher import KombuEventSink
 
 __all__ = [
     "EventSink",
     "EventsSettings",
+    "ExpiryReporter",
+    "InProcessConsumer",
     "InvalidationWorker",
     "KombuEventSink",
     "LoggingSink",
@@ -27,13 +36,19 @@ __all__ = [
     "build_envelopes",
     "load_events_config",
     "load_schema",
+    "maybe_start_in_process",
     "run_consumer",
+    "start_in_process_consumer",
 ]
 
 _LAZY = {
     "KombuEventSink": ".publisher",
     "InvalidationWorker": ".consumer",
     "run_consumer": ".consumer",
+    "ExpiryReporter": ".expiry",
+    "InProcessConsumer": ".in_process",
+    "maybe_start_in_process": ".in_process",
+    "start_in_process_consumer": ".in_process",
 }
 
 

@@ -148,7 +148,12 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         store: SyncStore,
         sink: EventSink | None = None,
         requeue_pause: float = 0.5,
+        *,
+        exclusive_queue: str | None = None,
     ) -> None:
+        """`exclusive_queue`: consume from a queue of this name that only this connection uses
+        and the broker deletes when it closes (a per-process store must see every event), instead
+        of the shared durable `consume.queue` (each event handled once by one worker)."""
         self.connection = connection
         self.events = events
         self.settings = settings
@@ -157,13 +162,17 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         self.requeue_pause = requeue_pause
         self.exchange = _kombu.Exchange(events.exchange, type="topic", durable=True)
         consume = events.consume
-        self.queue = _kombu.Queue(
-            consume.queue,
-            bindings=[
-                _kombu.binding(self.exchange, routing_key=key) for key in consume.routing_keys
-            ],
-            durable=True,
-        )
+        bindings = [_kombu.binding(self.exchange, routing_key=key) for key in consume.routing_keys]
+        if exclusive_queue is None:
+            self.queue = _kombu.Queue(consume.queue, bindings=bindings, durable=True)
+        else:
+            self.queue = _kombu.Queue(
+                exclusive_queue,
+                bindings=bindings,
+                durable=False,
+                exclusive=True,
+                auto_delete=True,
+            )
         self.dead_letter = _kombu.Queue(consume.dead_letter_queue, durable=True)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
@@ -261,13 +270,23 @@ def load_consumer_config(config_path: str | os.PathLike[str]) -> tuple[Settings,
 
 def run_consumer(config_path: str | os.PathLike[str]) -> None:
     """Run the invalidation worker of a config file until interrupted (Ctrl-C / SIGTERM as
-    KeyboardInterrupt). The invalidations it does are published as `cache.invalidated`."""
+    KeyboardInterrupt). The invalidations it does are published as `cache.invalidated`; with
+    `events.report_expired` it also reports the entries Redis expires (events/expiry.py)."""
     from ..storage.factory import make_sync_store
+    from .expiry import ExpiryReporter
     from .publisher import KombuEventSink
 
     settings, events = load_consumer_config(config_path)
+    if not settings.uses_redis:
+        logger.warning(
+            "%s: the cache is the in-process memory store: this worker invalidates its own "
+            "memory, not the app's; set events.consume.in_process: true to consume in the app "
+            "processes instead",
+            settings.source,
+        )
     store = make_sync_store(settings)
     sink = KombuEventSink(events)
+    reporter = ExpiryReporter(settings, events, sink).start() if events.report_expired else None
     with _kombu.Connection(events.broker_url, heartbeat=30) as connection:
         worker = InvalidationWorker(connection, events, settings, store, sink)
         try:
@@ -275,5 +294,7 @@ def run_consumer(config_path: str | os.PathLike[str]) -> None:
         except KeyboardInterrupt:
             logger.info("invalidation worker stopping")
         finally:
+            if reporter is not None:
+                reporter.stop(2)
             sink.close(5)
             store.close()

@@ -92,6 +92,9 @@ class ConsumeSettings:
     # entity type -> rule; `user` is used for user.updated
     entities: tuple[tuple[str, EntityRule], ...] = ()
     dedupe_size: int = 10_000
+    # Consume in every app process (a daemon thread next to the middleware) instead of, or as
+    # well as, a separate `cache-middleware events consume` worker (events/in_process.py).
+    in_process: bool = False
 
     def rule(self, entity: str) -> EntityRule | None:
         return dict(self.entities).get(entity)
@@ -111,6 +114,8 @@ class EventsSettings:
     reconnect_max: float = 5.0  # seconds between reconnection attempts, at most
     retry: RetryPolicy = RetryPolicy()
     consume: ConsumeSettings = ConsumeSettings()
+    # Report entries Redis expired as `cache.invalidated` with reason `expired` (events/expiry.py).
+    report_expired: bool = False
     source: str = field(default="<dict>", compare=False)
 
     def ids_for(self, venue: str | None) -> tuple[str, str]:
@@ -134,10 +139,11 @@ _TOP = {
     "reconnect_max",
     "publish_retry",
     "consume",
+    "report_expired",
 }
 _VENUE = {"tenant_id", "organization_id"}
 _RETRY = {"max_retries", "interval_start", "interval_step", "interval_max"}
-_CONSUME = {"queue", "dead_letter_queue", "entities", "dedupe_size"}
+_CONSUME = {"queue", "dead_letter_queue", "entities", "dedupe_size", "in_process"}
 _ENTITY = {"tags", "paths"}
 
 
@@ -189,6 +195,11 @@ class _Check:
                 where, f"must be a number of seconds in {bound}, {high:g}], got {value!r}"
             )
         return float(value)
+
+    def boolean(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"must be true or false, got {value!r}")
+        return value
 
     def templates(self, where: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -277,6 +288,8 @@ def _settings(check: _Check, raw: Any) -> EventsSettings:
         )
     if "consume" in spec:
         kwargs["consume"] = _consume(check, spec["consume"])
+    if "report_expired" in spec:
+        kwargs["report_expired"] = check.boolean("events.report_expired", spec["report_expired"])
     return EventsSettings(**kwargs)
 
 
@@ -309,6 +322,9 @@ def _consume(check: _Check, raw: Any) -> ConsumeSettings:
         entities=tuple(entities),
         dedupe_size=check.positive_int(
             "events.consume.dedupe_size", spec.get("dedupe_size", defaults.dedupe_size)
+        ),
+        in_process=check.boolean(
+            "events.consume.in_process", spec.get("in_process", defaults.in_process)
         ),
     )
 
@@ -442,6 +458,11 @@ def _invalidated(
     if isinstance(source_event, str) and source_event:
         common["sourceEventId"] = source_event
     selectors = [(kind, value) for kind in SELECTOR_KINDS for value in _str_list(data.get(kind))]
+    # Selectors the caller counted but did not list (a reporter that keeps memory bounded):
+    # they can only be part of the summary.
+    unlisted = data.get("unlisted")
+    unlisted = unlisted if isinstance(unlisted, Mapping) else {}
+    extra = {kind: _int(unlisted.get(kind)) for kind in SELECTOR_KINDS}
     limit = settings.max_events_per_invalidation
     out = [
         make_envelope(
@@ -456,14 +477,17 @@ def _invalidated(
         for kind, value in selectors[:limit]
     ]
     rest = selectors[limit:]
-    if rest or not selectors:
-        omitted = {kind: sum(1 for k, _ in rest if k == kind) for kind in SELECTOR_KINDS}
+    if rest or not selectors or any(extra.values()):
+        omitted = {
+            kind: sum(1 for k, _ in rest if k == kind) + extra[kind] for kind in SELECTOR_KINDS
+        }
+        more = sum(omitted.values())
         out.append(
             make_envelope(
                 "cache.invalidated",
                 tenant_id,
                 {
-                    "cacheKey": f"summary:{len(rest)} more selectors",
+                    "cacheKey": f"summary:{more} more selectors",
                     "selector": "summary",
                     "summary": True,
                     "omitted": omitted,
