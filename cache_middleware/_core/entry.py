@@ -25,6 +25,7 @@ __all__ = [
     "MAGIC",
     "CachedResponse",
     "CorruptEntry",
+    "HeldEntry",
     "VaryRecord",
     "decode_entry",
     "encode_entry",
@@ -99,7 +100,24 @@ def _is_int(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
+class HeldEntry(bytes):
+    """Entry bytes that remember what they decode to. The near-cache keeps these, so a HIT
+    served from it decodes nothing; the decoded values are immutable, so sharing them between
+    requests (and threads) is safe."""
+
+    decoded: CachedResponse | VaryRecord | None = None
+
+
 def decode_entry(data: bytes) -> CachedResponse | VaryRecord:
+    if type(data) is HeldEntry:
+        decoded = data.decoded
+        if decoded is None:
+            decoded = data.decoded = _decode(data)  # a benign race: both decode alike
+        return decoded
+    return _decode(data)
+
+
+def _decode(data: bytes) -> CachedResponse | VaryRecord:
     if data.startswith(VARY_MAGIC):
         raw = _unpack(data, len(VARY_MAGIC))
         if (

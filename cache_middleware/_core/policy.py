@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
 
 from .entry import CachedResponse, CorruptEntry, VaryRecord, decode_entry, encode_entry, encode_vary
@@ -92,6 +92,13 @@ MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
 _CACHE_NAME = b"cache-middleware"
 _LEARNED_VARY_LIMIT = 10_000
+# Requests whose derived keys are remembered, at most (then forgotten all at once).
+_KEY_MEMO_LIMIT = 10_000
+_UNKNOWN: Any = object()
+# Entries whose replayed headers are remembered, at most.
+_HEADS_MEMO_LIMIT = 1_000
+# (key, X-Cache-Key header value, path index key, lease key)
+_Keys = tuple[str, "bytes | None", str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +240,10 @@ class CachePolicy:
         # so that a varying HIT is still one read once this process has seen the record.
         self._learned_vary: dict[str, tuple[str, ...]] = {}
         self._route_vary: dict[str, tuple[str, ...]] = {}
+        # (route, path, query, user, venue, scheme, host) -> the keys derived from them
+        self._keys: dict[tuple[str, str, str, str | None, str | None, str, str | None], Any] = {}
+        # (entry id, state, X-Cache-Key, route) -> (entry, its replayed headers)
+        self._heads: dict[tuple[int, bytes, bytes | None, str], Any] = {}
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -275,21 +286,18 @@ class CachePolicy:
                 self._failed_hooks.add(rule.route)
                 logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
             return Bypass(rule, "hook-error")
-        pairs = query_pairs(query_string, rule.vary_by, rule.ignored)
-        if pairs is None:
+        host = source.header("host") if self._key_host else None
+        # The keys are a pure function of these: derived once, then looked up (the HIT path).
+        memo_key = (rule.route, path, query_string, user, venue, scheme, host)
+        keys = self._keys.get(memo_key, _UNKNOWN)
+        if keys is _UNKNOWN:
+            keys = self._derive_keys(rule, path, query_string, user, venue, scheme, host)
+            if len(self._keys) >= _KEY_MEMO_LIMIT:
+                self._keys.clear()  # bounded: arbitrary query strings must not grow it
+            self._keys[memo_key] = keys
+        if keys is None:
             return Bypass(rule, "unlisted-param")
-        # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
-        # The Host (and scheme) is keyed: an app that builds URLs from it (url_for, redirects)
-        # answers each host differently, and a client picks the Host it sends.
-        origin = origin_of(scheme, source.header("host")) if self._key_host else None
-        key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin)
-        key_header: bytes | None = None
-        if self.expose_key:
-            shown = display_key(key)
-            # Escaped keys hold no spaces or controls: only non-ASCII needs quoting for a header.
-            key_header = (
-                shown.encode("ascii") if shown.isascii() else quote(shown, safe=_PRINTABLE).encode()
-            )
+        key, key_header, index_key, lease_key = keys
         # Authorization and Cookie both identify someone: what is answered to them on a shared
         # route may be personal, so it is stored only if the response says it is public.
         credentialed = not rule.private and source.has_any(_CREDENTIALS)
@@ -305,13 +313,42 @@ class CachePolicy:
             credentialed,
             key_header,
             source,
-            path_index_key(self.key_prefix, path),
-            lock_key(key, self.key_prefix),
+            index_key,
+            lease_key,
             no_store="no-store" in directives,
             refresh=refresh,
             venue=venue,
             path_params=path_params,
         )
+
+    def _derive_keys(
+        self,
+        rule: Rule,
+        path: str,
+        query_string: str,
+        user: str | None,
+        venue: str | None,
+        scheme: str,
+        host: str | None,
+    ) -> _Keys | None:
+        """(key, X-Cache-Key value, path index key, lease key); None for an unlisted param."""
+        pairs = query_pairs(query_string, rule.vary_by, rule.ignored)
+        if pairs is None:
+            return None
+        # HEAD is answered from the GET entry (RFC 9110 §9.3.2: same headers, no content).
+        # The Host (and scheme) is keyed: an app that builds URLs from it (url_for, redirects)
+        # answers each host differently, and a client picks the Host it sends.
+        origin = origin_of(scheme, host) if self._key_host else None
+        key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin)
+        key_header: bytes | None = None
+        if self.expose_key:
+            shown = display_key(key)
+            # Escaped keys hold no spaces or controls: only non-ASCII needs quoting for a header.
+            key_header = (
+                shown.encode("ascii") if shown.isascii() else quote(shown, safe=_PRINTABLE).encode()
+            )
+        index_key = path_index_key(self.key_prefix, path)
+        return key, key_header, index_key, lock_key(key, self.key_prefix)
 
     def _unkeyable(self, source: RequestSource) -> str:
         """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""
@@ -436,8 +473,9 @@ class CachePolicy:
             headers = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_FIELDS]
             status = 304
         else:
-            headers = list(entry.headers)
-        self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
+            headers = self._replayed(entry, lookup, b"STALE" if stale else b"HIT")
+        if status == 304:
+            self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
         headers.append((b"age", str(age).encode()))
         remaining = entry.ttl - age
         detail = f"; fwd=stale; detail={stale}" if stale else ""
@@ -445,6 +483,23 @@ class CachePolicy:
         if status == 304 or lookup.head:
             return status, headers, b""
         return status, headers, entry.body
+
+    def _replayed(
+        self, entry: CachedResponse, lookup: Lookup, state: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        """The entry's headers with ours added: the same for every HIT on an entry the near-cache
+        holds (one decoded object), so built once per entry and copied."""
+        memo_key = (id(entry), state, lookup.key_header, lookup.rule.route)
+        found = self._heads.get(memo_key)
+        if found is not None and found[0] is entry:  # `is`: an id can be reused once freed
+            return list(found[1])
+        headers = list(entry.headers)
+        self._decorate(headers, lookup, state, entry.ttl)
+        if len(self._heads) >= _HEADS_MEMO_LIMIT:
+            self._heads.clear()
+        # The entry is held by the memo, so its id stays its own while the memo has it.
+        self._heads[memo_key] = (entry, tuple(headers))
+        return headers
 
     @staticmethod
     def _not_modified(source: RequestSource, stored: HeaderList) -> bool:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .._core.entry import HeldEntry
 from .._core.globs import compile_glob
 from .base import AsyncStore, SyncStore, Write
 
@@ -94,7 +95,7 @@ class NearCache:
             if size > self.max_bytes:
                 return
             self._drop(key)
-            self._data[key] = (value, self._clock())
+            self._data[key] = (HeldEntry(value), self._clock())
             self._bytes += size
             while self._bytes > self.max_bytes:
                 self._drop(next(iter(self._data)))
