@@ -460,8 +460,8 @@ class _Validator:
         if env_url:
             redis_url = env_url
         if redis_url is not None and not redis_url.startswith(REDIS_SCHEMES):
-            schemes = ", ".join(scheme.rstrip("/") for scheme in REDIS_SCHEMES)
-            raise self.fail("redis_url", f"must be a URL of {schemes}; got {redis_url!r}")
+            schemes = ", ".join(REDIS_SCHEMES[:-1]) + f" or {REDIS_SCHEMES[-1]}"
+            raise self.fail("redis_url", f"must be a {schemes} URL, got {redis_url!r}")
         prefix = self.string("key_prefix", data.get("key_prefix", DEFAULT_PREFIX), optional=False)
         assert prefix is not None
         if any(c in prefix for c in "*?[]\\") or any(ord(c) < 0x21 for c in prefix):

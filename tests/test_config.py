@@ -121,7 +121,7 @@ def test_env_default_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
             "is not callable",
         ),
         ({"routes": [{"/a": 5}]}, "<dict>: routes: must be a mapping"),
-        ({"redis_url": "http://x"}, "<dict>: redis_url: must be a URL of redis:, rediss:"),
+        ({"redis_url": "http://x"}, "<dict>: redis_url: must be a redis://, rediss://, unix://"),
         ({"key_prefix": "a*b"}, "<dict>: key_prefix: must not contain glob"),
         ({"venue_header": "X Venue"}, "<dict>: venue_header: must be an HTTP header name"),
         ({"max_body_bytes": 0}, "<dict>: max_body_bytes: must be a positive integer, got 0"),
