@@ -118,17 +118,19 @@ def test_copies_never_outlive_max_age() -> None:
     assert near.figures()["entries"] == 0
 
 
-def test_bounded_in_bytes_least_recently_used_first() -> None:
+def test_bounded_in_bytes_oldest_copy_first() -> None:
     near = live_cache(max_bytes=3 * (100 + 1 + 120))
     for name in "abc":
         keep(near, name, b"x" * 100)
-    near.get("a")  # a is now the most recent
     keep(near, "d", b"x" * 100)
-    assert near.get("b") is None
-    assert near.get("a") == near.get("c") == near.get("d") == b"x" * 100
+    assert near.get("a") is None
+    assert near.get("b") == near.get("c") == near.get("d") == b"x" * 100
+    keep(near, "b", b"y" * 100)  # taken again: now the youngest
+    keep(near, "e", b"x" * 100)
+    assert near.get("c") is None and near.get("b") == b"y" * 100
     assert near.figures()["bytes"] <= near.max_bytes
     keep(near, "huge", b"x" * 10_000)  # larger than the whole bound: not kept at all
-    assert near.get("huge") is None and near.get("a") is not None
+    assert near.get("huge") is None and near.get("e") is not None
 
 
 def test_going_down_empties_it() -> None:

@@ -155,7 +155,9 @@ class Invalidate:
     index_key: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs microseconds a HIT cannot spare (one
+# object.__setattr__ per field). Treated as immutable all the same.
+@dataclass(slots=True, eq=False)
 class Lookup:
     rule: Rule
     key: str  # the primary key; a varying response lives under one of its variant keys
@@ -171,19 +173,22 @@ class Lookup:
     path_params: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like Lookup: made on every read.
+@dataclass(slots=True, eq=False)
 class Found:
     key: str
     entry: CachedResponse
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like Lookup: made on every read.
+@dataclass(slots=True, eq=False)
 class NotFound:
     key: str  # where the response is to be stored (a variant key when a Vary record said so)
     drop: str | None = None  # a key holding garbage, to delete
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like Lookup: made on every read.
+@dataclass(slots=True, eq=False)
 class Follow:
     key: str  # a Vary record pointed here: read it next
 

@@ -9,11 +9,15 @@ compilation, cost proportional to the number of segments in the path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["RouteTable", "Rule", "split_route"]
+
+# Distinct paths whose match is remembered, at most (then forgotten all at once).
+_SEEN_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ def is_placeholder(segment: str) -> bool:
 class RouteTable:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self._root = _Node()
+        # path -> its match: the trie is walked once per distinct path
+        self._seen: dict[str, tuple[Rule, Mapping[str, str]] | None] = {}
         self.rules: tuple[Rule, ...] = tuple(rules)
         for rule in self.rules:
             node = self._root
@@ -83,8 +89,18 @@ class RouteTable:
         found = self.match_params(path)
         return found[0] if found else None
 
-    def match_params(self, path: str) -> tuple[Rule, dict[str, str]] | None:
-        """The matching rule and the values of its `{name}` segments."""
+    def match_params(self, path: str) -> tuple[Rule, Mapping[str, str]] | None:
+        """The matching rule and the values of its `{name}` segments (read-only: the answer
+        for a path is remembered and shared by every request for it)."""
+        if path in self._seen:
+            return self._seen[path]
+        found = self._match(path)
+        if len(self._seen) >= _SEEN_LIMIT:
+            self._seen.clear()  # bounded: arbitrary paths must not grow it
+        self._seen[path] = found
+        return found
+
+    def _match(self, path: str) -> tuple[Rule, Mapping[str, str]] | None:
         segments = path.split("/")
         # segments[0] is "" for an absolute path; a relative one can match nothing.
         if segments[0]:
@@ -93,7 +109,7 @@ class RouteTable:
         if best is None:
             return None
         _, rule, values = best
-        return rule, dict(zip(rule.params, values, strict=True))
+        return rule, MappingProxyType(dict(zip(rule.params, values, strict=True)))
 
     def _walk(
         self, node: _Node, segs: list[str], i: int, values: tuple[str, ...]
