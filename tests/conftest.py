@@ -160,3 +160,29 @@ def redis_process() -> Iterator[object]:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[object]:
+    """A Sentinel group of this session's own (tests/cluster_process.py); stopped at the end."""
+    from .cluster_process import SentinelGroup
+
+    group = SentinelGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_group() -> Iterator[object]:
+    """A 3-primary, 3-replica Redis Cluster of this session's own; stopped at the end."""
+    from .cluster_process import ClusterGroup
+
+    group = ClusterGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()

@@ -2,8 +2,10 @@
 
 The `store` fixture (in the style of cashews' `raw_backend`) builds each backend in turn — the
 sync `MemoryStore`, `AsyncMemoryStore`, `RedisStore` and `AsyncRedisStore` over fakeredis, and
-`RedisStore` and `AsyncRedisStore` over the real Redis — and hands the test the same awaitable
-face, so one test body checks them all. Every key lives under the test's own `prefix`.
+`RedisStore` and `AsyncRedisStore` over the real Redis, the same two on a Sentinel group's master,
+and `RedisClusterStore` / `AsyncRedisClusterStore` on a 3-primary Redis Cluster (both started for
+the session by tests/cluster_process.py) — and hands the test the same awaitable face, so one
+test body checks them all. Every key lives under the test's own `prefix`.
 
 The fill, index and epoch operations run through the same fixture in tests/test_storage_fill.py.
 fakeredis runs the stores' Lua scripts through `lupa`; without it the fakeredis params are
@@ -31,6 +33,7 @@ from cache_middleware.storage import AsyncMemoryStore, MemoryStore
 from cache_middleware.storage.base import SCAN_BATCH, Write
 from cache_middleware.storage.health import CircuitBreaker
 from cache_middleware.storage.redis_async import AsyncRedisStore
+from cache_middleware.storage.redis_cluster import AsyncRedisClusterStore, RedisClusterStore
 from cache_middleware.storage.redis_sync import RedisStore
 from tests.conftest import FakeAsyncRedisStore, fake_sync_store
 
@@ -82,7 +85,7 @@ class Store:
         twin: Callable[[], Any] | None = None,
     ) -> None:
         self.raw = raw
-        self.kind = kind  # "memory" | "fakeredis" | "redis"
+        self.kind = kind  # "memory" | "fakeredis" | "redis" | "sentinel" | "cluster"
         self.is_async = is_async
         self.inspect = inspector if inspector is not None else Inspector()
         self._twin = twin
@@ -168,8 +171,14 @@ STORE_IDS = [
     "fakeredis-async",
     "redis-sync",
     "redis-async",
+    "sentinel-sync",
+    "sentinel-async",
+    "cluster-sync",
+    "cluster-async",
 ]
-REDIS_IDS = [name for name in STORE_IDS if "redis" in name]
+REDIS_IDS = [name for name in STORE_IDS if "redis" in name or "sentinel" in name]
+# Servers whose counters other tests move: the epoch is read raw, not assumed.
+SHARED_KINDS = ("redis", "sentinel", "cluster")
 
 
 def _lua_in_fakeredis() -> bool:
@@ -196,7 +205,7 @@ def _build(name: str, request: pytest.FixtureRequest, fake_server: fakeredis.Fak
             return FakeAsyncRedisStore(fake_server) if is_async else fake_sync_store(fake_server)
 
         inspector = Inspector(client=fakeredis.FakeRedis(server=fake_server))
-    else:
+    elif kind == "redis":
         url = request.getfixturevalue("redis_url")  # skips, or fails under CI, without Redis
 
         def make() -> Any:
@@ -204,6 +213,26 @@ def _build(name: str, request: pytest.FixtureRequest, fake_server: fakeredis.Fak
             return AsyncRedisStore(url, timeout=2.0) if is_async else RedisStore(url, timeout=2.0)
 
         inspector = Inspector(client=redis.Redis.from_url(url))
+    elif kind == "sentinel":
+        group = request.getfixturevalue("sentinel_group")
+        url = group.url
+
+        def make() -> Any:
+            return AsyncRedisStore(url, timeout=2.0) if is_async else RedisStore(url, timeout=2.0)
+
+        inspector = Inspector(client=group.client(group.current_master()))
+    elif kind == "cluster":
+        group = request.getfixturevalue("cluster_group")
+        url = group.url
+
+        def make() -> Any:
+            if is_async:
+                return AsyncRedisClusterStore(url, timeout=2.0)
+            return RedisClusterStore(url, timeout=2.0)
+
+        inspector = Inspector(client=group.cluster_client())
+    else:
+        raise AssertionError(f"unknown store {name}")
     return Store(make(), kind=kind, is_async=is_async, inspector=inspector, twin=make)
 
 

@@ -2,7 +2,12 @@
 
 Memory stores are shared per process and URL (`memory://` or `memory://NAME`), so the ASGI
 middleware, the WSGI middleware and the cache manager built from one config see the same
-entries. The first config to name a memory store sets its `memory_max_bytes`."""
+entries. The first config to name a memory store sets its `memory_max_bytes`.
+
+Redis URLs: `redis://`, `rediss://` and `unix://` give the single-server stores;
+`redis+sentinel://` (`rediss+sentinel://`) the same stores on the master that Sentinel names
+(redis_async.py); `redis+cluster://` (`rediss+cluster://`) the Cluster stores
+(redis_cluster.py). docs/deployment.md describes each."""
 
 from __future__ import annotations
 
@@ -27,11 +32,24 @@ def shared_memory_store(settings: Settings) -> MemoryStore:
         return store
 
 
+def _is_cluster(url: str) -> bool:
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
 def make_async_store(settings: Settings) -> AsyncStore:
     if settings.uses_redis:
+        assert settings.redis_url is not None
+        if _is_cluster(settings.redis_url):
+            from .redis_cluster import AsyncRedisClusterStore
+
+            return AsyncRedisClusterStore(
+                settings.redis_url,
+                timeout=settings.redis_timeout,
+                breaker_failures=settings.breaker_failures,
+                breaker_cooldown=settings.breaker_cooldown,
+            )
         from .redis_async import AsyncRedisStore
 
-        assert settings.redis_url is not None
         return AsyncRedisStore(
             settings.redis_url,
             timeout=settings.redis_timeout,
@@ -43,9 +61,18 @@ def make_async_store(settings: Settings) -> AsyncStore:
 
 def make_sync_store(settings: Settings) -> SyncStore:
     if settings.uses_redis:
+        assert settings.redis_url is not None
+        if _is_cluster(settings.redis_url):
+            from .redis_cluster import RedisClusterStore
+
+            return RedisClusterStore(
+                settings.redis_url,
+                timeout=settings.redis_timeout,
+                breaker_failures=settings.breaker_failures,
+                breaker_cooldown=settings.breaker_cooldown,
+            )
         from .redis_sync import RedisStore
 
-        assert settings.redis_url is not None
         return RedisStore(
             settings.redis_url,
             timeout=settings.redis_timeout,

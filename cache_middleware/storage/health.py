@@ -46,6 +46,9 @@ breaker_logger = logging.getLogger("cache_middleware.storage.breaker")
 # What a Redis call can raise when the server is down, slow, full or refusing.
 FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
+    # redis-py's Cluster client raises this (not a RedisError) when it cannot map the slots:
+    # no seed node answers, a slot has no primary during a failover.
+    redis.exceptions.RedisClusterException,
     ReplyError,
     OSError,
     asyncio.TimeoutError,
@@ -61,10 +64,22 @@ def is_wrong_type(exc: BaseException) -> bool:
     return str(exc).startswith("WRONGTYPE")
 
 
+# Error replies that do mean the store is not serving: a cluster without a primary for the slot
+# (CLUSTERDOWN), or redirections still unresolved after redis-py refreshed its slot map (MOVED,
+# ASK, TRYAGAIN during a failover or a resharding). They count toward the breaker.
+_TOPOLOGY_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
+
+
 def is_server_reply(exc: BaseException) -> bool:
     """Redis answered, with an error (OOM, WRONGTYPE, NOSCRIPT...): reachable, not an outage of
     the kind a circuit breaker guards against, since the answer came back at once."""
-    return isinstance(exc, (redis.exceptions.ResponseError, ReplyError))
+    return isinstance(exc, (redis.exceptions.ResponseError, ReplyError)) and not isinstance(
+        exc, _TOPOLOGY_ERRORS
+    )
 
 
 BreakerState = Literal["closed", "open", "half-open"]

@@ -5,6 +5,12 @@ milliseconds, then the caller fails open. redis.asyncio connections belong to th
 that opened them, so the client is rebuilt when it is used from another loop (test clients and
 some servers start a loop per thread). Every operation, the pipelined GET included, goes through
 the circuit breaker (health.py): a dead Redis costs nothing while it is open.
+
+`redis+sentinel://` (and `rediss+sentinel://`) URLs get their client from redis-py's Sentinel:
+`master_for(service)` finds the current master through the sentinels and finds it again after a
+failover (the connections that were open fail once, as StoreUnavailable). The pipelined GET is
+for plain TCP URLs only: on Sentinel every read goes through redis-py. Redis Cluster has stores
+of its own (redis_cluster.py).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import redis.asyncio
+import redis.asyncio.sentinel
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -111,6 +119,14 @@ class AsyncRedisStore:
         self._loop = loop
 
     def _new_client(self) -> redis.asyncio.Redis:
+        sentinel = sentinel_parts(self.url)
+        if sentinel is not None:
+            nodes, service, kwargs = sentinel
+            sentinels = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                nodes, sentinel_kwargs=_sentinel_kwargs(self._kwargs, kwargs)
+            )
+            client: redis.asyncio.Redis = sentinels.master_for(service, **self._kwargs, **kwargs)
+            return client
         return redis.asyncio.Redis.from_url(self.url, **self._kwargs)
 
     async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
@@ -361,9 +377,66 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]] | None:
+    """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]` ->
+    (sentinel addresses, service name, master connection kwargs); None for other schemes.
+
+    The credentials and the db are the master's (and its replicas'); the sentinels are asked
+    without a password. `rediss+sentinel://` speaks TLS to the sentinels and the master."""
+    if not url.startswith(SENTINEL_SCHEMES):
+        return None
+    scheme, _, rest = url.partition("://")
+    rest = rest.split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    kwargs: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+            if user:
+                kwargs["username"] = unquote(user)
+        elif user:
+            kwargs["password"] = unquote(user)  # redis://secret@host: a bare password
+    nodes = [_host_port(part, 26379) for part in netloc.split(",") if part]
+    parts = [p for p in path.split("/") if p]
+    if not nodes or not parts or len(parts) > 2:
+        raise ValueError(
+            f"{scheme}:// URLs read {scheme}://host:port[,host:port...]/service_name[/db]"
+        )
+    service = unquote(parts[0])
+    if len(parts) == 2:
+        kwargs["db"] = int(parts[1])
+    if scheme.startswith("rediss"):
+        kwargs["ssl"] = True
+    return nodes, service, kwargs
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):  # [::1]:26379
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    return unquote(host) or "localhost", int(port) if port else default_port
+
+
+def _sentinel_kwargs(store_kwargs: dict[str, Any], url_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Connection options for the sentinels themselves: our timeouts, TLS if the URL says so."""
+    out = {k: v for k, v in store_kwargs.items() if k.startswith("socket_")}
+    if url_kwargs.get("ssl"):
+        out["ssl"] = True
+    return out
+
+
 def _pipelined_params(url: str, timeout: float) -> dict[str, Any] | None:
     """Connection facts for the pipelined GET, or None when the URL needs redis-py (TLS,
-    unix sockets, extra options)."""
+    unix sockets, Sentinel, Cluster, extra options)."""
+    if not url.startswith("redis://"):
+        return None
     try:
         params = parse_url(url)
     except ValueError:

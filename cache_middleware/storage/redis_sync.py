@@ -2,6 +2,7 @@
 
 The blocking twin of redis_async.py, method for method, with the same short timeouts, no
 redis-py retries, the same outage bookkeeping and circuit breaker, and the same Lua scripts.
+Sentinel URLs get a client from redis-py's Sentinel (`master_for`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -35,7 +37,7 @@ from .health import (
     OutageMonitor,
     is_wrong_type,
 )
-from .redis_async import _safe_url
+from .redis_async import _safe_url, _sentinel_kwargs, sentinel_parts
 from .scripts import (
     ACQUIRE_FILL,
     DELETE_INDEX,
@@ -75,14 +77,25 @@ class RedisStore:
         self.breaker = CircuitBreaker(
             _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
         )
-        self.client = client or redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), RETRIES, supported_errors=RETRY_ERRORS),
-            health_check_interval=0,
+        self._kwargs: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), RETRIES, supported_errors=RETRY_ERRORS),
+            "health_check_interval": 0,
             **redis_kwargs,
-        )
+        }
+        self._client: Any = client
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client, built on first use: a Cluster client reads the topology when it
+        is built, which must fail (open) inside an operation, never in a constructor."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _new_client(self) -> Any:
+        return _new_client(self.url, self._kwargs)
 
     def _run(self, op: Callable[[], T]) -> T:
         """One store operation through the breaker, with failures translated and counted."""
@@ -102,7 +115,7 @@ class RedisStore:
     def get(self, key: str) -> bytes | None:
         probe = self.breaker.admit()
         try:
-            value: bytes | None = self.client.get(key)  # type: ignore[assignment]
+            value: bytes | None = self.client.get(key)
         except FOREIGN_ERRORS as exc:
             if is_wrong_type(exc):
                 self.breaker.succeeded(probe)  # Redis answered: reachable
@@ -146,7 +159,7 @@ class RedisStore:
                 epochs = [EPOCH_KEY, scoped]
             else:  # a glob that may reach any cache: every cache's fills are void
                 members = client.smembers(EPOCH_REGISTRY)
-                epochs = list(dict.fromkeys([EPOCH_KEY, *(m.decode() for m in members)]))  # type: ignore[union-attr]
+                epochs = list(dict.fromkeys([EPOCH_KEY, *(m.decode() for m in members)]))
             pipe = client.pipeline(transaction=False)
             for epoch in epochs:
                 pipe.incr(epoch)
@@ -171,7 +184,9 @@ class RedisStore:
         return True
 
     def close(self) -> None:
-        self.client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def epoch(self) -> int:
         value = self._run(lambda: self.client.get(EPOCH_KEY))
@@ -248,3 +263,17 @@ class RedisStore:
             pipe.execute()
 
         self._run(op)
+
+
+def _new_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
+    sentinel = sentinel_parts(url)
+    if sentinel is not None:
+        nodes, service, url_kwargs = sentinel
+        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            nodes, sentinel_kwargs=_sentinel_kwargs(kwargs, url_kwargs)
+        )
+        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            service, **kwargs, **url_kwargs
+        )
+        return client
+    return redis.Redis.from_url(url, **kwargs)
