@@ -391,6 +391,40 @@ def test_this_processes_own_invalidation_is_seen_at_once(
     assert client.get("/api/item").json() == {"version": 2}
 
 
+def test_admin_invalidation_and_stats_with_a_near_cache(redis_url: str, prefix: str) -> None:
+    from starlette.routing import Mount
+
+    from cache_middleware.admin import create_admin_app
+
+    config = _config(redis_url, prefix)
+    _, stream = near_cache_for(load_config(config))
+    assert stream.wait_live(WAIT)
+    versions = Versions()
+
+    async def item(request: Request) -> Response:
+        return JSONResponse(versions.next())
+
+    inner = Starlette(routes=[Route("/api/item", item)])
+    app = Starlette(
+        routes=[
+            Mount("/admin/cache", create_admin_app(config, token="t" * 32)),
+            Mount("/", CacheMiddleware(inner, config=config)),
+        ]
+    )
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    with TestClient(app) as client:
+        for _ in range(4):
+            client.get("/api/item")
+        versions.version = 2
+        answer = client.post("/admin/cache/invalidate", json={"paths": ["/api/item"]}, headers=auth)
+        assert answer.json()["invalidated"] >= 1
+        # The admin's store is not the middleware's: the push from Redis carries it over.
+        assert until(lambda: client.get("/api/item").json() == {"version": 2})
+        figures = client.get("/admin/cache/stats", headers=auth).json()["near_cache"]
+    assert figures["live"] is True
+    assert figures["hits"] >= 2 and figures["invalidations"] >= 1
+
+
 # -- several workers --------------------------------------------------------------------------
 
 

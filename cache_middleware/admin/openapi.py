@@ -283,6 +283,20 @@ OPENAPI: dict[str, Any] = {
                                         },
                                     },
                                 },
+                                "near_cache": {
+                                    "type": "object",
+                                    "description": "This process's near-cache, when configured",
+                                    "properties": {
+                                        "live": {"type": "boolean"},
+                                        "entries": {"type": "integer", "minimum": 0},
+                                        "bytes": {"type": "integer", "minimum": 0},
+                                        "max_bytes": {"type": "integer", "minimum": 1},
+                                        "max_age": {"type": "number"},
+                                        "hits": {"type": "integer", "minimum": 0},
+                                        "invalidations": {"type": "integer", "minimum": 0},
+                                        "flushes": {"type": "integer", "minimum": 0},
+                                    },
+                                },
                                 "history": {
                                     "type": "array",
                                     "items": {

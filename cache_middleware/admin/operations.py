@@ -214,6 +214,10 @@ async def stats(store: AsyncStore, settings: Settings, middlewares: list[Any]) -
     if breakers and backend.get("breaker") is None:
         backend["breaker"] = "open" if "open" in breakers else sorted(breakers)[0]
     body["backend"] = backend
+    # This process's near-cache, if its middlewares have one (each process has its own).
+    near = next((n for mw in middlewares if (n := getattr(mw.store, "near", None))), None)
+    if near is not None:
+        body["near_cache"] = near.figures()
     history = _history.setdefault(settings.key_prefix, deque(maxlen=HISTORY_POINTS))
     history.append(
         {
