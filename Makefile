@@ -21,7 +21,8 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/hit_throughput.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,55 +6,46 @@ warming the cache, `wrk` drives both with the same load in interleaved rounds (s
 static, cached, ...): on a small, noisy machine, drift then hits both sides alike, and each
 cached round is compared with the static round just before it. Prints req/s per round and the
 median cached/static ratio, and writes everything to bench/results/latest.json.
+For every peer and variant side by side, see `bench/compare.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
-import json
 import os
 import platform
-import re
 import secrets
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 
 import redis
 
-BENCH_DIR = Path(__file__).resolve().parent
+# So `apps` and `harness` import the same way uvicorn's --app-dir does.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from apps import BODY, ENV_KEY_PREFIX, ENV_REDIS_URL, EVENTS_PATH
+from harness import (
+    BENCH_DIR,
+    Server,
+    delete_bench_keys,
+    dump_json,
+    fetch,
+    installed,
+    raise_interrupt,
+    require_wrk,
+    run_wrk,
+    start_uvicorn,
+    stop,
+    wait_ready,
+)
+
 RESULTS_FILE = BENCH_DIR / "results" / "latest.json"
-sys.path.insert(0, str(BENCH_DIR))  # so `apps` imports the same way uvicorn's --app-dir does
-
-from apps import BODY, ENV_KEY_PREFIX, ENV_REDIS_URL, EVENTS_PATH  # noqa: E402
-
-STARTUP_TIMEOUT = 15.0
-REQUESTS_PER_SEC = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-SOCKET_ERRORS = re.compile(r"Socket errors:\s+(.*)")
-LATENCY = re.compile(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", re.MULTILINE)
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{EVENTS_PATH}"
 
 
 @dataclass
@@ -72,7 +63,7 @@ class RoundResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
@@ -81,123 +72,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def server_flags() -> list[str]:
-    """uvloop/httptools when available: the fastest stock uvicorn, so the ratio is not diluted."""
-    flags = ["--workers", "1", "--no-access-log", "--log-level", "warning"]
-    if installed("uvloop"):
-        flags += ["--loop", "uvloop"]
-    if installed("httptools"):
-        flags += ["--http", "httptools"]
-    return flags
-
-
-def free_port() -> int:
-    # The port is released before uvicorn binds it; a race is possible but harmless on loopback.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(name: str, factory: str, env: dict[str, str]) -> Server:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"apps:{factory}",
-        "--factory",
-        "--app-dir",
-        str(BENCH_DIR),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *server_flags(),
-    ]
-    # A session of its own: Ctrl-C reaches only this script, which then stops the servers in order.
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    return Server(name, port, process)
-
-
-def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise SystemExit(f"{server.name} server exited with code {server.process.returncode}")
-        try:
-            fetch(server.url)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{server.name} server did not answer within {STARTUP_TIMEOUT:.0f}s")
-
-
-def fetch(url: str) -> tuple[bytes, str | None]:
-    """GET url; the body and its X-Cache header."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read(), response.headers.get("x-cache")
-
-
 def check_servers(static: Server, cached: Server) -> None:
     """Both serve the same body, and the cached server answers from Redis after one request."""
-    body, _ = fetch(static.url)
-    if body != BODY:
+    if fetch(static.url).body != BODY:
         raise SystemExit("static server returned an unexpected body")
     fetch(cached.url)  # MISS: stores the entry
     # The entry is written just after the MISS response is handed to the server, so a client
     # as quick as this one may need a moment before the HIT.
     deadline = time.monotonic() + 2
-    body, state = fetch(cached.url)
-    while state != "HIT" and time.monotonic() < deadline:
+    reply = fetch(cached.url)
+    while reply.header("x-cache") != "HIT" and time.monotonic() < deadline:
         time.sleep(0.05)
-        body, state = fetch(cached.url)
-    if state != "HIT" or body != BODY:
-        raise SystemExit(f"cached server did not replay the entry (x-cache: {state})")
+        reply = fetch(cached.url)
+    if reply.header("x-cache") != "HIT" or reply.body != BODY:
+        raise SystemExit(
+            f"cached server did not replay the entry (x-cache: {reply.header('x-cache')})"
+        )
 
 
 # -- load --------------------------------------------------------------------------------------
-
-
-def run_wrk(server: Server, round_no: int, args: argparse.Namespace) -> RoundResult:
-    command = [
-        "wrk",
-        f"--threads={args.threads}",
-        f"--connections={args.connections}",
-        f"--duration={args.duration}s",
-        "--latency",
-        server.url,
-    ]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(output, server.name, round_no)
-
-
-def parse_wrk(output: str, server: str, round_no: int) -> RoundResult:
-    rate = REQUESTS_PER_SEC.search(output)
-    if rate is None:
-        raise SystemExit(f"could not find Requests/sec in wrk output:\n{output}")
-    latency = LATENCY.search(output)
-    non_2xx = NON_2XX.search(output)
-    errors = SOCKET_ERRORS.search(output)
-    return RoundResult(
-        round=round_no,
-        server=server,
-        requests_per_sec=float(rate.group(1)),
-        latency_avg=latency.group(1) if latency else "?",
-        latency_max=latency.group(3) if latency else "?",
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=errors.group(1).strip() if errors else "",
-    )
 
 
 def run_rounds(static: Server, cached: Server, args: argparse.Namespace) -> list[RoundResult]:
     results: list[RoundResult] = []
     for round_no in range(1, args.rounds + 1):
         for server in (static, cached):
-            result = run_wrk(server, round_no, args)
+            wrk = run_wrk(
+                server.url,
+                duration=args.duration,
+                connections=args.connections,
+                threads=args.threads,
+            )
+            result = RoundResult(
+                round=round_no,
+                server=server.name,
+                requests_per_sec=wrk.requests_per_sec,
+                latency_avg=wrk.latency_avg,
+                latency_max=wrk.latency_max,
+                non_2xx=wrk.non_2xx,
+                socket_errors=wrk.socket_errors,
+            )
             print(
                 f"  round {round_no} {server.name:<6} {result.requests_per_sec:>10.0f} req/s",
                 flush=True,
@@ -264,32 +178,11 @@ def write_json(
         "summary": summary,
         "rounds": [asdict(r) for r in results],
     }
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+    dump_json(RESULTS_FILE, report)
     print(f"\nwrote {RESULTS_FILE.relative_to(BENCH_DIR.parent)}")
 
 
 # -- cleanup -----------------------------------------------------------------------------------
-
-
-def stop(server: Server) -> None:
-    if server.process.poll() is not None:
-        return
-    server.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-    try:
-        server.process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
-def delete_bench_keys(redis_url: str, prefix: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-        return int(client.unlink(*keys)) if keys else 0
-    finally:
-        client.close()
 
 
 @contextlib.contextmanager
@@ -299,8 +192,8 @@ def servers(redis_url: str) -> Iterator[tuple[Server, Server]]:
     env = {**os.environ, ENV_REDIS_URL: redis_url, ENV_KEY_PREFIX: prefix}
     started: list[Server] = []
     try:
-        started.append(start_server("static", "static_app", env))
-        started.append(start_server("cached", "cached_app", env))
+        started.append(start_uvicorn("static", "apps:static_app", env, EVENTS_PATH))
+        started.append(start_uvicorn("cached", "apps:cached_app", env, EVENTS_PATH))
         for server in started:
             wait_ready(server)
         yield started[0], started[1]
@@ -316,18 +209,9 @@ def servers(redis_url: str) -> Iterator[tuple[Server, Server]]:
             print(f"stopped servers; deleted {deleted} Redis key(s) under {prefix}:*")
 
 
-def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same cleanup path as Ctrl-C.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print(
-            "wrk not found: install it (e.g. `apt-get install -y wrk`) and run again.",
-            file=sys.stderr,
-        )
+    if not require_wrk():
         return 2
     signal.signal(signal.SIGTERM, raise_interrupt)
     load_before = os.getloadavg()[0]

@@ -1,0 +1,392 @@
+"""Shared helpers for the benchmark scripts: servers, wrk, Redis clean-up, machine facts.
+
+`hit_throughput.py` and `compare.py` both start servers (uvicorn or gunicorn, 1 worker) on free
+loopback ports, drive them with `wrk`, and stop them and delete their Redis keys however the
+run ends. Nothing here imports the project or a peer: the apps live in `apps.py` and
+`compare_apps.py` and are loaded by the server processes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+STARTUP_TIMEOUT = 20.0
+
+REQUESTS_PER_SEC = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+TOTAL_REQUESTS = re.compile(r"^\s*(\d+) requests in", re.MULTILINE)
+NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+SOCKET_ERRORS = re.compile(r"Socket errors:\s+(.*)")
+LATENCY = re.compile(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", re.MULTILINE)
+
+# A wrk script whose every request has a query string no other request of any run has used:
+# `RUN` is replaced by a fresh token per wrk invocation, each wrk thread numbers its requests.
+UNIQUE_QUERY_LUA = """\
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format(nil, "PATH?n=RUN-" .. tid .. "-" .. n)
+end
+"""
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    path: str = "/"
+    log: Path | None = None  # the server's stdout and stderr, when not inherited
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + self.path
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def uvicorn_flags() -> list[str]:
+    """uvloop/httptools when available: the fastest stock uvicorn, so ratios are not diluted."""
+    flags = ["--workers", "1", "--no-access-log", "--log-level", "warning"]
+    if installed("uvloop"):
+        flags += ["--loop", "uvloop"]
+    if installed("httptools"):
+        flags += ["--http", "httptools"]
+    return flags
+
+
+def free_port() -> int:
+    # The port is released before the server binds it; a race is possible but harmless here.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C reaches only the script, which then stops the servers in order.
+    if log is None:
+        return subprocess.Popen(command, env=env, start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def log_lines(server: Server) -> list[str]:
+    """What the server wrote to its log (warnings such as a store outage), if it has one."""
+    if server.log is None or not server.log.exists():
+        return []
+    return [line for line in server.log.read_text(errors="replace").splitlines() if line.strip()]
+
+
+def start_uvicorn(
+    name: str, factory: str, env: dict[str, str], path: str = "/", log: Path | None = None
+) -> Server:
+    """`factory` is `module:function` in bench/, called by uvicorn (`--factory`)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        factory,
+        "--factory",
+        "--app-dir",
+        str(BENCH_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *uvicorn_flags(),
+    ]
+    return Server(name, port, _spawn(command, env, log), path, log)
+
+
+def start_gunicorn(
+    name: str,
+    factory: str,
+    env: dict[str, str],
+    path: str = "/",
+    worker: str = "sync",
+    threads: int = 1,
+    log: Path | None = None,
+) -> Server:
+    """`factory` is `module:function` in bench/; gunicorn calls it (`module:function()`)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(BENCH_DIR),
+        "--workers",
+        "1",
+        "--worker-class",
+        worker,
+        "--threads",
+        str(threads),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        f"{factory}()",
+    ]
+    return Server(name, port, _spawn(command, env, log), path, log)
+
+
+def wait_ready(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} server exited with code {server.process.returncode}")
+        try:
+            fetch(server.base + "/")
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (a 404 on / is fine)
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{server.name} server did not answer within {timeout:.0f}s")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def fetch(url: str) -> Reply:
+    """GET url (no redirects followed, errors returned as replies, headers lower-cased)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return Reply(response.status, headers, response.read())
+    except urllib.error.HTTPError as exc:
+        headers = {k.lower(): v for k, v in exc.headers.items()}
+        return Reply(exc.code, headers, exc.read())
+
+
+def stop(server: Server) -> None:
+    if server.process.poll() is not None:
+        return
+    server.process.send_signal(signal.SIGINT)  # graceful shutdown, uvicorn and gunicorn alike
+    try:
+        server.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests_per_sec: float
+    requests: int
+    latency_avg: str
+    latency_max: str
+    non_2xx: int
+    socket_errors: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def run_wrk(
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+    unique_query: bool = False,
+) -> WrkResult:
+    """One wrk run against url; with unique_query every request gets a never-seen query string."""
+    command = [
+        "wrk",
+        f"--threads={threads}",
+        f"--connections={connections}",
+        f"--duration={max(1, round(duration))}s",
+        "--latency",
+    ]
+    script: Path | None = None
+    if unique_query:
+        path = url.split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
+        token = os.urandom(4).hex()
+        text = UNIQUE_QUERY_LUA.replace("PATH", "/" + path).replace("RUN", token)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+            handle.write(text)
+            script = Path(handle.name)
+        command += ["--script", str(script)]
+    command.append(url)
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    finally:
+        if script is not None:
+            script.unlink(missing_ok=True)
+    return parse_wrk(output)
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rate = REQUESTS_PER_SEC.search(output)
+    if rate is None:
+        raise SystemExit(f"could not find Requests/sec in wrk output:\n{output}")
+    total = TOTAL_REQUESTS.search(output)
+    latency = LATENCY.search(output)
+    non_2xx = NON_2XX.search(output)
+    errors = SOCKET_ERRORS.search(output)
+    return WrkResult(
+        requests_per_sec=float(rate.group(1)),
+        requests=int(total.group(1)) if total else 0,
+        latency_avg=latency.group(1) if latency else "?",
+        latency_max=latency.group(3) if latency else "?",
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=errors.group(1).strip() if errors else "",
+    )
+
+
+def require_wrk() -> bool:
+    if shutil.which("wrk") is None:
+        print(
+            "wrk not found: install it (e.g. `apt-get install -y wrk`) and run again.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+# -- clean-up ----------------------------------------------------------------------------------
+
+
+def delete_bench_keys(redis_url: str, prefix: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.unlink(*batch))
+        return deleted
+    finally:
+        client.close()
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same cleanup path as Ctrl-C.
+    raise KeyboardInterrupt
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out or None
+
+
+def redis_version(redis_url: str) -> str | None:
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=2)
+        try:
+            return str(client.info("server").get("redis_version"))
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
+
+
+def wrk_version() -> str | None:
+    try:
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    first = (out.strip().splitlines() or [""])[0]
+    return first.split(" [", 1)[0] or None
+
+
+def machine_facts(packages: list[str], redis_url: str | None = None) -> dict[str, object]:
+    facts: dict[str, object] = {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "wrk": wrk_version(),
+        "git_commit": git_commit(),
+        # Other work on the machine just before the run: a high value means noisy numbers.
+        "loadavg_1min_before": os.getloadavg()[0],
+        "packages": {name: package_version(name) for name in packages},
+    }
+    if redis_url is not None:
+        facts["redis_server"] = redis_version(redis_url)
+    return facts
+
+
+def dump_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
