@@ -134,7 +134,7 @@ class CacheMiddleware:
         self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.policy.covers(scope["path"]):
             await self.app(scope, receive, send)
             return
         if time.monotonic() >= self._next_flush:

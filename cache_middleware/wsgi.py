@@ -160,12 +160,15 @@ class WSGICacheMiddleware:
         self._refreshing = 0  # background refresh threads running
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = _request_path(environ)
+        if not self.policy.covers(path):
+            return self.app(environ, start_response)
         if time.monotonic() >= self._next_flush:
             self._next_flush = time.monotonic() + FLUSH_INTERVAL
             threading.Thread(target=self.flush_stats, name="cache-stats", daemon=True).start()
         plan = self.policy.plan(
             environ.get("REQUEST_METHOD", "GET"),
-            _request_path(environ),
+            path,
             environ.get("QUERY_STRING", ""),
             _WsgiRequest(environ),
             environ.get("wsgi.url_scheme", "http"),

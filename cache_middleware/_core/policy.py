@@ -255,6 +255,11 @@ class CachePolicy:
     def match(self, path: str) -> Rule | None:
         return self.table.match(path)
 
+    def covers(self, path: str) -> bool:
+        """Whether any route matches: the adapters' first question, so a path the config does
+        not cache costs one remembered lookup and nothing else."""
+        return self.table.match_params(path) is not None
+
     def plan(
         self,
         method: str,
