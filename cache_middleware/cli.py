@@ -117,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = commands.add_parser("events", help="the Kombu event bridge")
     event_commands = events.add_subparsers(dest="events_command", required=True)
     consume = event_commands.add_parser(
-        "consume", help="invalidate on data.updated / user.updated events (runs until stopped)"
+        "consume",
+        help="invalidate on data.updated / user.updated events, and report expired entries "
+        "with events.report_expired (runs until stopped)",
     )
     consume.add_argument("--config", required=True, help="path to the YAML config")
     args = parser.parse_args(argv)

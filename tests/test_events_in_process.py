@@ -57,9 +57,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str =
 class World:
     """One test's names: an entity type, a queue and a key prefix no other test uses."""
 
-    def __init__(self, broker: str, redis_url: str, **events_extra: Any) -> None:
+    def __init__(
+        self, broker: str, redis_url: str, direct: str | None = None, **events_extra: Any
+    ) -> None:
         tag = uuid.uuid4().hex[:10]
-        self.broker = broker
+        self.broker = direct or broker  # where the test publishes and cleans up
         self.entity = f"product_{tag}"
         self.queue = f"test-in-process-{tag}"
         self.prefix = f"cmtest:{tag}"
@@ -76,7 +78,7 @@ class World:
             "key_prefix": self.prefix,
             "routes": {"/api/products/{id}": {"ttl": 60}},
             "events": {
-                "broker_url": broker,
+                "broker_url": broker,  # where the consumers connect
                 "tenant_id": TENANT,
                 "organization_id": ORG,
                 "reconnect_max": 0.2,
@@ -138,8 +140,10 @@ class World:
 def world_factory(memory_url: str) -> Iterator[Callable[..., World]]:
     made: list[World] = []
 
-    def make(broker: str, redis_url: str | None = None, **extra: Any) -> World:
-        world = World(broker, redis_url or memory_url, **extra)
+    def make(
+        broker: str, redis_url: str | None = None, direct: str | None = None, **extra: Any
+    ) -> World:
+        world = World(broker, redis_url or memory_url, direct, **extra)
         made.append(world)
         return world
 
@@ -346,7 +350,7 @@ def test_reconnects_after_a_broker_outage(
         )
     )
     try:
-        world = world_factory(proxied(rabbitmq, proxy.port))
+        world = world_factory(proxied(rabbitmq, proxy.port), direct=rabbitmq)
         consumer = start_in_process_consumer(
             world.settings, world.events, MemorySink(), safety_interval=0.1
         )
@@ -360,7 +364,6 @@ def test_reconnects_after_a_broker_outage(
         proxy.start()
         assert consumer.wait_consuming(WAIT)
         consumer.store.set(world.key(5), b"x", 60)
-        world.broker = rabbitmq  # publish directly
         world.publish(5)
         wait_until(lambda: consumer.store.get(world.key(5)) is None)
     finally:

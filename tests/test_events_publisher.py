@@ -234,23 +234,45 @@ class Proxy:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
+        deadline = time.monotonic() + 5
+        while True:
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                server.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                # a connection of the previous run may still be closing on this port
+                server.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         server.listen(16)
-        self._server = server
+        with self._lock:
+            self._server = server
         threading.Thread(target=self._accept, args=(server,), daemon=True).start()
 
     def stop(self) -> None:
-        server, self._server = self._server, None
+        with self._lock:
+            server, self._server = self._server, None
+            sockets, self._sockets = self._sockets, []
         if server is not None:
             server.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def _keep(self, server: socket.socket, sock: socket.socket) -> bool:
+        """Track a socket for stop(); False (and closed) when the proxy stopped meanwhile."""
+        with self._lock:
+            if self._server is server:
+                self._sockets.append(sock)
+                return True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        return False
 
     def _accept(self, server: socket.socket) -> None:
         while True:
@@ -258,14 +280,17 @@ class Proxy:
                 client, _ = server.accept()
             except OSError:
                 return
+            if not self._keep(server, client):
+                continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=2)
             except OSError:
                 client.close()
                 continue
             upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
+            if not self._keep(server, upstream):
+                client.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
