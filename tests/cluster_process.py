@@ -204,6 +204,10 @@ class ClusterGroup(_Group):
                 # a replica may take over however long it was cut off (tests kill primaries)
                 "--cluster-replica-validity-factor",
                 "0",
+                # as docs/deployment.md recommends for a cache: the primaries still up keep
+                # serving their slots while a dead one's replica is being promoted
+                "--cluster-require-full-coverage",
+                "no",
             )
         for port in self.ports:
             client = self.client(port)

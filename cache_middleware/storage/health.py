@@ -214,10 +214,22 @@ class CircuitBreaker:
 
 
 class OutageMonitor:
-    def __init__(self, name: str) -> None:
+    """Logs an outage once and its end once.
+
+    `settle` (seconds): a success ends the outage only when the last failure is at least that
+    old. A Redis Cluster with one primary down answers for the other primaries' slots all the
+    while, so without it every success between two failures would log a recovery and the next
+    failure a new outage."""
+
+    def __init__(
+        self, name: str, *, settle: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name = name
         self.down = False
         self.failures = 0
+        self.settle = settle
+        self._clock = clock
+        self._last_failure = 0.0
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> StoreUnavailable:
@@ -226,6 +238,8 @@ class OutageMonitor:
             self.failures += 1
             first = not self.down
             self.down = True
+            if self.settle:
+                self._last_failure = self._clock()
         if first:
             logger.warning(
                 "cache store %s unavailable, serving uncached until it recovers: %s: %s",
@@ -241,5 +255,7 @@ class OutageMonitor:
             with self._lock:
                 if not self.down:
                     return
+                if self.settle and self._clock() - self._last_failure < self.settle:
+                    return  # other parts of the store still failing: the outage goes on
                 self.down = False
             logger.info("cache store %s reachable again", self.name)

@@ -56,7 +56,7 @@ from .base import (
     key_epochs,
     literal_head,
 )
-from .health import RETRIES, RETRY_ERRORS
+from .health import RETRIES, RETRY_ERRORS, OutageMonitor
 from .redis_async import AsyncRedisStore, _host_port
 from .redis_sync import RedisStore
 from .scripts import RELEASE_FILL, peek_result
@@ -75,6 +75,10 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # PRUNE_SAMPLE is checked and the dead ones removed, here in two extra steps of their own.
 PRUNE_AT = 256
 PRUNE_SAMPLE = 32
+
+# One primary down leaves the others answering: an outage ends when no operation has failed for
+# this long (health.OutageMonitor), so a partial outage is logged once, not at every success.
+OUTAGE_SETTLE = 1.0
 
 Command = tuple[Any, ...]
 Step = list[Command]
@@ -319,6 +323,7 @@ class RedisClusterStore(RedisStore):
 
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
         super().__init__(url, timeout=timeout, **kwargs)
+        self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
 
     def _new_client(self) -> Any:
         nodes, url_kwargs = cluster_parts(self.url)
@@ -435,6 +440,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
         kwargs.pop("fast_get", None)  # the pipelined GET speaks to one server: off
         super().__init__(url, timeout=timeout, fast_get=False, **kwargs)
+        self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
 
     def _new_client(self) -> Any:
         nodes, url_kwargs = cluster_parts(self.url)

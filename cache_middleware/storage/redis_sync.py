@@ -180,7 +180,7 @@ class RedisStore:
         return self._run(op)
 
     def ping(self) -> bool:
-        self._run(self.client.ping)
+        self._run(lambda: self.client.ping())
         return True
 
     def close(self) -> None:
