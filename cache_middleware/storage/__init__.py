@@ -6,7 +6,8 @@ Every backend honours the same contract (tests/test_storage_contract.py runs one
 `ping()`, plus the invalidation epoch, fill leases and indexes described in base.py.
 Failures to reach the backend raise `StoreUnavailable`; callers decide whether to fail open.
 The Redis stores fail fast through a circuit breaker while Redis is down (health.py). Async
-backends mirror the sync ones method for method.
+backends mirror the sync ones method for method. Sentinel URLs use the Redis stores on the
+master Sentinel names; Cluster URLs use redis_cluster.py (docs/deployment.md).
 """
 
 from __future__ import annotations
