@@ -31,6 +31,7 @@ from ._core.policy import (
 from ._core.stats import StatsBook
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
+from .events.in_process import maybe_start_in_process
 from .registry import register
 from .storage import AsyncStore, make_async_store
 from .storage.tracking import with_near_cache_async
@@ -128,6 +129,9 @@ class CacheMiddleware:
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
         self._flushing: asyncio.Task[None] | None = None
         register(self)
+        # `events.consume.in_process: true`: invalidate on domain events from this process
+        # (a daemon thread; stopped at exit). None when the config does not ask for it.
+        self.events_consumer = maybe_start_in_process(config, self.settings)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> done when the entry is (or is not) in.
         self._fills: dict[str, asyncio.Future[None]] = {}

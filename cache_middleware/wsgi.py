@@ -33,6 +33,7 @@ from ._core.policy import (
 from ._core.stats import StatsBook
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
+from .events.in_process import maybe_start_in_process
 from .registry import register
 from .storage import SyncStore, make_sync_store
 from .storage.tracking import with_near_cache_sync
@@ -153,6 +154,9 @@ class WSGICacheMiddleware:
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
         self._flush_lock = threading.Lock()
         register(self)
+        # `events.consume.in_process: true`: invalidate on domain events from this process
+        # (a daemon thread; stopped at exit). None when the config does not ask for it.
+        self.events_consumer = maybe_start_in_process(config, self.settings)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
