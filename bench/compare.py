@@ -922,6 +922,37 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
     for name, meta in report["measurements"].items():
         c = meta["view_calls_during_load"]
         lines.append(f"| `{name}` | {meta['verified']} | {'-' if c is None else c} |")
+    stats = report.get("middleware_stats") or {}
+    if stats:
+        lines += [
+            "",
+            "cache-middleware's own counters for the whole run (checks and warm-up included):",
+            "",
+            "| server | hits | misses | stores | bypasses | store errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, c in stats.items():
+            lines.append(
+                f"| `{key}` | {c.get('hits', 0)} | {c.get('misses', 0)} | {c.get('stores', 0)} | "
+                f"{c.get('bypasses', 0)} | {c.get('errors', 0)} |"
+            )
+    logs = report.get("server_logs") or {}
+    if logs:
+        lines += ["", "Servers that logged something during the run (first line shown):", ""]
+        for k, v in logs.items():
+            more = v[-1].split()[1] if v and v[-1].startswith("... ") else "0"
+            count = len(v) - 1 + int(more) if more != "0" else len(v)
+            lines.append(f"- `{k}` ({count} lines): `{v[0][:160]}`")
+    miss = stats.get("miss") or {}
+    if miss.get("bypasses"):
+        looked = miss.get("misses", 0) + miss.get("bypasses", 0)
+        lines += [
+            "",
+            f"Of the `miss` server's requests, {miss['bypasses']} of {looked} "
+            f"({100 * miss['bypasses'] / looked:.0f}%) were bypasses after store errors (see its",
+            "log): when its Redis connections run out it fails open and answers uncached, which",
+            "is cheaper than a MISS, so the `miss` figure overstates the MISS path.",
+        ]
     if report.get("skipped"):
         lines += ["", "Skipped:", ""]
         lines += [f"- `{k}`: {v}" for k, v in report["skipped"].items()]
@@ -933,6 +964,14 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         "mean little and move from run to run; compare ratios measured in the same run. The",
         "peers run on FastAPI (the `fastapi` row is FastAPI without a cache) or Flask, as their",
         "documentation sets them up; cache-middleware runs on Starlette and Flask.",
+        "",
+        "How the peers reach Redis on a HIT shows in the `Redis cmd/req` column: fastapi-cache2",
+        "reads TTL and value in a MULTI/EXEC transaction (4 commands per HIT) and FastAPI then",
+        "serializes the decoded dict; cashews' `@cache` has thunder protection on by default, so",
+        "concurrent requests for the one key benchmarked share a single GET (far fewer than one",
+        "command per request under 64 connections) and FastAPI serializes the unpickled dict;",
+        "Flask-Caching unpickles the dict and Flask serializes it. A cache-middleware HIT is one",
+        "GET (pipelined) replaying stored bytes, a near-cache HIT none.",
         "",
         "## Cluster",
         "",
