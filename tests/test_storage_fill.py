@@ -438,3 +438,23 @@ async def test_each_cache_has_its_own_epoch(store: Store, k: K) -> None:
     await store.delete_matching(escape_glob(k("nothing")) + "*")
     assert not await store.store_fill(lock_a, "t", epoch_a, [(f"{a}:GET:/z", b"old", 60)])
     assert not await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/z", b"old", 60)])
+
+
+def test_a_big_index_sheds_dead_members_as_it_grows(redis_url: str, prefix: str) -> None:
+    # Index members outlive their entries; adds prune a sample every few adds, never all at once.
+    import redis
+
+    raw = redis.Redis.from_url(redis_url)
+    store = RedisStore(redis_url)
+    index = f"{prefix}:IDX:/big"
+    raw.sadd(index, *[f"{prefix}:GET:/big:dead{i}" for i in range(400)])
+    live = [f"{prefix}:GET:/big:live{i}" for i in range(80)]
+    try:
+        for key in live:
+            store.set_indexed(key, b"v", 60, index, 60)
+        members = {m.decode() for m in raw.smembers(index)}
+        assert set(live) <= members  # a live member is never shed
+        assert len(members) < 400, len(members)  # dead ones go faster than adds come
+    finally:
+        store.close()
+        raw.close()

@@ -1,4 +1,4 @@
-"""A lean, pipelined Redis GET for the HIT path.
+"""A lean, pipelined Redis connection for the HIT path (GET) and the MISS path (fill scripts).
 
 Why hand-written: a HIT is one GET, and redis-py's asyncio command machinery (retry wrapper,
 pool checkout, timeout wrapper, per-command socket write) costs about four times the round trip
@@ -23,6 +23,8 @@ from typing import Any
 __all__ = ["PipelinedGetter", "ReplyError"]
 
 _MAX_BULK = 512 * 1024 * 1024  # Redis' own proto-max-bulk-len default
+_MAX_ITEMS = 1024 * 1024  # elements of one array reply
+_MAX_DEPTH = 4  # nesting of array replies (our scripts return flat values)
 _OK = object()
 
 
@@ -88,38 +90,15 @@ class _Protocol(asyncio.Protocol):
         buf = self.buffer
         buf += data
         pos = 0
-        size = len(buf)
-        while pos < size:
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                break
-            kind = buf[pos]
-            value: Any
-            if kind == 0x24:  # $: bulk string
-                try:
-                    length = int(buf[pos + 1 : end])
-                except ValueError:
-                    self.fail(ConnectionError("malformed bulk length from Redis"))
-                    return
-                if length < 0:
-                    value, nxt = None, end + 2
-                elif length > _MAX_BULK:
-                    self.fail(ConnectionError("oversized reply from Redis"))
-                    return
-                else:
-                    nxt = end + 2 + length + 2
-                    if size < nxt:
-                        break
-                    value = bytes(buf[end + 2 : end + 2 + length])
-            elif kind == 0x2B:  # +: status (AUTH, SELECT)
-                value, nxt = _OK, end + 2
-            elif kind == 0x2D:  # -: error reply
-                value = ReplyError(buf[pos + 1 : end].decode("utf-8", "replace"))
-                nxt = end + 2
-            else:
-                self.fail(ConnectionError(f"unexpected reply type {chr(kind)!r} from Redis"))
+        while pos < len(buf):
+            try:
+                parsed = _parse(buf, pos, 0)
+            except ConnectionError as exc:
+                self.fail(exc)
                 return
-            pos = nxt
+            if parsed is None:
+                break  # incomplete: wait for more bytes
+            value, pos = parsed
             if not self.pending:
                 self.fail(ConnectionError("reply from Redis with no request waiting"))
                 return
@@ -131,6 +110,54 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(value)
         if pos:
             del buf[:pos]
+
+
+def _parse(buf: bytearray, pos: int, depth: int) -> tuple[Any, int] | None:
+    """One RESP2 reply at `pos`: (value, position after it), or None when incomplete. Bulk
+    strings, statuses, errors, integers and (script results) arrays, bounded in size and depth."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind = buf[pos]
+    if kind == 0x24:  # $: bulk string
+        length = _length(buf, pos, end)
+        if length < 0:
+            return None, end + 2
+        if length > _MAX_BULK:
+            raise ConnectionError("oversized reply from Redis")
+        nxt = end + 2 + length + 2
+        if len(buf) < nxt:
+            return None
+        return bytes(buf[end + 2 : end + 2 + length]), nxt
+    if kind == 0x3A:  # :: integer
+        return _length(buf, pos, end), end + 2
+    if kind == 0x2B:  # +: status (AUTH, SELECT, SCRIPT LOAD...)
+        return _OK, end + 2
+    if kind == 0x2D:  # -: error reply
+        return ReplyError(buf[pos + 1 : end].decode("utf-8", "replace")), end + 2
+    if kind == 0x2A:  # *: array
+        count = _length(buf, pos, end)
+        if count < 0:
+            return None, end + 2
+        if count > _MAX_ITEMS or depth >= _MAX_DEPTH:
+            raise ConnectionError("oversized or too deeply nested reply from Redis")
+        items: list[Any] = []
+        nxt = end + 2
+        for _ in range(count):
+            parsed = _parse(buf, nxt, depth + 1) if nxt < len(buf) else None
+            if parsed is None:
+                return None
+            item, nxt = parsed
+            items.append(item)
+        return items, nxt
+    raise ConnectionError(f"unexpected reply type {chr(kind)!r} from Redis")
+
+
+def _length(buf: bytearray, pos: int, end: int) -> int:
+    try:
+        return int(buf[pos + 1 : end])
+    except ValueError:
+        raise ConnectionError("malformed length from Redis") from None
 
 
 def _command(*parts: bytes) -> bytes:
@@ -202,18 +229,28 @@ class PipelinedGetter:
         return protocol
 
     async def get(self, key: bytes) -> bytes | None:
+        value = await self.call(b"GET", key)
+        if value is None or type(value) is bytes:
+            return value
+        # GET answers a string or nil: anything else means the replies no longer line up.
+        if self.protocol is not None:
+            self.protocol.fail(ConnectionError("unexpected reply type to GET"))
+        raise ConnectionError(f"unexpected reply to GET: {type(value).__name__}")
+
+    async def call(self, *parts: bytes) -> Any:
+        """One command on the pipelined connection: its reply, an error reply raised as
+        `ReplyError`. Used for GET and for the fill scripts (EVALSHA) of the MISS path."""
         protocol = self.protocol
         if protocol is None or protocol.closed:
             protocol = await self._protocol()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        protocol.send(_command(b"GET", key), future)
+        protocol.send(_command(*parts), future)
         timer = loop.call_later(self.timeout, _expire, protocol, future)
         try:
-            value: bytes | None = await future
+            return await future
         finally:
             timer.cancel()
-        return value
 
     def close(self) -> None:
         if self.protocol is not None:

@@ -49,7 +49,7 @@ from .health import (
     OutageMonitor,
     is_wrong_type,
 )
-from .pipelined_get import PipelinedGetter
+from .pipelined_get import PipelinedGetter, ReplyError
 from .scripts import (
     ACQUIRE_FILL,
     DELETE_INDEX,
@@ -58,6 +58,7 @@ from .scripts import (
     RELEASE_FILL,
     SET_INDEXED,
     STORE_FILL,
+    Script,
     acquire_fill_call,
     detached_index_name,
     peek_result,
@@ -228,11 +229,8 @@ class AsyncRedisStore:
         self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
     ) -> int | None:
         check_fill_ttl(ttl_ms)
-        epoch = await self._run(
-            lambda: run_async(
-                self.client, ACQUIRE_FILL, *acquire_fill_call(lock_key, token, ttl_ms, index_key)
-            )
-        )
+        keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
+        epoch = await self._run(lambda: self._eval(ACQUIRE_FILL, keys, args))
         return None if epoch is None else int(epoch)
 
     async def store_fill(
@@ -246,10 +244,33 @@ class AsyncRedisStore:
     ) -> bool:
         check_writes(writes, index_key, index_ttl)
         keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
-        return bool(await self._run(lambda: run_async(self.client, STORE_FILL, keys, args)))
+        return bool(await self._run(lambda: self._eval(STORE_FILL, keys, args)))
 
     async def release_fill(self, lock_key: str, token: str) -> None:
-        await self._run(lambda: run_async(self.client, RELEASE_FILL, [lock_key], [token]))
+        await self._run(lambda: self._eval(RELEASE_FILL, [lock_key], [token]))
+
+    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A fill script, on the pipelined connection when there is one: the MISS path's
+        round trips then cost what a GET costs, and never wait for a pooled connection."""
+        client = self.client  # (re)binds the connections to this event loop
+        getter = self._getter
+        if getter is None:
+            return await run_async(client, script, keys, args)
+        parts = [
+            b"EVALSHA",
+            script.sha.encode(),
+            b"%d" % len(keys),
+            *(_arg(key) for key in keys),
+            *(_arg(arg) for arg in args),
+        ]
+        try:
+            return await getter.call(*parts)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # The first call after a Redis restart (or SCRIPT FLUSH): load it, then run it.
+        await getter.call(b"SCRIPT", b"LOAD", script.source.encode())
+        return await getter.call(*parts)
 
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         async def op() -> tuple[bytes | None, bool]:
@@ -430,6 +451,17 @@ def _sentinel_kwargs(store_kwargs: dict[str, Any], url_kwargs: dict[str, Any]) -
     if url_kwargs.get("ssl"):
         out["ssl"] = True
     return out
+
+
+def _arg(value: Any) -> bytes:
+    """A command argument as redis-py's encoder would send it."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
 
 def _pipelined_params(url: str, timeout: float) -> dict[str, Any] | None:

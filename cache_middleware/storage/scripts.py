@@ -75,13 +75,17 @@ local function unlink_all(list, from, protect)
 end
 local PRUNE_AT = 256
 local PRUNE_SAMPLE = 32
+local PRUNE_EVERY = 8
 local function index_add(index, list, from, last, ttl)
   for i = from, last, SLICE do
     redis.call('SADD', index, unpack(list, i, math.min(i + SLICE - 1, last)))
   end
   -- Members outlive their entries (expired, evicted): a big index sheds a sample of dead ones
-  -- on every add, so it stays near the size of what is live instead of growing for ever.
-  if redis.call('SCARD', index) > PRUNE_AT then
+  -- every PRUNE_EVERY adds (up to PRUNE_SAMPLE / PRUNE_EVERY per add, more than the one an add
+  -- brings), so it stays near the size of what is live instead of growing for ever, without
+  -- costing every fill of a busy route a sample of EXISTS calls.
+  local size = redis.call('SCARD', index)
+  if size > PRUNE_AT and size % PRUNE_EVERY == 0 then
     for _, member in ipairs(redis.call('SRANDMEMBER', index, PRUNE_SAMPLE)) do
       if redis.call('EXISTS', member) == 0 then redis.call('SREM', index, member) end
     end
