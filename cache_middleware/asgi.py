@@ -139,6 +139,8 @@ class CacheMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["path"]):
+            if scope["type"] == "lifespan" and self.events_consumer is not None:
+                receive = self._stopping_consumer(receive)
             await self.app(scope, receive, send)
             return
         if time.monotonic() >= self._next_flush:
@@ -158,6 +160,19 @@ class CacheMiddleware:
             await self._invalidate(plan, scope, receive, send)
         else:
             await self._bypass(scope, receive, send, plan.reason, plan.rule.route)
+
+    def _stopping_consumer(self, receive: Receive) -> Receive:
+        """The app's lifespan `receive`, stopping the in-process event consumer at shutdown (it
+        acknowledges what it handled and flushes the events it publishes, within 5 s)."""
+        consumer = self.events_consumer
+
+        async def receive_and_stop() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and consumer is not None:
+                await asyncio.to_thread(consumer.stop, 5.0)
+            return message
+
+        return receive_and_stop
 
     # -- statistics ------------------------------------------------------------------------------
 

@@ -412,3 +412,40 @@ def test_a_forked_child_consumes_with_its_own_queue(
     assert f".{pid}." in child_queue
     assert consumer.running and consumer.queue_name == parent_queue
     assert consumer in in_process_module._live
+
+
+def test_the_middleware_starts_its_consumer_and_stops_it_at_shutdown(
+    rabbitmq: str,  # noqa: F811
+    world_factory: Callable[..., World],
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from cache_middleware import CacheMiddleware
+
+    world = world_factory(rabbitmq)
+
+    async def product(request: Request) -> Response:
+        return JSONResponse({"id": request.path_params["id"]})
+
+    app = Starlette(routes=[Route("/api/products/{id}", product)])
+    app.add_middleware(CacheMiddleware, config=world.config)
+    with TestClient(app) as client:  # runs the lifespan: startup now, shutdown on exit
+        middleware = app.middleware_stack
+        while not isinstance(middleware, CacheMiddleware):
+            middleware = middleware.app  # type: ignore[attr-defined]
+        consumer = middleware.events_consumer
+        assert consumer is not None, "events.consume.in_process did not start a consumer"
+        world.consumers.append(consumer)
+        assert consumer.wait_consuming(WAIT)
+        assert client.get("/api/products/7").headers["x-cache"] == "MISS"
+        assert client.get("/api/products/7").headers["x-cache"] == "HIT"
+        world.publish(7)
+        deadline = time.monotonic() + WAIT
+        while client.get("/api/products/7").headers["x-cache"] == "HIT":
+            assert time.monotonic() < deadline, "never invalidated"
+            time.sleep(0.01)
+    assert not consumer.running, "lifespan shutdown did not stop the consumer"
