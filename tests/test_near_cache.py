@@ -27,6 +27,7 @@ from cache_middleware.config import load_config
 from cache_middleware.errors import ConfigError
 from cache_middleware.storage.near import NearCache
 from cache_middleware.storage.tracking import CHANNEL, InvalidationListener, near_cache_for
+from tests.cluster_process import ClusterGroup
 
 WAIT = 3.0  # how long a test waits for something that should take milliseconds
 
@@ -164,12 +165,6 @@ def test_a_null_push_flushes_everything() -> None:
     listener._apply([b"message", CHANNEL, [b"k", b"other"]])
     assert near.get("k") is None
     listener._apply([b"pong", b""])  # not an invalidation: ignored
-
-
-def test_cluster_and_sentinel_urls_are_refused_with_a_clear_message() -> None:
-    settings = load_config({"redis_url": "redis+cluster://127.0.0.1:7000", "near_cache": {}})
-    with pytest.raises(ConfigError, match="near_cache: needs a redis://"):
-        near_cache_for(settings)
 
 
 @pytest.mark.parametrize(
@@ -423,6 +418,114 @@ def test_admin_invalidation_and_stats_with_a_near_cache(redis_url: str, prefix: 
         figures = client.get("/admin/cache/stats", headers=auth).json()["near_cache"]
     assert figures["live"] is True
     assert figures["hits"] >= 2 and figures["invalidations"] >= 1
+
+
+# -- Sentinel and Cluster ----------------------------------------------------------------------
+
+
+def _started(url: str, prefix: str) -> tuple[NearCache, InvalidationListener]:
+    near = NearCache(1 << 20, 60)
+    stream = InvalidationListener(url, prefix, near, timeout=0.5)
+    stream.start()
+    assert stream.wait_live(10), "the invalidation stream never came up"
+    return near, stream
+
+
+def _keys_per_primary(cluster: Any, prefix: str) -> dict[int, str]:
+    """One entry key on each primary (port -> key)."""
+    found: dict[int, str] = {}
+    for i in range(1000):
+        key = f"{prefix}:GET:/api/{i}"
+        found.setdefault(cluster.get_node_from_key(key).port, key)
+        if len(found) == 3:
+            return found
+    raise AssertionError("keys never reached every primary")
+
+
+def test_every_primary_of_a_cluster_reports_its_keys(cluster_group: Any, prefix: str) -> None:
+    near, stream = _started(cluster_group.url, prefix)
+    cluster = cluster_group.cluster_client()
+    try:
+        assert len(stream.client_ids) == 3  # one tracking connection per primary
+        keys = _keys_per_primary(cluster, prefix)
+        for key in keys.values():
+            cluster.set(key, b"old")
+            keep(near, key, b"old")
+        for key in keys.values():
+            assert near.get(key) == b"old"
+            cluster.delete(key)
+            assert until(lambda key=key: near.get(key) is None), f"{key} was never reported"
+    finally:
+        stream.stop()
+        cluster.close()
+
+
+def test_the_sentinel_master_reports_its_keys(sentinel_group: Any, prefix: str) -> None:
+    near, stream = _started(sentinel_group.url, prefix)
+    master = redis.Redis(port=sentinel_group.current_master())
+    key = f"{prefix}:GET:/api/a"
+    try:
+        master.set(key, b"old")
+        keep(near, key, b"old")
+        master.set(key, b"new")
+        assert until(lambda: near.get(key) is None)
+    finally:
+        stream.stop()
+        master.delete(key)
+        master.close()
+
+
+def test_a_cluster_primary_killed_empties_it_until_its_replica_took_over(prefix: str) -> None:
+    group = ClusterGroup()
+    try:
+        group.start()
+        near, stream = _started(group.url, prefix)
+        cluster = group.cluster_client()
+        keys = _keys_per_primary(cluster, prefix)
+        for key in keys.values():
+            cluster.set(key, b"v")
+            keep(near, key, b"v")
+        cluster.close()
+        connects = stream.connects
+        victim = next(iter(keys))
+        group.kill(victim)
+        # Its pushes can no longer come: nothing is kept until every primary is heard again.
+        assert until(lambda: not near.live, 5)
+        assert all(near.get(key) is None for key in keys.values())
+        assert until(lambda: stream.connects > connects and near.live, 20)
+        assert victim not in group.primaries()
+        # The promoted replica reports the victim's keys now.
+        cluster = group.cluster_client()
+        key = keys[victim]
+        keep(near, key, b"v")
+        assert near.get(key) == b"v"
+        cluster.delete(key)
+        assert until(lambda: near.get(key) is None), "the new primary's writes were not heard"
+        cluster.close()
+        stream.stop()
+    finally:
+        group.stop()
+
+
+def test_both_adapters_serve_from_the_near_cache_on_a_cluster(
+    cluster_group: Any, prefix: str
+) -> None:
+    config = {**_config(cluster_group.url, prefix)}
+    _, stream = near_cache_for(load_config(config))
+    assert stream.wait_live(10)
+    for make_client in (asgi_client, wsgi_client):
+        versions = Versions()
+        client = make_client({**config, "key_prefix": prefix}, versions)
+        assert client.get("/api/item").headers["x-cache"] == "MISS"
+        for _ in range(3):
+            assert client.get("/api/item").headers["x-cache"] == "HIT"
+        versions.version = 2
+        cluster = cluster_group.cluster_client()
+        for key in cluster.scan_iter(match=f"{prefix}:GET:/api/item*"):
+            cluster.delete(key)
+        cluster.close()
+        assert until(lambda client=client: client.get("/api/item").json() == {"version": 2})
+        assert versions.calls == 2
 
 
 # -- several workers --------------------------------------------------------------------------

@@ -22,8 +22,10 @@ push takes to arrive (well under a millisecond on loopback), or, if the connecti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from typing import Any
@@ -31,7 +33,6 @@ from typing import Any
 import redis
 
 from ..config import Settings
-from ..errors import ConfigError
 from .base import AsyncStore, SyncStore
 from .near import NearAsyncStore, NearCache, NearSyncStore
 
@@ -47,8 +48,11 @@ logger = logging.getLogger("cache_middleware")
 
 CHANNEL = b"__redis__:invalidate"
 HEALTH_INTERVAL = 1.0
-# The schemes tracking runs on: one server, one connection.
-_SINGLE_SERVER = ("redis://", "rediss://", "unix://")
+# How often the listener asks Sentinel / the Cluster which servers are the primaries now: a
+# failover that leaves our connections open (a demoted master stays up) is noticed this late.
+TOPOLOGY_INTERVAL = 2.0
+_SENTINEL = ("redis+sentinel://", "rediss+sentinel://")
+_CLUSTER = ("redis+cluster://", "rediss+cluster://")
 
 
 class InvalidationListener:
@@ -69,7 +73,8 @@ class InvalidationListener:
         self.timeout = timeout
         self.retry_max = retry_max
         self.connects = 0
-        self.client_id: int | None = None  # the current connection's, as CLIENT ID said
+        self.client_id: int | None = None  # the last connection's, as CLIENT ID said
+        self.client_ids: list[int] = []  # every connection's so far (tests kill them)
         self.messages = 0
         self._stopping = threading.Event()
         self._live = threading.Event()
@@ -95,22 +100,23 @@ class InvalidationListener:
         pause = 0.1
         failing = False
         while not self._stopping.is_set():
-            client = redis.Redis.from_url(
-                self.url,
-                protocol=2,  # pushes as pub/sub messages on the subscribed connection
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-            )
+            conns: list[Any] = []
+            # Held until the end: a client collected early closes its pool, our sockets with it.
+            clients: list[redis.Redis] = []
             try:
-                conn: Any = client.connection_pool.get_connection()
-                try:
+                clients = _primaries(self.url, self.timeout)
+                for client in clients:
+                    conn: Any = client.connection_pool.get_connection()
+                    conns.append(conn)
                     self._subscribe(conn)
-                    if failing:
-                        logger.warning("near-cache: invalidation stream back; copies kept again")
-                    failing, pause = False, 0.1
-                    self._listen(conn)
-                finally:
-                    conn.disconnect()
+                # Only now can nothing be missed: copies may be kept from here on.
+                self.connects += 1
+                self.near.set_live(True)
+                self._live.set()
+                if failing:
+                    logger.warning("near-cache: invalidation stream back; copies kept again")
+                failing, pause = False, 0.1
+                self._listen(conns)
             except Exception as exc:  # a failure of any kind must only turn the L1 off
                 self._live.clear()
                 self.near.set_live(False)
@@ -121,7 +127,14 @@ class InvalidationListener:
                     )
                 failing = True
             finally:
-                client.close()
+                for conn in conns:
+                    with contextlib.suppress(Exception):
+                        conn.disconnect()
+                for client in clients:
+                    with contextlib.suppress(Exception):
+                        client.close()
+            if self._stopping.is_set():
+                break
             self._stopping.wait(pause)
             pause = min(pause * 2, self.retry_max)
         self._live.clear()
@@ -140,26 +153,40 @@ class InvalidationListener:
         reply = conn.read_response()
         if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
             raise redis.RedisError(f"unexpected SUBSCRIBE reply {reply!r}")
-        self.connects += 1
+        self.client_ids.append(int(client_id))
         self.client_id = int(client_id)
-        # Only now can nothing be missed: copies may be kept from here on.
-        self.near.set_live(True)
-        self._live.set()
 
-    def _listen(self, conn: Any) -> None:
-        ping_sent: float | None = None
+    def _listen(self, conns: list[Any]) -> None:
+        """Apply the pushes of every connection; PING the quiet ones; return (to reconnect
+        everything) when the set of primaries changed under us."""
+        pinged: dict[int, float] = {}
+        sockets = {conn._sock: conn for conn in conns}
+        next_topology = time.monotonic() + TOPOLOGY_INTERVAL
+        dynamic = self.url.startswith(_SENTINEL + _CLUSTER)
         while not self._stopping.is_set():
-            if conn.can_read(timeout=HEALTH_INTERVAL):
-                reply = conn.read_response()
-                ping_sent = None  # the connection answers
-                self._apply(reply)
-                continue
+            ready = [conn for conn in conns if conn.can_read(timeout=0)]
+            if not ready:
+                readable, _, _ = select.select(list(sockets), [], [], HEALTH_INTERVAL)
+                ready = [sockets[sock] for sock in readable]
+            for conn in ready:
+                while conn.can_read(timeout=0):
+                    self._apply(conn.read_response())
+                pinged.pop(id(conn), None)  # the connection answers
             now = time.monotonic()
-            if ping_sent is None:
-                conn.send_command("PING")
-                ping_sent = now
-            elif now - ping_sent > self.timeout:
-                raise redis.ConnectionError("invalidation stream: PING not answered")
+            for conn in conns:
+                if conn in ready:
+                    continue
+                sent = pinged.get(id(conn))
+                if sent is None:
+                    conn.send_command("PING")
+                    pinged[id(conn)] = now
+                elif now - sent > HEALTH_INTERVAL + self.timeout:
+                    raise redis.ConnectionError("invalidation stream: PING not answered")
+            if dynamic and now >= next_topology:
+                next_topology = now + TOPOLOGY_INTERVAL
+                current = sorted(_addresses(_primaries(self.url, self.timeout)))
+                if current != sorted(_addresses_of(conns)):
+                    raise redis.ConnectionError("the primaries changed: listening anew")
 
     def _apply(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3 or reply[0] != b"message":
@@ -175,6 +202,65 @@ class InvalidationListener:
         )
 
 
+def _primaries(url: str, timeout: float) -> list[redis.Redis]:
+    """Clients for the servers whose writes must be heard: the server itself, Sentinel's
+    current master, or every primary of a Cluster (each reports the keys of its own slots)."""
+    options: dict[str, Any] = {
+        "protocol": 2,  # pushes as pub/sub messages on the subscribed connection
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if url.startswith(_SENTINEL):
+        from redis.sentinel import Sentinel as _Sentinel
+
+        from .redis_async import sentinel_parts
+
+        parts = sentinel_parts(url)
+        assert parts is not None
+        nodes, service, kwargs = parts
+        make: Any = _Sentinel
+        sentinel: Any = make(nodes, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            host, port = sentinel.discover_master(service)
+        finally:
+            for each in sentinel.sentinels:
+                each.close()
+        return [redis.Redis(host=host, port=port, **kwargs, **options)]
+    if url.startswith(_CLUSTER):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        from .redis_cluster import cluster_parts
+
+        seeds, kwargs = cluster_parts(url)
+        seed: Any = ClusterNode
+        cluster: Any = RedisCluster(
+            startup_nodes=[seed(host, port) for host, port in seeds],
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            require_full_coverage=False,
+            **kwargs,
+        )
+        try:
+            found = [(primary.host, primary.port) for primary in cluster.get_primaries()]
+        finally:
+            cluster.close()
+        return [redis.Redis(host=host, port=port, **kwargs, **options) for host, port in found]
+    return [redis.Redis.from_url(url, **options)]
+
+
+def _addresses(clients: list[redis.Redis]) -> list[tuple[str, int]]:
+    found = []
+    for client in clients:
+        kwargs = client.connection_pool.connection_kwargs
+        found.append((str(kwargs.get("host")), int(kwargs.get("port") or 0)))
+        client.close()
+    return found
+
+
+def _addresses_of(conns: list[Any]) -> list[tuple[str, int]]:
+    return [(str(conn.host), int(conn.port)) for conn in conns]
+
+
 # -- one near-cache per process and cache -------------------------------------------------------
 
 _lock = threading.Lock()
@@ -188,11 +274,6 @@ def near_cache_for(settings: Settings) -> tuple[NearCache, InvalidationListener]
     config sets the bounds. Keyed by pid too: a forked worker starts its own thread."""
     assert settings.near_cache is not None and settings.redis_url is not None
     url = settings.redis_url
-    if not url.startswith(_SINGLE_SERVER):
-        raise ConfigError(
-            f"{settings.source}: near_cache: needs a redis://, rediss:// or unix:// URL "
-            f"(Sentinel and Cluster are not supported by the near-cache yet), got {url!r}"
-        )
     ident = (os.getpid(), url, settings.key_prefix)
     with _lock:
         found = _shared.get(ident)
