@@ -218,7 +218,9 @@ def test_every_change_by_anyone_reaches_the_copy(
 ) -> None:
     other = redis.Redis.from_url(redis_url)
     key = f"{prefix}:GET:/api/a"
+    before = listener.messages
     other.set(key, b"old")
+    assert until(lambda: listener.messages > before)  # the SET's own push is in
     keep(listener.near, key, b"old")
     assert listener.near.get(key) == b"old"
     change(other, key)
@@ -252,11 +254,37 @@ def test_a_killed_connection_empties_it_then_it_comes_back(
     assert until(lambda: listener.connects > connects), "the listener did not reconnect"
     assert listener.near.get(key) is None  # anything could have changed while it was down
     assert listener.near.live
+    before = listener.messages
     other.set(key, b"v2")
+    assert until(lambda: listener.messages > before)
     keep(listener.near, key, b"v2")
     other.delete(key)
     assert until(lambda: listener.near.get(key) is None)
     other.close()
+
+
+def test_a_silently_hung_redis_turns_it_off_within_the_bound(redis_process: Any) -> None:
+    # SIGSTOP: the connection stays open but nothing answers, not even a PING.
+    import signal
+
+    near = NearCache(1 << 20, 60)
+    stream = InvalidationListener(redis_process.url, "p", near, timeout=0.5)
+    stream.start()
+    try:
+        assert stream.wait_live(WAIT)
+        keep(near, "p:GET:/a", b"v")
+        redis_process.proc.send_signal(signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            assert until(lambda: not near.live, 5)
+            took = time.monotonic() - paused
+            assert took <= 3.2, f"took {took:.2f} s (documented bound: 3 s)"
+            assert near.get("p:GET:/a") is None
+        finally:
+            redis_process.proc.send_signal(signal.SIGCONT)
+        assert until(lambda: near.live, 10), "not back after the pause"
+    finally:
+        stream.stop()
 
 
 def test_an_unreachable_redis_keeps_it_off() -> None:
@@ -448,8 +476,11 @@ def test_every_primary_of_a_cluster_reports_its_keys(cluster_group: Any, prefix:
     try:
         assert len(stream.client_ids) == 3  # one tracking connection per primary
         keys = _keys_per_primary(cluster, prefix)
+        before = stream.messages
         for key in keys.values():
             cluster.set(key, b"old")
+        assert until(lambda: stream.messages >= before + 3)  # the SETs' own pushes are in
+        for key in keys.values():
             keep(near, key, b"old")
         for key in keys.values():
             assert near.get(key) == b"old"
@@ -465,7 +496,9 @@ def test_the_sentinel_master_reports_its_keys(sentinel_group: Any, prefix: str) 
     master = redis.Redis(port=sentinel_group.current_master())
     key = f"{prefix}:GET:/api/a"
     try:
+        before = stream.messages
         master.set(key, b"old")
+        assert until(lambda: stream.messages > before)
         keep(near, key, b"old")
         master.set(key, b"new")
         assert until(lambda: near.get(key) is None)
@@ -482,8 +515,11 @@ def test_a_cluster_primary_killed_empties_it_until_its_replica_took_over(prefix:
         near, stream = _started(group.url, prefix)
         cluster = group.cluster_client()
         keys = _keys_per_primary(cluster, prefix)
+        before = stream.messages
         for key in keys.values():
             cluster.set(key, b"v")
+        assert until(lambda: stream.messages >= before + 3)
+        for key in keys.values():
             keep(near, key, b"v")
         cluster.close()
         connects = stream.connects

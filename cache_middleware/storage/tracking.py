@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from typing import Any
@@ -78,6 +79,8 @@ class InvalidationListener:
         self.messages = 0
         self._stopping = threading.Event()
         self._live = threading.Event()
+        # Written by stop(): wakes the thread out of select() at once.
+        self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(
             target=self._run, name="cache-middleware-near-cache", daemon=True
         )
@@ -87,6 +90,8 @@ class InvalidationListener:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         self._thread.join(timeout)
         self.near.set_live(False)
 
@@ -110,9 +115,9 @@ class InvalidationListener:
                     conns.append(conn)
                     self._subscribe(conn)
                 # Only now can nothing be missed: copies may be kept from here on.
-                self.connects += 1
                 self.near.set_live(True)
                 self._live.set()
+                self.connects += 1  # last: whoever sees it sees the stream live
                 if failing:
                     logger.warning("near-cache: invalidation stream back; copies kept again")
                 failing, pause = False, 0.1
@@ -160,27 +165,29 @@ class InvalidationListener:
         """Apply the pushes of every connection; PING the quiet ones; return (to reconnect
         everything) when the set of primaries changed under us."""
         pinged: dict[int, float] = {}
+        heard = {id(conn): time.monotonic() for conn in conns}
         sockets = {conn._sock: conn for conn in conns}
         next_topology = time.monotonic() + TOPOLOGY_INTERVAL
         dynamic = self.url.startswith(_SENTINEL + _CLUSTER)
         while not self._stopping.is_set():
             ready = [conn for conn in conns if conn.can_read(timeout=0)]
             if not ready:
-                readable, _, _ = select.select(list(sockets), [], [], HEALTH_INTERVAL)
-                ready = [sockets[sock] for sock in readable]
+                readable, _, _ = select.select([*sockets, self._wake_r], [], [], HEALTH_INTERVAL)
+                ready = [sockets[sock] for sock in readable if sock in sockets]
+            now = time.monotonic()
             for conn in ready:
                 while conn.can_read(timeout=0):
                     self._apply(conn.read_response())
-                pinged.pop(id(conn), None)  # the connection answers
-            now = time.monotonic()
+                heard[id(conn)] = now  # the connection answers
+                pinged.pop(id(conn), None)
             for conn in conns:
-                if conn in ready:
-                    continue
+                if now - heard[id(conn)] < HEALTH_INTERVAL:
+                    continue  # heard from lately: alive
                 sent = pinged.get(id(conn))
                 if sent is None:
                     conn.send_command("PING")
                     pinged[id(conn)] = now
-                elif now - sent > HEALTH_INTERVAL + self.timeout:
+                elif now - sent > self.timeout:
                     raise redis.ConnectionError("invalidation stream: PING not answered")
             if dynamic and now >= next_topology:
                 next_topology = now + TOPOLOGY_INTERVAL
