@@ -160,6 +160,9 @@ class SentinelGroup(_Group):
         _wait(lambda: replica.info("replication").get("master_link_status") == "up", "replica")
         sentinel = self.client(self.sentinel_port)
         _wait(lambda: int(self._master_facts(sentinel)["num-slaves"]) >= 1, "sentinel")
+        # What clients check before they use the master (redis-py's check_master_state): a busy
+        # machine can answer the above before the sentinel has seen the master up.
+        _wait(lambda: self._master_facts(sentinel)["flags"] == "master", "sentinel's master up")
         for c in (master, replica, sentinel):
             c.close()
 

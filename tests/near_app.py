@@ -1,4 +1,4 @@
-"""The app the multi-worker near-cache test serves with `uvicorn --workers 2` (an import target).
+"""The app the multi-worker tests serve with `uvicorn --workers 2` (an import target).
 
 `GET /api/item` answers with the version held in Redis under `{prefix}:test-version`, so a refill
 after an invalidation shows the new version. An outer middleware stamps every response with the
@@ -9,6 +9,7 @@ as an admin call on one worker would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -28,7 +29,11 @@ CONFIG: dict[str, Any] = {
     "redis_url": REDIS_URL,
     "key_prefix": PREFIX,
     "near_cache": {"max_age": 300},
-    "routes": {"/api/item": {"ttl": 300}},
+    "routes": {
+        "/api/item": {"ttl": 300},
+        "/api/slow": {"ttl": 300},
+        "/api/swr": {"ttl": 1, "stale_while_revalidate": 60},
+    },
 }
 
 
@@ -41,26 +46,47 @@ async def item(request: Request) -> Response:
     return JSONResponse({"version": int(version or 0)})
 
 
+async def counted(request: Request) -> Response:
+    """A slow view that counts its calls in Redis, across every worker."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        calls = await client.incr(f"{PREFIX}:calls:{request.url.path}")
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.3)
+    return JSONResponse({"calls": calls})
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"pid": os.getpid()})
+
+
 async def invalidate(request: Request) -> Response:
     count = await cache.store.delete_matching(f"{PREFIX}:GET:/api/item*")
     return JSONResponse({"invalidated": count})
 
 
 inner = Starlette(
-    routes=[Route("/api/item", item), Route("/invalidate", invalidate, methods=["POST"])]
+    routes=[
+        Route("/api/item", item),
+        Route("/api/slow", counted),
+        Route("/api/swr", counted),
+        Route("/invalidate", invalidate, methods=["POST"]),
+        Route("/health", health),
+    ]
 )
 cache = CacheMiddleware(inner, config=CONFIG)
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
-    near, _ = near_cache_for(load_config(CONFIG))
+    near = near_cache_for(load_config(CONFIG))[0] if "near_cache" in CONFIG else None
 
     async def stamped(message: Any) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [
                 *message.get("headers", []),
                 (b"x-pid", str(os.getpid()).encode()),
-                (b"x-near-hits", str(near.hits).encode()),
+                (b"x-near-hits", str(near.hits if near else 0).encode()),
             ]
         await send(message)
 

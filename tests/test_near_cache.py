@@ -576,57 +576,103 @@ def _free_port() -> int:
 def _get(url: str, method: str = "GET") -> tuple[dict[str, Any], dict[str, str]]:
     import json
 
-    request = urllib.request.Request(url, method=method, headers={"Connection": "close"})
+    # One public Host for every server, as behind a load balancer: the Host is part of the key.
+    headers = {"Connection": "close", "Host": "api.example.test"}
+    request = urllib.request.Request(url, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
 
+class Workers:
+    """tests/near_app.py served by uvicorn: `servers` processes on ports of their own (as on
+    several hosts), each with `workers` worker processes sharing its port."""
+
+    def __init__(self, redis_url: str, prefix: str, servers: int = 1, workers: int = 2) -> None:
+        env = {
+            **os.environ,
+            "NEAR_TEST_REDIS_URL": redis_url,
+            "NEAR_TEST_PREFIX": prefix,
+            "PYTHONPATH": str(Path(__file__).parent),
+        }
+        self.bases: list[str] = []
+        self.servers: list[subprocess.Popen[bytes]] = []
+        for _ in range(servers):
+            port = _free_port()
+            self.bases.append(f"http://127.0.0.1:{port}")
+            self.servers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "near_app:app",
+                        "--workers",
+                        str(workers),
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for base in self.bases:
+
+            def up(base: str = base) -> bool:
+                try:
+                    _get(f"{base}/health")  # not a cached route: caches nothing
+                    return True
+                except OSError:
+                    return False
+
+            assert until(up, 20), "uvicorn did not start"
+
+    def get(
+        self, path: str, method: str = "GET", server: int = 0
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        return _get(f"{self.bases[server % len(self.bases)]}{path}", method)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.terminate()
+        for server in self.servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+@pytest.fixture
+def workers(redis_url: str, prefix: str) -> Iterator[Workers]:
+    """One uvicorn with two worker processes."""
+    served = Workers(redis_url, prefix)
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def hosts(redis_url: str, prefix: str) -> Iterator[Workers]:
+    """Two uvicorn servers on ports of their own, as two hosts would be: requests can be sent
+    to either, so both surely take part."""
+    served = Workers(redis_url, prefix, servers=2, workers=1)
+    yield served
+    served.stop()
+
+
 def test_workers_never_serve_what_another_worker_invalidated(
-    redis_url: str, prefix: str, tmp_path: Path
+    workers: Workers, redis_url: str, prefix: str
 ) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "NEAR_TEST_REDIS_URL": redis_url,
-        "NEAR_TEST_PREFIX": prefix,
-        "PYTHONPATH": str(Path(__file__).parent),
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "near_app:app",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
     version_key = f"{prefix}:test-version"
     other = redis.Redis.from_url(redis_url)
     try:
         other.set(version_key, 1)
-
-        def up() -> bool:
-            try:
-                _get(f"{base}/api/item")
-                return True
-            except OSError:
-                return False
-
-        assert until(up, 20), "uvicorn did not start"
         # Both workers serve version 1 from their near-cache.
         near_pids: set[str] = set()
 
         def both_near() -> bool:
-            body, headers = _get(f"{base}/api/item")
+            body, headers = workers.get("/api/item")
             assert body == {"version": 1}
             if headers["x-cache"] == "HIT" and int(headers["x-near-hits"]) > 0:
                 near_pids.add(headers["x-pid"])
@@ -635,20 +681,54 @@ def test_workers_never_serve_what_another_worker_invalidated(
         assert until(both_near, 20), f"only {near_pids} served from the near-cache"
         # The data changes and one worker invalidates; within the bound no worker serves v1.
         other.set(version_key, 2)
-        _get(f"{base}/invalidate", method="POST")
+        workers.get("/invalidate", method="POST")
         invalidated = time.monotonic()
         time.sleep(0.2)  # the bound on loopback is far below this
         seen: dict[str, int] = {}
         while len(seen) < 2 or time.monotonic() - invalidated < 1.5:
-            body, headers = _get(f"{base}/api/item")
+            body, headers = workers.get("/api/item")
             assert body == {"version": 2}, f"worker {headers['x-pid']} served a stale copy"
             seen[headers["x-pid"]] = seen.get(headers["x-pid"], 0) + 1
             assert time.monotonic() - invalidated < 20, f"only workers {seen} answered"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        other.delete(version_key)
+        other.close()
+
+
+def _concurrently(hosts: Workers, path: str, count: int) -> list[tuple[Any, dict[str, str]]]:
+    """`count` requests at once, alternating between the servers, each on a connection of its
+    own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: hosts.get(path, server=i), range(count)))
+
+
+def test_processes_fill_a_missing_entry_once(hosts: Workers, redis_url: str, prefix: str) -> None:
+    # The lease makes one request, in one process, call the app; the others, in both
+    # processes, wait for its entry.
+    answers = _concurrently(hosts, "/api/slow", 16)
+    other = redis.Redis.from_url(redis_url)
+    try:
+        assert int(other.get(f"{prefix}:calls:/api/slow") or 0) == 1
+    finally:
+        other.close()
+    assert {body["calls"] for body, _ in answers} == {1}
+    assert len({headers["x-pid"] for _, headers in answers}) == 2
+
+
+def test_processes_refresh_a_stale_entry_once(hosts: Workers, redis_url: str, prefix: str) -> None:
+    assert hosts.get("/api/swr")[0] == {"calls": 1}  # stored, fresh for 1 s
+    time.sleep(1.2)  # past the TTL, inside stale_while_revalidate
+    answers = _concurrently(hosts, "/api/swr", 16)
+    stale = [body for body, headers in answers if headers["x-cache"] == "STALE"]
+    assert stale and all(body == {"calls": 1} for body in stale)
+    assert len({headers["x-pid"] for _, headers in answers}) == 2
+    other = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:calls:/api/swr"
+    try:
+        # Exactly one background refresh across both processes, however many stale hits.
+        assert until(lambda: int(other.get(key) or 0) == 2, 5)
+        time.sleep(0.5)
+        assert int(other.get(key) or 0) == 2
+    finally:
         other.close()
