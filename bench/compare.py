@@ -50,7 +50,9 @@ from harness import (
     installed,
     log_lines,
     machine_facts,
+    node_clients,
     raise_interrupt,
+    redis_client,
     require_wrk,
     run_wrk,
     start_gunicorn,
@@ -83,8 +85,8 @@ PACKAGES = [
     "msgpack",
 ]
 CLUSTER_PLACEHOLDER = (
-    "Cluster figures are added by the cluster benchmark "
-    "(`python bench/compare.py --only redis-variants --redis-url <cluster URL>`)."
+    "Cluster figures are added by the cluster benchmark (`python bench/cluster.py`): it starts "
+    "a local Redis Cluster and writes this section."
 )
 
 
@@ -336,6 +338,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def base_name(name: str) -> str:
+    """`redis@cluster` -> `redis`: a variant run against another store (see `measure`)."""
+    return name.split("@", 1)[0]
+
+
+def store_label(name: str) -> str:
+    """`redis@cluster` -> `cluster`; `` for the default `--redis-url`."""
+    return name.partition("@")[2]
+
+
 def select(only: str) -> list[str]:
     if not only.strip():
         return [m.name for m in MEASUREMENTS]
@@ -359,14 +371,17 @@ def select(only: str) -> list[str]:
 
 @contextlib.contextmanager
 def servers(
-    keys: list[str], redis_url: str, args: argparse.Namespace, prefix: str
+    keys: list[str], urls: dict[str, str], args: argparse.Namespace, prefix: str
 ) -> Iterator[dict[str, Server]]:
-    """The servers, stopped and their Redis keys deleted however the block ends."""
-    env = {**os.environ, ENV_REDIS_URL: redis_url, ENV_KEY_PREFIX: prefix}
+    """The servers, stopped and their Redis keys deleted however the block ends.
+
+    A key is a server of SERVERS, or one with `@label` to run it on the store `urls[label]`
+    (`urls[""]` is the default store)."""
     started: dict[str, Server] = {}
     try:
         for key in keys:
-            spec = SERVERS[key]
+            spec = SERVERS[base_name(key)]
+            env = {**os.environ, ENV_REDIS_URL: urls[store_label(key)], ENV_KEY_PREFIX: prefix}
             if spec.kind == "asgi":
                 started[key] = start_uvicorn(
                     key, spec.factory, env, EVENTS_PATH, log=LOG_DIR / f"{key}.log"
@@ -387,15 +402,14 @@ def servers(
     finally:
         for server in started.values():
             stop(server)
-        try:
-            deleted = delete_bench_keys(redis_url, prefix)
-        except redis.RedisError as exc:
-            # Never mask the error that ended the run; the keys expire with their TTL anyway.
-            print(f"could not delete {prefix}:* from Redis: {exc}", file=sys.stderr)
-        else:
-            print(
-                f"stopped {len(started)} servers; deleted {deleted} Redis key(s) under {prefix}:*"
-            )
+        deleted = 0
+        for label in dict.fromkeys(store_label(k) for k in started):
+            try:
+                deleted += delete_bench_keys(urls[label], prefix)
+            except (redis.RedisError, OSError) as exc:
+                # Never mask the error that ended the run; the keys expire with their TTL anyway.
+                print(f"could not delete {prefix}:* from {urls[label]}: {exc}", file=sys.stderr)
+        print(f"stopped {len(started)} servers; deleted {deleted} Redis key(s) under {prefix}:*")
 
 
 def calls(server: Server) -> int:
@@ -463,11 +477,23 @@ def verify(m: Measurement, server: Server) -> str:
     raise AssertionError(m.check)
 
 
-def redis_commands(client: redis.Redis | None) -> int | None:
-    if client is None:
+def command_probe(redis_url: str) -> list[redis.Redis] | None:
+    """Plain clients on every node that holds data (the Redis, or each cluster primary)."""
+    if "://" not in redis_url:
         return None
     try:
-        return int(client.info("stats")["total_commands_processed"])
+        return node_clients(redis_url, socket_timeout=5)
+    except (redis.RedisError, OSError) as exc:
+        print(f"no Redis command count for {redis_url}: {exc}", file=sys.stderr)
+        return None
+
+
+def redis_commands(clients: list[redis.Redis] | None) -> int | None:
+    """Commands processed so far, summed over the nodes (INFO stats)."""
+    if not clients:
+        return None
+    try:
+        return sum(int(c.info("stats")["total_commands_processed"]) for c in clients)
     except redis.RedisError:
         return None
 
@@ -507,7 +533,8 @@ def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
     keep: list[str] = []
     skipped: dict[str, str] = {}
     for name in names:
-        missing = [mod for mod in SERVERS[BY_NAME[name].server].requires if not installed(mod)]
+        server = BY_NAME[base_name(name)].server
+        missing = [mod for mod in SERVERS[server].requires if not installed(mod)]
         if missing:
             skipped[name] = f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"
         else:
@@ -515,42 +542,60 @@ def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
     return keep, skipped
 
 
-def measure(names: list[str], redis_url: str, args: argparse.Namespace) -> Outcome:
-    """Start, verify, load in interleaved rounds, verify again. The core of the benchmark."""
+def server_key(name: str) -> str:
+    """The server a measurement loads: `miss` -> `miss`, `nocache-q@c` -> `nocache@c`."""
+    label = store_label(name)
+    return BY_NAME[base_name(name)].server + (f"@{label}" if label else "")
+
+
+def measure(
+    names: list[str],
+    redis_url: str,
+    args: argparse.Namespace,
+    stores: dict[str, str] | None = None,
+) -> Outcome:
+    """Start, verify, load in interleaved rounds, verify again. The core of the benchmark.
+
+    `stores` maps labels to more Redis URLs: a name `redis@cluster` is the `redis` variant on
+    `stores["cluster"]`, measured in the same rounds as the others (plain names use
+    `redis_url`)."""
+    urls = {"": redis_url, **(stores or {})}
     names, skipped = available(names)
     outcome = Outcome(names, skipped)
     for name, why in skipped.items():
         print(f"skipping {name}: {why}")
-    server_keys = list(dict.fromkeys(BY_NAME[n].server for n in names))
+    server_keys = list(dict.fromkeys(server_key(n) for n in names))
     prefix = f"bench:{secrets.token_hex(4)}"
-    probe = redis.Redis.from_url(redis_url) if "://" in redis_url else None
-    with servers(server_keys, redis_url, args, prefix) as running:
+    labels = dict.fromkeys(store_label(n) for n in names)
+    probes = {label: command_probe(urls[label]) for label in labels}
+    with servers(server_keys, urls, args, prefix) as running:
         for name in names:
-            m = BY_NAME[name]
-            outcome.notes[name] = verify(m, running[m.server])
+            m = BY_NAME[base_name(name)]
+            outcome.notes[name] = verify(m, running[server_key(name)])
             print(f"  ok {name:<15} {outcome.notes[name]}")
         if args.warmup > 0:
             for name in names:
-                m = BY_NAME[name]
+                m = BY_NAME[base_name(name)]
                 run_wrk(
-                    running[m.server].url,
+                    running[server_key(name)].url,
                     duration=args.warmup,
                     connections=args.connections,
                     threads=args.threads,
                     unique_query=m.unique_query,
                 )
         before = {
-            name: calls(running[BY_NAME[name].server])
+            name: calls(running[server_key(name)])
             for name in names
-            if BY_NAME[name].check in ("hit", "peer-hit", "miss")
+            if BY_NAME[base_name(name)].check in ("hit", "peer-hit", "miss")
         }
         for round_no in range(1, args.rounds + 1):
             order = names if round_no % 2 else list(reversed(names))
             for name in order:
-                m = BY_NAME[name]
+                m = BY_NAME[base_name(name)]
+                probe = probes[store_label(name)]
                 commands_before = redis_commands(probe)
                 wrk = run_wrk(
-                    running[m.server].url,
+                    running[server_key(name)].url,
                     duration=args.duration,
                     connections=args.connections,
                     threads=args.threads,
@@ -559,8 +604,9 @@ def measure(names: list[str], redis_url: str, args: argparse.Namespace) -> Outco
                 commands_after = redis_commands(probe)
                 per_request = None
                 if commands_before is not None and commands_after is not None and wrk.requests:
-                    # minus the two INFO calls of the probe itself
-                    per_request = (commands_after - commands_before - 1) / wrk.requests
+                    # minus the probe's own INFO calls (the first counts; one per node)
+                    own = len(probe or ())
+                    per_request = (commands_after - commands_before - own) / wrk.requests
                 result = RoundResult(
                     round=round_no,
                     measurement=name,
@@ -580,8 +626,8 @@ def measure(names: list[str], redis_url: str, args: argparse.Namespace) -> Outco
                 )
         # Still the same answers after the load, and the views ran only when they should have.
         for name in names:
-            m = BY_NAME[name]
-            server = running[m.server]
+            m = BY_NAME[base_name(name)]
+            server = running[server_key(name)]
             if name in before:
                 outcome.calls_during_load[name] = calls(server) - before[name]
             verify(m, server)
@@ -597,7 +643,7 @@ def measure(names: list[str], redis_url: str, args: argparse.Namespace) -> Outco
                     f"{served} requests: not every request was a MISS"
                 )
         print("  ok every cached variant served HITs only, the MISS variant only MISSes")
-        collect_middleware_stats(running, redis_url, prefix, outcome)
+        collect_middleware_stats(running, urls, prefix, outcome)
         for key, server in running.items():
             lines = log_lines(server)
             if lines:
@@ -605,8 +651,9 @@ def measure(names: list[str], redis_url: str, args: argparse.Namespace) -> Outco
                     [f"... {len(lines) - 20} more lines"] if len(lines) > 20 else []
                 )
                 print(f"WARNING {key} server logged {len(lines)} line(s), e.g.: {lines[0][:150]}")
-    if probe is not None:
-        probe.close()
+    for clients in probes.values():
+        for client in clients or ():
+            client.close()
     return outcome
 
 
@@ -614,21 +661,22 @@ OURS = ("redis", "near", "miss", "unmatched", "wsgi-redis", "wsgi-near")
 
 
 def collect_middleware_stats(
-    running: dict[str, Server], redis_url: str, prefix: str, outcome: Outcome
+    running: dict[str, Server], urls: dict[str, str], prefix: str, outcome: Outcome
 ) -> None:
     """cache-middleware's own counters (hits, misses, bypasses, store errors) from its shared
     tally in Redis: each process flushes every 5 s when a request comes, so wait, poke, read."""
-    ours = [key for key in running if key in OURS]
+    ours = [key for key in running if base_name(key) in OURS]
     if not ours:
         return
     time.sleep(5.2)
     for key in ours:
         fetch(running[key].base + "/bench/poke")  # any request: triggers the flush
     time.sleep(0.5)
-    client = redis.Redis.from_url(redis_url)
+    clients = {label: redis_client(urls[label]) for label in {store_label(k) for k in ours}}
     try:
         for key in ours:
-            raw = client.hgetall(f"{prefix}:{key}:STATS")
+            client = clients[store_label(key)]
+            raw = client.hgetall(f"{prefix}:{base_name(key)}:STATS")
             totals = {
                 k.decode().split("||", 1)[1]: int(v)
                 for k, v in raw.items()
@@ -636,7 +684,7 @@ def collect_middleware_stats(
             }
             outcome.middleware_stats[key] = totals
             bad = {k: totals.get(k, 0) for k in ("bypasses", "errors") if totals.get(k, 0)}
-            expected_bypasses = key == "unmatched"
+            expected_bypasses = base_name(key) == "unmatched"
             if bad and not expected_bypasses:
                 print(
                     f"WARNING {key}: cache-middleware counted {bad}: some requests were not "
@@ -645,15 +693,17 @@ def collect_middleware_stats(
     except redis.RedisError as exc:
         print(f"could not read cache-middleware's counters: {exc}", file=sys.stderr)
     finally:
-        client.close()
+        for client in clients.values():
+            client.close()
 
 
 def run_redis_variants(redis_url: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Every Redis-backed variant (ours and the peers) and the ceilings against any Redis URL.
 
-    For the cluster benchmark: `run_redis_variants("redis+cluster://...")` returns the report
-    (as written to JSON) without touching the docs. Peers that cannot talk to that URL fail
-    their start-up and end the run; narrow the set with `--only` in argv.
+    `run_redis_variants("redis+cluster://...")` returns the report (as written to JSON)
+    without touching the docs. Peers that cannot talk to that URL fail their start-up and end
+    the run; narrow the set with `--only` in argv. bench/cluster.py instead calls `measure`
+    with `stores=` to run cluster and single Redis in the same rounds.
     """
     args = parse_args([*(argv or []), "--redis-url", redis_url, "--no-docs"])
     names = select(args.only or "redis-variants")
@@ -745,12 +795,12 @@ def build_report(
         "environment": facts,
         "measurements": {
             name: {
-                "label": BY_NAME[name].label,
-                "server": BY_NAME[name].server,
-                "kind": SERVERS[BY_NAME[name].server].kind,
-                "group": BY_NAME[name].group,
-                "baseline": BY_NAME[name].baseline,
-                "unique_query": BY_NAME[name].unique_query,
+                "label": BY_NAME[base_name(name)].label,
+                "server": server_key(name),
+                "kind": SERVERS[BY_NAME[base_name(name)].server].kind,
+                "group": BY_NAME[base_name(name)].group,
+                "baseline": BY_NAME[base_name(name)].baseline,
+                "unique_query": BY_NAME[base_name(name)].unique_query,
                 "verified": outcome.notes.get(name),
                 "view_calls_during_load": outcome.calls_during_load.get(name),
             }

@@ -26,8 +26,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from urllib.parse import unquote
 
 import redis
+import redis.cluster
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -163,9 +166,21 @@ def start_gunicorn(
         f"127.0.0.1:{port}",
         "--log-level",
         "warning",
+        *gunicorn_control_flags(),
         f"{factory}()",
     ]
     return Server(name, port, _spawn(command, env, log), path, log)
+
+
+def gunicorn_control_flags() -> list[str]:
+    """Gunicorn 24+ opens a control socket at one fixed path (~/.gunicorn/gunicorn.ctl): several
+    servers at once collide there and log an error. The benchmark needs none."""
+    try:
+        import gunicorn.config
+    except ImportError:
+        return []
+    names = {s.name for s in gunicorn.config.KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
 def wait_ready(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -294,21 +309,83 @@ def require_wrk() -> bool:
 # -- clean-up ----------------------------------------------------------------------------------
 
 
-def delete_bench_keys(redis_url: str, prefix: str) -> int:
-    client = redis.Redis.from_url(redis_url)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster(redis_url: str) -> bool:
+    return redis_url.startswith(CLUSTER_SCHEMES)
+
+
+def _cluster_seeds(redis_url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`redis+cluster://[user:password@]host:port[,host:port...][/]` -> (seeds, kwargs)."""
+    scheme, _, rest = redis_url.partition("://")
+    netloc = rest.split("?", 1)[0].split("/", 1)[0]
+    kwargs: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+            if user:
+                kwargs["username"] = unquote(user)
+        elif user:
+            kwargs["password"] = unquote(user)
+    seeds = []
+    for part in filter(None, netloc.split(",")):
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "6379")
+        seeds.append((host.strip("[]"), int(port)))
+    if scheme.startswith("rediss"):
+        kwargs["ssl"] = True
+    return seeds, kwargs
+
+
+def redis_client(redis_url: str, **kwargs: Any) -> redis.Redis | redis.cluster.RedisCluster:
+    """A client for a plain `redis://` URL or a `redis+cluster://h:p,h:p` one."""
+    if not is_cluster(redis_url):
+        return redis.Redis.from_url(redis_url, **kwargs)
+    seeds, extra = _cluster_seeds(redis_url)
+    return redis.cluster.RedisCluster(
+        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds], **extra, **kwargs
+    )
+
+
+def node_clients(redis_url: str, **kwargs: Any) -> list[redis.Redis]:
+    """One plain client per server that holds data: the Redis itself, or every cluster primary
+    (INFO, SCAN and multi-key commands are per node on a cluster)."""
+    if not is_cluster(redis_url):
+        return [redis.Redis.from_url(redis_url, **kwargs)]
+    _, extra = _cluster_seeds(redis_url)
+    cluster = redis_client(redis_url, **kwargs)
     try:
-        deleted = 0
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(client.unlink(*batch))
-                batch = []
-        if batch:
-            deleted += int(client.unlink(*batch))
-        return deleted
+        primaries = [(n.host, n.port) for n in cluster.get_primaries()]
     finally:
-        client.close()
+        cluster.close()
+    return [redis.Redis(host=h, port=p, **extra, **kwargs) for h, p in sorted(primaries)]
+
+
+def delete_bench_keys(redis_url: str, prefix: str) -> int:
+    deleted = 0
+    for client in node_clients(redis_url):
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += _unlink(client, batch)
+                    batch = []
+            if batch:
+                deleted += _unlink(client, batch)
+        finally:
+            client.close()
+    return deleted
+
+
+def _unlink(client: redis.Redis, keys: list[bytes]) -> int:
+    # One UNLINK per key: on a cluster node, keys of different slots cannot share a command.
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(n) for n in pipe.execute())
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -351,11 +428,12 @@ def git_commit() -> str | None:
 
 def redis_version(redis_url: str) -> str | None:
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=2)
+        clients = node_clients(redis_url, socket_timeout=2)
         try:
-            return str(client.info("server").get("redis_version"))
+            return str(clients[0].info("server").get("redis_version"))
         finally:
-            client.close()
+            for client in clients:
+                client.close()
     except redis.RedisError:
         return None
 
