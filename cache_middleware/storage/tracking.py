@@ -234,25 +234,39 @@ def _primaries(url: str, timeout: float) -> list[redis.Redis]:
                 each.close()
         return [redis.Redis(host=host, port=port, **kwargs, **options)]
     if url.startswith(_CLUSTER):
-        from redis.cluster import ClusterNode, RedisCluster
-
         from .redis_cluster import cluster_parts
 
         seeds, kwargs = cluster_parts(url)
-        seed: Any = ClusterNode
-        cluster: Any = RedisCluster(
-            startup_nodes=[seed(host, port) for host, port in seeds],
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            require_full_coverage=False,
-            **kwargs,
-        )
-        try:
-            found = [(primary.host, primary.port) for primary in cluster.get_primaries()]
-        finally:
-            cluster.close()
+        found = _cluster_primaries(seeds, kwargs, timeout)
         return [redis.Redis(host=host, port=port, **kwargs, **options) for host, port in found]
     return [redis.Redis.from_url(url, **options)]
+
+
+def _cluster_primaries(
+    seeds: list[tuple[str, int]], kwargs: dict[str, Any], timeout: float
+) -> list[tuple[str, int]]:
+    """The primaries, from the first seed node that answers CLUSTER SLOTS: one short command,
+    cheap enough to ask every TOPOLOGY_INTERVAL (a full cluster client costs ~30 ms of CPU)."""
+    failure: Exception | None = None
+    for host, port in seeds:
+        node: Any = redis.Redis(
+            host=host, port=port, socket_timeout=timeout, socket_connect_timeout=timeout, **kwargs
+        )
+        try:
+            slots = node.execute_command("CLUSTER", "SLOTS")
+        except (redis.RedisError, OSError) as exc:
+            failure = exc
+            continue
+        finally:
+            node.close()
+        primaries = set()
+        for entry in slots:
+            address = entry[2]  # [start, end, [host, port, id, ...], replicas...]
+            name = address[0].decode() if isinstance(address[0], bytes) else str(address[0])
+            primaries.add((name or host, int(address[1])))
+        if primaries:
+            return sorted(primaries)
+    raise redis.ConnectionError(f"no cluster seed node answered CLUSTER SLOTS: {failure}")
 
 
 def _addresses(clients: list[redis.Redis]) -> list[tuple[str, int]]:
