@@ -108,6 +108,30 @@ class RedisView:
         self.client.close()
 
 
+class ClusterView(RedisView):
+    """The same questions asked of a Redis Cluster: SCAN visits every primary, the rest is
+    routed by key."""
+
+    def __init__(self, url: str) -> None:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        from cache_middleware.storage.redis_cluster import cluster_parts
+
+        seeds, _ = cluster_parts(url)
+        self.client = RedisCluster(  # type: ignore[assignment]
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds]
+        )
+
+    def keys(self, pattern: str) -> set[str]:
+        found: set[str] = set()
+        for node in self.client.get_primaries():  # type: ignore[attr-defined]
+            found |= {
+                k.decode()
+                for k in self.client.scan_iter(match=pattern, count=1000, target_nodes=node)
+            }
+        return found
+
+
 class MemoryView:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
@@ -303,6 +327,8 @@ async def call_admin(
 def view_for(kind: str, url: str, config: dict[str, Any]) -> View:
     if kind == "memory":
         return MemoryView(shared_memory_store(load_config(config)))
+    if kind == "cluster":
+        return ClusterView(url)
     return RedisView(url)
 
 
@@ -361,9 +387,14 @@ def private_redis(own_redis: RedisProcess | None, real_redis: str) -> RedisProce
     return own_redis
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "memory", "cluster"])
 async def site(request: pytest.FixtureRequest, prefix: str, memory_url: str) -> AsyncIterator[Site]:
-    url = request.getfixturevalue("real_redis") if request.param == "redis" else memory_url
+    if request.param == "redis":
+        url = request.getfixturevalue("real_redis")
+    elif request.param == "cluster":  # the session's 3-primary cluster (tests/cluster_process.py)
+        url = request.getfixturevalue("cluster_group").url
+    else:
+        url = memory_url
     opened = open_site(request.param, url, prefix)
     yield opened
     await opened.aclose()
@@ -959,7 +990,10 @@ async def test_stats_report_counters_keyspace_routes_venues_and_backend(site: Si
     assert set(stats["routes"]) == {EVENT_ROUTE, "/api/news"}
     assert stats["venues"] == {"t1": {**stats["venues"]["t1"], "hits": 1, "misses": 1}}
     backend = stats["backend"]
-    if site.kind == "redis":
+    if site.kind == "cluster":
+        assert backend["type"] == "redis-cluster" and backend["primaries"] == 3
+        assert backend["breaker"] == "closed"
+    elif site.kind == "redis":
         assert backend["type"] == "redis"
         assert backend["redis_version"].count(".") == 2
         assert isinstance(backend["used_memory"], int)

@@ -108,6 +108,30 @@ def _keys_on_every_primary(cluster: redis.cluster.RedisCluster, prefix: str) -> 
     return keys
 
 
+@pytest.mark.parametrize("call", ["keys_matching", "info", "delete_matching"])
+async def test_a_fresh_async_store_sees_every_primary_on_its_first_call(
+    call: str, cluster_group: ClusterGroup
+) -> None:
+    # redis.asyncio's RedisCluster learns the topology on its first command: an admin whose
+    # first call is a dry run, /stats or a pattern invalidation must still see every primary.
+    prefix = f"cmtest:{uuid.uuid4().hex[:12]}"
+    inspect = cluster_group.cluster_client()
+    keys = _keys_on_every_primary(inspect, prefix)
+    for key in keys:
+        inspect.set(key, b"v", ex=60)
+    inspect.close()
+    fresh = AsyncRedisClusterStore(cluster_group.url, timeout=2.0)
+    try:
+        if call == "keys_matching":
+            assert sorted(await fresh.keys_matching(f"{prefix}:*")) == sorted(keys)
+        elif call == "info":
+            assert (await fresh.info())["primaries"] == 3
+        else:
+            assert await fresh.delete_matching(f"{prefix}:*") == len(keys)
+    finally:
+        await fresh.aclose()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_delete_matching_reaches_every_primary(
     mode: str, cluster_group: ClusterGroup

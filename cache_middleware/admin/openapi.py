@@ -10,6 +10,9 @@ from typing import Any
 
 __all__ = ["OPENAPI"]
 
+# `backend.type` of /stats: one server (or Sentinel's master), a Cluster, the memory store.
+_BACKEND_TYPES = ["redis", "redis-cluster", "memory"]
+
 # No control characters (Unicode Cc: U+0000-U+001F, U+007F-U+009F) in a request body's strings.
 _PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
 _REQUEST_PATH = "^/[^\\x00-\\x1f\\x7f-\\x9f]*$"
@@ -275,7 +278,10 @@ OPENAPI: dict[str, Any] = {
                                 "backend": {
                                     "type": "object",
                                     "properties": {
-                                        "type": {"type": "string", "enum": ["redis", "memory"]},
+                                        "type": {
+                                            "type": "string",
+                                            "enum": ["redis", "redis-cluster", "memory"],
+                                        },
                                         "breaker": {
                                             "type": "string",
                                             "nullable": True,

@@ -472,10 +472,18 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    async def _primaries(self) -> list[Any]:
+        """The primaries, once the client knows them: redis.asyncio's RedisCluster learns the
+        topology on its first command, and before that lists none (a SCAN or INFO over "every
+        primary" as the first call would then see nothing at all)."""
+        client: Any = self.client
+        await client.initialize()
+        return list(client.get_primaries())
+
     async def _scan_keys(self, pattern: str, limit: int | None = None) -> list[bytes]:
         client: Any = self.client
         found: list[bytes] = []
-        for node in client.get_primaries():
+        for node in await self._primaries():
             cursor = 0
             while True:
                 reply = await client.execute_command(
@@ -500,7 +508,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             epochs = _epochs_to_move(pattern, await client.smembers(EPOCH_REGISTRY))
             await self._drive(_steps([[("INCR", epoch) for epoch in epochs]]))
             deleted = 0
-            for node in client.get_primaries():  # node by node: a batch at a time, unlinked
+            for node in await self._primaries():  # node by node: a batch at a time, unlinked
                 cursor = 0
                 while True:
                     reply = await client.execute_command(
@@ -573,7 +581,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         async def op() -> dict[str, Any]:
             client: Any = self.client
             per_node = await asyncio.gather(
-                *(client.execute_command("INFO", target_nodes=n) for n in client.get_primaries())
+                *(client.execute_command("INFO", target_nodes=n) for n in await self._primaries())
             )
             facts = [_single(reply) for reply in per_node]
             used = sum(int(f.get("used_memory") or 0) for f in facts)
