@@ -97,6 +97,9 @@ _KEY_MEMO_LIMIT = 10_000
 _UNKNOWN: Any = object()
 # Entries whose replayed headers are remembered, at most.
 _HEADS_MEMO_LIMIT = 1_000
+# ... and the bytes of the entries it keeps alive, at most: on Redis without a near-cache every
+# HIT decodes a new entry, so the memo only churns, and must not hold big bodies while it does.
+_HEADS_MEMO_BYTES = 8 * 1024 * 1024
 # (key, X-Cache-Key header value, path index key, lease key)
 _Keys = tuple[str, "bytes | None", str, str]
 
@@ -249,6 +252,7 @@ class CachePolicy:
         self._keys: dict[tuple[str, str, str, str | None, str | None, str, str | None], Any] = {}
         # (entry id, state, X-Cache-Key, route) -> (entry, its replayed headers)
         self._heads: dict[tuple[int, bytes, bytes | None, str], Any] = {}
+        self._heads_bytes = 0
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -505,10 +509,13 @@ class CachePolicy:
             return list(found[1])
         headers = list(entry.headers)
         self._decorate(headers, lookup, state, entry.ttl)
-        if len(self._heads) >= _HEADS_MEMO_LIMIT:
+        size = len(entry.body) + 256
+        if len(self._heads) >= _HEADS_MEMO_LIMIT or self._heads_bytes + size > _HEADS_MEMO_BYTES:
             self._heads.clear()
+            self._heads_bytes = 0
         # The entry is held by the memo, so its id stays its own while the memo has it.
         self._heads[memo_key] = (entry, tuple(headers))
+        self._heads_bytes += size
         return headers
 
     @staticmethod

@@ -1,0 +1,119 @@
+"""The HIT path's memos (keys, route matches, replayed headers): they return exactly what a fresh
+derivation would, never mix two requests up, and stay bounded."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cache_middleware._core import policy as policy_module
+from cache_middleware._core import rules as rules_module
+from cache_middleware._core.entry import CachedResponse
+from cache_middleware._core.policy import Bypass, CachePolicy, Lookup, RequestView
+from cache_middleware.config import load_config
+from cache_middleware.wiring import build_policy
+
+
+class Source:
+    def __init__(self, headers: dict[str, str] | None = None, user: str | None = None) -> None:
+        self.headers = headers or {}
+        self.user = user
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def has_any(self, names: frozenset[str]) -> bool:
+        return not names.isdisjoint(self.headers)
+
+    def default_user(self) -> str | None:
+        return self.user
+
+    def native(self) -> object:
+        return self
+
+    def view(self) -> RequestView:
+        return RequestView("GET", "/", "", dict(self.headers))
+
+
+def make_policy(**extra: Any) -> CachePolicy:
+    return build_policy(
+        load_config(
+            {
+                "routes": {
+                    "/api/events": {"ttl": 60, "vary_by": ["page"]},
+                    "/api/me": {"ttl": 60, "private": True},
+                },
+                **extra,
+            }
+        )
+    )
+
+
+def lookup(policy: CachePolicy, path: str, query: str = "", **source: Any) -> Lookup:
+    plan = policy.plan("GET", path, query, Source(**source))
+    assert isinstance(plan, Lookup), plan
+    return plan
+
+
+def test_remembered_keys_are_the_ones_a_fresh_policy_derives() -> None:
+    warm = make_policy()
+    cases = [
+        ("/api/events", "page=2", {"headers": {"host": "a.example"}}),
+        ("/api/events", "page=2", {"headers": {"host": "b.example"}}),
+        ("/api/events", "page=3", {"headers": {"host": "a.example"}}),
+        ("/api/me", "", {"headers": {"host": "a.example"}, "user": "alice"}),
+        ("/api/me", "", {"headers": {"host": "a.example"}, "user": "bob"}),
+    ]
+    for _ in range(2):  # the second pass is served from the memo
+        for path, query, source in cases:
+            remembered = lookup(warm, path, query, **source)
+            fresh = lookup(make_policy(), path, query, **source)
+            assert (remembered.key, remembered.key_header, remembered.index_key) == (
+                fresh.key,
+                fresh.key_header,
+                fresh.index_key,
+            )
+            assert remembered.lock_key == fresh.lock_key
+    keys = {lookup(warm, p, q, **s).key for p, q, s in cases}
+    assert len(keys) == len(cases)  # no two requests share a key through the memo
+
+
+def test_an_unlisted_param_is_remembered_as_a_bypass() -> None:
+    policy = make_policy()
+    for _ in range(2):
+        plan = policy.plan("GET", "/api/events", "other=1", Source({"host": "a"}))
+        assert isinstance(plan, Bypass) and plan.reason == "unlisted-param"
+
+
+def test_the_key_memo_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(policy_module, "_KEY_MEMO_LIMIT", 10)
+    policy = make_policy()
+    for page in range(35):
+        lookup(policy, "/api/events", f"page={page}", headers={"host": "a"})
+        assert len(policy._keys) <= 10
+
+
+def test_the_route_memo_is_bounded_and_remembers_misses_too(monkeypatch: Any) -> None:
+    monkeypatch.setattr(rules_module, "_SEEN_LIMIT", 10)
+    policy = make_policy()
+    for i in range(35):
+        assert not policy.covers(f"/nowhere/{i}")
+        assert policy.covers(f"/api/events/{i}")
+        assert len(policy.table._seen) <= 10
+
+
+def test_replayed_headers_are_per_entry_and_bounded_in_bytes(monkeypatch: Any) -> None:
+    monkeypatch.setattr(policy_module, "_HEADS_MEMO_BYTES", 10_000)
+    policy = make_policy()
+    plan = lookup(policy, "/api/events", "page=1", headers={"host": "a"})
+    now = time.time()
+    small = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", now, 60)
+    other = CachedResponse(200, [(b"content-type", b"text/html")], b"y", now, 60)
+    first = policy.respond_hit(plan, small, now)[1]
+    again = policy.respond_hit(plan, small, now)[1]
+    assert first == again and first is not again  # a copy each time: callers may append
+    assert (b"content-type", b"text/html") in policy.respond_hit(plan, other, now)[1]
+    for _ in range(20):  # big bodies: the memo drops what it holds rather than grow past 10 kB
+        big = CachedResponse(200, [], b"z" * 4000, now, 60)
+        policy.respond_hit(plan, big, now)
+        assert policy._heads_bytes <= 10_000
