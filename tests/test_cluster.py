@@ -306,3 +306,63 @@ async def test_sentinel_master_killed_under_traffic(mode: str) -> None:
         assert raw.monitor.failures <= 5 + outcome.took / 0.25 + 2
     finally:
         group.stop()
+
+
+# -- through the middleware ------------------------------------------------------------------------
+
+
+async def test_a_primary_killed_under_http_traffic_never_costs_an_error_page() -> None:
+    """What the user sees of a failover: every answer the app's, 200, marked HIT, MISS or
+    BYPASS; never a 500 nor an exception out of the middleware."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from cache_middleware import CacheMiddleware
+
+    async def item(request: Request) -> Response:
+        return JSONResponse({"id": request.path_params["id"]})
+
+    group = ClusterGroup()
+    try:
+        group.start()
+        config = {
+            "redis_url": group.url,
+            "key_prefix": f"cmtest:{uuid.uuid4().hex[:8]}",
+            "redis_timeout": 0.2,
+            "breaker_cooldown": 0.25,
+            "routes": {"/api/items/{id}": {"ttl": 60}},
+        }
+        app = CacheMiddleware(Starlette(routes=[Route("/api/items/{id}", item)]), config=config)
+        transport = httpx.ASGITransport(app=app)
+        seen: dict[str, int] = {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            killed_at = 0.0
+            deadline = time.monotonic() + RECOVERY_DEADLINE + 5
+            healthy_since = None
+            i = 0
+            while time.monotonic() < deadline:
+                i += 1
+                if i == 60:
+                    group.kill(group.primaries()[0])
+                    killed_at = time.monotonic()
+                answer = await client.get(f"/api/items/{i % 30}")
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == {"id": str(i % 30)}
+                state = answer.headers["x-cache"]
+                assert state in ("HIT", "MISS", "BYPASS"), state
+                seen[state] = seen.get(state, 0) + 1
+                if killed_at and state != "BYPASS":
+                    healthy_since = healthy_since or time.monotonic()
+                    if time.monotonic() - healthy_since > 1.0:
+                        break  # a second without a BYPASS: recovered
+                elif killed_at:
+                    healthy_since = None
+                await asyncio.sleep(0.005)
+        assert killed_at, "the primary was never killed"
+        assert seen.get("HIT", 0) > 0 and seen.get("BYPASS", 0) > 0, seen
+        assert healthy_since is not None, f"never recovered: {seen}"
+    finally:
+        group.stop()
