@@ -302,6 +302,42 @@ def test_an_unreachable_redis_keeps_it_off() -> None:
         stream.stop()
 
 
+def test_a_forked_worker_never_serves_the_parents_copies(redis_url: str, prefix: str) -> None:
+    # gunicorn --preload: the app (and its near-cache) is built before the fork; the child
+    # inherits the copies but not the thread that kept them coherent.
+    settings = load_config({"redis_url": redis_url, "key_prefix": prefix, "near_cache": {}})
+    near, stream = near_cache_for(settings)
+    assert stream.wait_live(WAIT)
+    key = f"{prefix}:GET:/api/a"
+    other = redis.Redis.from_url(redis_url)
+    before = stream.messages
+    other.set(key, b"v1")
+    assert until(lambda: stream.messages > before)
+    keep(near, key, b"v1")
+    assert near.get(key) == b"v1"
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        code = 1
+        try:
+            inherited_gone = near.get(key) is None and not near.live
+            again, listener = near_cache_for(settings)
+            listening = again is near and listener is not stream and listener.wait_live(5)
+            client = redis.Redis.from_url(redis_url)
+            seen = listener.messages
+            client.set(key, b"v2")
+            heard = until(lambda: listener.messages > seen)
+            keep(near, key, b"v2")
+            client.delete(key)
+            dropped = until(lambda: near.get(key) is None)
+            code = 0 if (inherited_gone and listening and heard and dropped) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    other.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert near.get(key) is None  # the child's delete reached the parent's copy too
+
+
 # -- both adapters ------------------------------------------------------------------------------
 
 

@@ -139,6 +139,14 @@ class NearCache:
             self._bytes = 0
             self.flushes += 1
 
+    def after_fork(self) -> None:
+        """In a forked child: nothing inherited can be trusted, and no one listens yet."""
+        self._lock = threading.Lock()
+        self._live = False
+        self._data.clear()
+        self._pending.clear()
+        self._bytes = 0
+
     def set_live(self, live: bool) -> None:
         """The invalidation stream is (or is no longer) confirmed. Either way nothing kept
         before can be trusted: the stream may have missed changes while it was down."""

@@ -288,6 +288,25 @@ _lock = threading.Lock()
 _shared: dict[tuple[int, str, str], tuple[NearCache, InvalidationListener]] = {}
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker (gunicorn --preload) inherits the parent's near-caches, copies and all,
+    but not the threads that kept them coherent: empty each, and give it a listener of its own.
+    Until that one has subscribed, the copy stays off (reads go to Redis)."""
+    global _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread at fork time
+    inherited = list(_shared.items())
+    _shared.clear()
+    for (_, url, prefix), (near, old) in inherited:
+        near.after_fork()
+        listener = InvalidationListener(url, prefix, near, timeout=old.timeout)
+        listener.start()
+        _shared[(os.getpid(), url, prefix)] = (near, listener)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def near_cache_for(settings: Settings) -> tuple[NearCache, InvalidationListener]:
     """This process's near-cache for a cache (Redis URL + key prefix), its listener started.
 
