@@ -293,17 +293,63 @@ async def test_sentinel_master_killed_under_traffic(mode: str) -> None:
             else RedisStore(group.url, **kwargs)
         )
         store = Store(raw, kind="sentinel", is_async=mode == "async")
-        old_master = group.master_port
+        # The master Sentinel names now (on a loaded machine it may already have failed over
+        # once at start-up: the server started as master is then a replica).
+        old_master = group.current_master()
         try:
             outcome = await _traffic_through_failover(store, lambda: group.kill(old_master), keys)
         finally:
             await store.close()
-        assert group.current_master() == group.replica_port
+        assert group.current_master() != old_master
         assert outcome.failed
         assert outcome.took < RECOVERY_DEADLINE
         # One master: the breaker opens after 5 failures and then sends one probe per cooldown
         # (0.25 s), so the failures that cost I/O are bounded by the failover's duration.
         assert raw.monitor.failures <= 5 + outcome.took / 0.25 + 2
+    finally:
+        group.stop()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_dead_primary_opens_its_own_breaker_only(mode: str) -> None:
+    group = ClusterGroup()
+    try:
+        group.start()
+        inspect = group.cluster_client()
+        keys = _keys_on_every_primary(inspect, f"cmtest:{uuid.uuid4().hex[:8]}")
+        victim = group.primaries()[0]
+        dead = next(k for k in keys if inspect.get_node_from_key(k).port == victim)
+        live = next(k for k in keys if inspect.get_node_from_key(k).port != victim)
+        inspect.close()
+        # A long cooldown: no probe during the test, so every refusal is the breaker's.
+        kwargs = {"timeout": 0.2, "breaker_failures": 3, "breaker_cooldown": 30.0}
+        raw: Any = (
+            AsyncRedisClusterStore(group.url, **kwargs)
+            if mode == "async"
+            else RedisClusterStore(group.url, **kwargs)
+        )
+        store = Store(raw, kind="cluster", is_async=mode == "async")
+        try:
+            await store.set(dead, b"v", 60)
+            await store.set(live, b"v", 60)
+            assert await store.get(dead) == b"v"
+            group.kill(victim)
+            with_io, refused = 0, 0
+            for _ in range(15):
+                try:
+                    await store.get(dead)
+                except StoreUnavailable as exc:
+                    if BREAKER_OPEN in str(exc):
+                        refused += 1
+                    else:
+                        with_io += 1
+                # The other primaries' keys are served in between, every time.
+                assert await store.get(live) == b"v"
+            assert with_io <= 3, with_io  # then its breaker opened: no more attempts
+            assert refused >= 12 - with_io
+            assert raw.breaker.state == "closed"  # the store's own breaker never opened
+        finally:
+            await store.close()
     finally:
         group.stop()
 

@@ -56,7 +56,7 @@ from .base import (
     key_epochs,
     literal_head,
 )
-from .health import RETRIES, RETRY_ERRORS, OutageMonitor
+from .health import RETRIES, RETRY_ERRORS, CircuitBreaker, OutageMonitor
 from .redis_async import AsyncRedisStore, _host_port
 from .redis_sync import RedisStore
 from .scripts import RELEASE_FILL, peek_result
@@ -315,6 +315,32 @@ def _scan_reply(reply: Any) -> tuple[int, list[bytes]]:
     return int(cursor), list(keys)
 
 
+def _node_breaker(store: Any, key: str) -> CircuitBreaker:
+    """The breaker of the primary that owns `key`'s slot, made on first use with the store's
+    settings. A primary down then opens its own breaker only: reads of its keys fail fast while
+    the failover runs (instead of each paying a connection attempt, `redis_timeout` when the host
+    is gone), and the other primaries' keys are served all the while. Before the client knows the
+    slot map (its first command), and for anything but a single-key read, the store's breaker."""
+    try:
+        name = str(store.client.get_node_from_key(key).name)
+    except Exception:
+        return store.breaker  # type: ignore[no-any-return]
+    breakers: dict[str, CircuitBreaker] = store.node_breakers
+    found = breakers.get(name)
+    if found is None:
+        shared: CircuitBreaker = store.breaker
+        found = breakers.setdefault(
+            name,
+            CircuitBreaker(
+                f"{shared.name} primary {name}",
+                shared.failures,
+                shared.cooldown,
+                clock=shared._clock,
+            ),
+        )
+    return found
+
+
 # -- the blocking store ------------------------------------------------------------------------
 
 
@@ -324,6 +350,10 @@ class RedisClusterStore(RedisStore):
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
         super().__init__(url, timeout=timeout, **kwargs)
         self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
+        self.node_breakers: dict[str, CircuitBreaker] = {}
+
+    def _breaker_for(self, key: str) -> CircuitBreaker:
+        return _node_breaker(self, key)
 
     def _new_client(self) -> Any:
         nodes, url_kwargs = cluster_parts(self.url)
@@ -441,6 +471,10 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         kwargs.pop("fast_get", None)  # the pipelined GET speaks to one server: off
         super().__init__(url, timeout=timeout, fast_get=False, **kwargs)
         self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
+        self.node_breakers: dict[str, CircuitBreaker] = {}
+
+    def _breaker_for(self, key: str) -> CircuitBreaker:
+        return _node_breaker(self, key)
 
     def _new_client(self) -> Any:
         nodes, url_kwargs = cluster_parts(self.url)

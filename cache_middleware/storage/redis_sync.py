@@ -113,21 +113,27 @@ class RedisStore:
         return result
 
     def get(self, key: str) -> bytes | None:
-        probe = self.breaker.admit()
+        breaker = self._breaker_for(key)
+        probe = breaker.admit()
         try:
             value: bytes | None = self.client.get(key)
         except FOREIGN_ERRORS as exc:
             if is_wrong_type(exc):
-                self.breaker.succeeded(probe)  # Redis answered: reachable
+                breaker.succeeded(probe)  # Redis answered: reachable
                 return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
-            self.breaker.failed(exc, probe)
+            breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
         except BaseException:
-            self.breaker.abandoned(probe)
+            breaker.abandoned(probe)
             raise
-        self.breaker.succeeded(probe)
+        breaker.succeeded(probe)
         self.monitor.succeeded()
         return value
+
+    def _breaker_for(self, key: str) -> CircuitBreaker:
+        """The breaker a read of `key` goes through: the store's. The cluster stores answer
+        with the breaker of the primary that owns the key (redis_cluster.py)."""
+        return self.breaker
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
         self._run(lambda: self.client.set(key, value, ex=ttl))
