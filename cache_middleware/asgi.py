@@ -54,28 +54,26 @@ MAX_REFRESHES = 16
 
 
 class _AsgiRequest:
-    """The `RequestSource` of an ASGI scope: looks things up only when a decision asks."""
+    """The `RequestSource` of an ASGI scope (made only for paths a route covers)."""
 
     __slots__ = ("_headers", "scope")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self._headers: dict[str, str] | None = None
+        # Built here: a request on a covered path always asks (the poisoning guards do).
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            # ASGI gives bytes; servers lower-case the names, but the spec does not bind all.
+            name = key.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+        self._headers = headers
 
     def header(self, name: str) -> str | None:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = {}
-            for key, value in self.scope["headers"]:
-                lname = bytes(key).decode("latin-1").lower()
-                text = bytes(value).decode("latin-1")
-                headers[lname] = f"{headers[lname]}, {text}" if lname in headers else text
-        return headers.get(name)
+        return self._headers.get(name)
 
     def has_any(self, names: frozenset[str]) -> bool:
-        if self._headers is None:
-            self.header("")  # build the header map once
-        return not names.isdisjoint(self._headers or ())
+        return not names.isdisjoint(self._headers)
 
     def default_user(self) -> str | None:
         # scope["user"] is set by Starlette's AuthenticationMiddleware, which must wrap this one.
@@ -95,12 +93,11 @@ class _AsgiRequest:
         return self.scope
 
     def view(self) -> RequestView:
-        self.header("")  # build the header map once
         return RequestView(
             method=self.scope["method"],
             path=self.scope["path"],
             query_string=self.scope.get("query_string", b"").decode("latin-1"),
-            headers=dict(self._headers or {}),
+            headers=dict(self._headers),
         )
 
 

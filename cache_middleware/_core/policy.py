@@ -95,6 +95,7 @@ _LEARNED_VARY_LIMIT = 10_000
 # Requests whose derived keys are remembered, at most (then forgotten all at once).
 _KEY_MEMO_LIMIT = 10_000
 _UNKNOWN: Any = object()
+_CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 # Entries whose replayed headers are remembered, at most.
 _HEADS_MEMO_LIMIT = 1_000
 # ... and the bytes of the entries it keeps alive, at most: on Redis without a near-cache every
@@ -521,6 +522,8 @@ class CachePolicy:
     @staticmethod
     def _not_modified(source: RequestSource, stored: HeaderList) -> bool:
         """RFC 9110 §13.1.2 / §13.1.3 / §13.2.2: If-None-Match wins over If-Modified-Since."""
+        if not source.has_any(_CONDITIONAL):
+            return False  # the common case, in one set operation
         if_none_match = source.header("if-none-match")
         if if_none_match is not None:
             tags = parse_etag_list(if_none_match.encode("latin-1")) or []
