@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import unquote
 
 import redis
 import redis.cluster
@@ -317,26 +316,11 @@ def is_cluster(redis_url: str) -> bool:
 
 
 def _cluster_seeds(redis_url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """`redis+cluster://[user:password@]host:port[,host:port...][/]` -> (seeds, kwargs)."""
-    scheme, _, rest = redis_url.partition("://")
-    netloc = rest.split("?", 1)[0].split("/", 1)[0]
-    kwargs: dict[str, Any] = {}
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            kwargs["password"] = unquote(password)
-            if user:
-                kwargs["username"] = unquote(user)
-        elif user:
-            kwargs["password"] = unquote(user)
-    seeds = []
-    for part in filter(None, netloc.split(",")):
-        host, _, port = part.rpartition(":") if ":" in part else (part, "", "6379")
-        seeds.append((host.strip("[]"), int(port)))
-    if scheme.startswith("rediss"):
-        kwargs["ssl"] = True
-    return seeds, kwargs
+    """`redis+cluster://[user:password@]host:port[,host:port...]` -> (seeds, client kwargs),
+    read as the package reads it."""
+    from cache_middleware.storage.redis_cluster import cluster_parts
+
+    return cluster_parts(redis_url)
 
 
 def redis_client(redis_url: str, **kwargs: Any) -> redis.Redis | redis.cluster.RedisCluster:

@@ -418,16 +418,7 @@ def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]
     scheme, _, rest = url.partition("://")
     rest = rest.split("?", 1)[0]
     netloc, _, path = rest.partition("/")
-    kwargs: dict[str, Any] = {}
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            kwargs["password"] = unquote(password)
-            if user:
-                kwargs["username"] = unquote(user)
-        elif user:
-            kwargs["password"] = unquote(user)  # redis://secret@host: a bare password
+    netloc, kwargs = split_credentials(netloc)
     nodes = [_host_port(part, 26379) for part in netloc.split(",") if part]
     parts = [p for p in path.split("/") if p]
     if not nodes or not parts or len(parts) > 2:
@@ -440,6 +431,22 @@ def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]
     if scheme.startswith("rediss"):
         kwargs["ssl"] = True
     return nodes, service, kwargs
+
+
+def split_credentials(netloc: str) -> tuple[str, dict[str, Any]]:
+    """`user:password@hosts` -> (hosts, {"username": ..., "password": ...}), percent-decoded;
+    a bare `secret@hosts` is a password, as in `redis://secret@host`."""
+    kwargs: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+            if user:
+                kwargs["username"] = unquote(user)
+        elif user:
+            kwargs["password"] = unquote(user)
+    return netloc, kwargs
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:

@@ -57,7 +57,7 @@ from .base import (
     literal_head,
 )
 from .health import RETRIES, RETRY_ERRORS, CircuitBreaker, OutageMonitor
-from .redis_async import AsyncRedisStore, _host_port
+from .redis_async import AsyncRedisStore, _host_port, split_credentials
 from .redis_sync import RedisStore
 from .scripts import RELEASE_FILL, peek_result
 
@@ -92,19 +92,7 @@ def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     if not url.startswith(CLUSTER_SCHEMES):
         raise ValueError(f"not a Redis Cluster URL: {url!r}")
     scheme, _, rest = url.partition("://")
-    netloc = rest.split("?", 1)[0].split("/", 1)[0]
-    kwargs: dict[str, Any] = {}
-    if "@" in netloc:
-        from urllib.parse import unquote
-
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            kwargs["password"] = unquote(password)
-            if user:
-                kwargs["username"] = unquote(user)
-        elif user:
-            kwargs["password"] = unquote(user)
+    netloc, kwargs = split_credentials(rest.split("?", 1)[0].split("/", 1)[0])
     nodes = [_host_port(part, 6379) for part in netloc.split(",") if part]
     if not nodes:
         raise ValueError(f"{scheme}:// URLs read {scheme}://host:port[,host:port...]")
