@@ -120,7 +120,7 @@ def test_copies_never_outlive_max_age() -> None:
 
 
 def test_bounded_in_bytes_oldest_copy_first() -> None:
-    near = live_cache(max_bytes=3 * (100 + 1 + 120))
+    near = live_cache(max_bytes=3 * (2 * 100 + 1 + 120))  # a copy counts twice: raw + decoded
     for name in "abc":
         keep(near, name, b"x" * 100)
     keep(near, "d", b"x" * 100)

@@ -37,6 +37,12 @@ __all__ = ["NearAsyncStore", "NearCache", "NearSyncStore"]
 _OVERHEAD = 120
 
 
+def _cost(key: str, value: bytes) -> int:
+    """Memory a copy takes: the stored bytes and, once served, their decoded form (which holds
+    a copy of the body), so twice the value."""
+    return 2 * len(value) + len(key) + _OVERHEAD
+
+
 class NearCache:
     def __init__(
         self,
@@ -94,7 +100,7 @@ class NearCache:
             del self._pending[key]
             if value is None or not self._live:
                 return
-            size = len(value) + len(key) + _OVERHEAD
+            size = _cost(key, value)
             if size > self.max_bytes:
                 return
             self._drop(key)
@@ -176,7 +182,7 @@ class NearCache:
     def _drop(self, key: str) -> None:
         item = self._data.pop(key, None)
         if item is not None:
-            self._bytes -= len(item[0]) + len(key) + _OVERHEAD
+            self._bytes -= _cost(key, item[0])
 
 
 def _written(writes: Sequence[Write]) -> list[str]:
