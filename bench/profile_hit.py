@@ -1,11 +1,14 @@
-"""Where does a Redis HIT spend its time? (`python bench/profile_hit.py`)
+"""Where does a Redis HIT (or a MISS) spend its time? (`python bench/profile_hit.py`)
 
 Starts the Redis-HIT server of `compare.py` (uvicorn, 1 worker), warms its entry, samples it
 with py-spy while wrk loads it, and prints the functions of cache_middleware (and the top
 functions overall) by share of samples: inclusive (the function is on the stack) and self (it
 is the innermost frame). Needs `py-spy` (`pip install -e '.[bench]'`) and permission to ptrace.
 
-    python bench/profile_hit.py --duration 10 --out /tmp/hit_profile.txt [--near]
+    python bench/profile_hit.py --duration 10 --out /tmp/hit_profile.txt [--near | --miss]
+
+`--miss` profiles the `miss` server of `compare.py` under its unique-query load instead (every
+request looked up, missed, run and stored); `--native` adds py-spy's C frames (system calls).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from apps import EVENTS_PATH
 from compare_apps import ENV_KEY_PREFIX, ENV_REDIS_URL
-from harness import delete_bench_keys, fetch, start_uvicorn, stop, wait_ready
+from harness import delete_bench_keys, fetch, run_wrk, start_uvicorn, stop, wait_ready
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -38,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    parser.add_argument("--near", action="store_true", help="profile the near-cache HIT instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--near", action="store_true", help="profile the near-cache HIT instead")
+    mode.add_argument("--miss", action="store_true", help="profile the MISS path instead")
+    parser.add_argument("--native", action="store_true", help="sample C frames too (py-spy)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, help="also write the report here")
     return parser.parse_args(argv)
@@ -119,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     prefix = f"bench:{secrets.token_hex(4)}"
     env = {**os.environ, ENV_REDIS_URL: args.redis_url, ENV_KEY_PREFIX: prefix}
-    factory = "compare_apps:cached_near_app" if args.near else "compare_apps:cached_hit_app"
+    factory = "compare_apps:cached_hit_app"
+    if args.near:
+        factory = "compare_apps:cached_near_app"
+    elif args.miss:
+        factory = "compare_apps:cached_miss_app"
+    expected = "MISS" if args.miss else "HIT"
     server = start_uvicorn("hit", factory, env, EVENTS_PATH)
     raw_file = Path(tempfile.mkstemp(suffix=".txt")[1])
     try:
@@ -127,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(3):
             fetch(server.url)
             time.sleep(0.1)
-        state = fetch(server.url).header("x-cache")
-        if state != "HIT":
-            raise SystemExit(f"not a HIT: x-cache {state}")
+        probe = server.url + "?n=probe-before" if args.miss else server.url
+        state = fetch(probe).header("x-cache")
+        if state != expected:
+            raise SystemExit(f"not a {expected}: x-cache {state}")
         spy = subprocess.Popen(
             [
                 py_spy,
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.rate),
                 "--duration",
                 str(args.duration),
+                *(["--native"] if args.native else []),
                 "--format",
                 "raw",
                 "--output",
@@ -149,31 +162,27 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.PIPE,
         )
         time.sleep(0.5)
-        wrk = subprocess.run(
-            [
-                "wrk",
-                f"-t{args.threads}",
-                f"-c{args.connections}",
-                f"-d{args.duration}s",
-                server.url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        load = run_wrk(
+            server.url,
+            duration=args.duration,
+            connections=args.connections,
+            threads=args.threads,
+            unique_query=args.miss,
+        )
         _, err = spy.communicate(timeout=30)
         if spy.returncode:
             raise SystemExit(f"py-spy failed: {err.decode(errors='replace')}")
-        if fetch(server.url).header("x-cache") != "HIT":
-            raise SystemExit("no longer a HIT after the load")
+        probe = server.url + "?n=probe-after" if args.miss else server.url
+        if fetch(probe).header("x-cache") != expected:
+            raise SystemExit(f"no longer a {expected} after the load")
     finally:
         stop(server)
         delete_bench_keys(args.redis_url, prefix)
-    rate_line = next((x for x in wrk.splitlines() if x.startswith("Requests/sec")), "")
+    what = "MISS" if args.miss else ("near-cache HIT" if args.near else "Redis HIT")
     text = (
-        f"{'near-cache' if args.near else 'Redis'} HIT under wrk -t{args.threads} "
-        f"-c{args.connections} -d{args.duration}s ({rate_line.strip()} while sampled at "
-        f"{args.rate} Hz)\n" + report(*aggregate(raw_file.read_text()), args.top)
+        f"{what} under wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"(Requests/sec: {load.requests_per_sec:.0f} while sampled at {args.rate} Hz)\n"
+        + report(*aggregate(raw_file.read_text()), args.top)
     )
     raw_file.unlink(missing_ok=True)
     print(text)

@@ -193,3 +193,52 @@ async def test_replies_split_across_packets(fake_redis: Any) -> None:
     getter = getter_for(url)
     assert await getter.get(b"k") == b"hello"
     getter.close()
+
+
+async def test_one_batch_in_flight_the_rest_gathers_behind_it() -> None:
+    """While a batch awaits its replies, new commands are held and leave together when the
+    last reply arrives: one socket write per round trip under load, not one per loop turn."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            await asyncio.sleep(0.05)  # a slow server: later commands pile up meanwhile
+            writer.write(b"$1\r\nv\r\n" * data.count(b"*2\r\n$3\r\nGET"))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    getter = getter_for(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0")
+    writes: list[bytes] = []
+    try:
+        first = asyncio.ensure_future(getter.get(b"a"))
+        await asyncio.sleep(0.01)  # "a" is on the wire, its reply 40 ms away
+        protocol = getter.protocol
+        assert protocol is not None and protocol.transport is not None
+
+        class Counting:  # the connection's transport, its writes recorded
+            def __init__(self, inner: asyncio.Transport) -> None:
+                self.inner = inner
+
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                self.inner.write(data)
+
+            def abort(self) -> None:
+                self.inner.abort()
+
+        protocol.transport = Counting(protocol.transport)  # type: ignore[assignment]
+        later = []
+        for i in range(5):  # five loop turns, five commands
+            later.append(asyncio.ensure_future(getter.get(b"%d" % i)))
+            await asyncio.sleep(0.002)
+        assert writes == []  # nothing written while "a" is unanswered
+        assert await first == b"v"
+        assert await asyncio.gather(*later) == [b"v"] * 5
+        assert len(writes) == 1 and writes[0].count(b"GET") == 5  # one write for all five
+        # Idle again: a lone command leaves at once, not after some delay.
+        start = time.perf_counter()
+        assert await getter.get(b"b") == b"v"
+        assert len(writes) == 2
+        assert time.perf_counter() - start < 0.09
+    finally:
+        getter.close()
+        server.close()
