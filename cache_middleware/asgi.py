@@ -29,6 +29,7 @@ from ._core.policy import (
     RequestView,
 )
 from ._core.stats import StatsBook
+from ._core.trend import MissTrend
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -51,6 +52,21 @@ logger = logging.getLogger("cache_middleware")
 POLL_INTERVAL = 0.02
 # Background refreshes (stale-while-revalidate) under way at once, at most.
 MAX_REFRESHES = 16
+
+
+@dataclasses.dataclass(slots=True)
+class _Lease:
+    """What a lookup that also asked for the fill lease got: the token it asked with, and the
+    epoch if it got the lease (None: another holds it)."""
+
+    token: str
+    epoch: int | None
+
+
+_GetOrAcquire = Callable[
+    [str, str, str, int, "str | None"], Awaitable[tuple[bytes | None, int | None]]
+]
+_UNREAD = object()  # `_read`: the first key is still to be read
 
 
 class _AsgiRequest:
@@ -132,6 +148,10 @@ class CacheMiddleware:
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> done when the entry is (or is not) in.
         self._fills: dict[str, asyncio.Future[None]] = {}
+        # On routes that mostly miss, the lookup also takes the fill lease when it finds
+        # nothing (one round trip instead of two), if the store can (AsyncRedisStore can).
+        self.trend = MissTrend()
+        self._get_or_acquire: _GetOrAcquire | None = getattr(self.store, "get_or_acquire", None)
         self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -236,16 +256,23 @@ class CacheMiddleware:
 
     async def _lookup(self, plan: Lookup, scope: Scope, receive: Receive, send: Send) -> None:
         stale: CachedResponse | None = None
+        lease: _Lease | None = None
         if not plan.refresh:
             try:
-                found = await self._read(plan)
+                if self._get_or_acquire is not None and self._merges(plan):
+                    found, lease = await self._read_or_lease(plan, self._get_or_acquire)
+                else:
+                    found = await self._read(plan)
             except StoreUnavailable:
                 self.bump("errors", plan)
                 await self._bypass(
                     scope, receive, send, "store-unavailable", plan.rule.route, plan.venue
                 )
                 return
-            if isinstance(found, Found):
+            if not isinstance(found, Found):
+                self.trend.missed(plan.rule.route)
+            else:
+                self.trend.found(plan.rule.route)
                 now = time.time()
                 state = self.policy.freshness(found.entry, now)
                 if state == "fresh":
@@ -264,13 +291,40 @@ class CacheMiddleware:
             # Its answer cannot be stored: it must not lead a fill, nor wait for one.
             await _MissRecorder(self, plan, send, None, 0, stale).run(scope, receive)
             return
-        await self._fill(plan, scope, receive, send, stale)
+        await self._fill(plan, scope, receive, send, stale, lease)
 
-    async def _read(self, plan: Lookup) -> Found | NotFound:
-        """Read the entry for `plan`, following a Vary record to the request's variant."""
+    def _merges(self, plan: Lookup) -> bool:
+        """Whether this lookup should also take the lease if it finds nothing: the route has
+        mostly missed lately, and this request would lead a fill. Requests that cannot fill,
+        that lead alone, or whose key this process is already filling just read."""
+        return (
+            self.trend.mostly_misses(plan.rule.route)
+            and self.policy.can_fill(plan)
+            and not self.policy.leads_alone(plan)
+            and plan.key not in self._fills
+        )
+
+    async def _read_or_lease(
+        self, plan: Lookup, get_or_acquire: _GetOrAcquire
+    ) -> tuple[Found | NotFound, _Lease | None]:
+        """`_read`, whose first read also takes the fill lease if it finds nothing."""
+        key = self.policy.first_key(plan)
+        if key != plan.key:
+            return await self._read(plan), None  # a known Vary: the variant is read first
+        token = secrets.token_hex(16)
+        raw, epoch = await get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
+        found = await self._read(plan, raw)
+        return found, (_Lease(token, epoch) if raw is None else None)
+
+    async def _read(self, plan: Lookup, first_raw: object = _UNREAD) -> Found | NotFound:
+        """Read the entry for `plan`, following a Vary record to the request's variant
+        (`first_raw`: the first key's value, when the caller read it already)."""
         key, first = self.policy.first_key(plan), True
         while True:
-            raw = await self.store.get(key)
+            if first and first_raw is not _UNREAD:
+                raw: bytes | None = first_raw  # type: ignore[assignment]
+            else:
+                raw = await self.store.get(key)
             step = self.policy.on_read(plan, key, raw, first=first)
             first = False
             if isinstance(step, Follow):
@@ -294,6 +348,7 @@ class CacheMiddleware:
         receive: Receive,
         send: Send,
         stale: CachedResponse | None,
+        lease: _Lease | None = None,
     ) -> None:
         if self.policy.leads_alone(plan):
             await self._fill_alone(plan, scope, receive, send, stale)
@@ -302,6 +357,11 @@ class CacheMiddleware:
         if pending is not None and pending.get_loop() is not asyncio.get_running_loop():
             pending = None  # another event loop's fill: not ours to wait on (and never a 500)
         if pending is not None:
+            if lease is not None and lease.epoch is not None:
+                # Taken by the lookup while another request of this process began to fill
+                # (rare): that one leads; the lease goes back rather than block the key.
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.release_fill(plan.lock_key, lease.token)
             # Another request of this process is filling the key: wait for its entry.
             await _wait(pending, self.settings.coalesce_wait)
             await self._after_wait(plan, scope, receive, send, stale)
@@ -309,10 +369,14 @@ class CacheMiddleware:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fills[plan.key] = done
         try:
-            token = secrets.token_hex(16)
+            token = secrets.token_hex(16) if lease is None else lease.token
             try:
-                epoch = await self.store.acquire_fill(
-                    plan.lock_key, token, self._lease_ms, plan.index_key
+                epoch = (
+                    lease.epoch
+                    if lease is not None
+                    else await self.store.acquire_fill(
+                        plan.lock_key, token, self._lease_ms, plan.index_key
+                    )
                 )
             except StoreUnavailable:
                 self.bump("errors", plan)

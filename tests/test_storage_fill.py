@@ -250,6 +250,67 @@ async def test_peek_fill(store: Store, k: K) -> None:
     assert await store.peek_fill(k("entry"), k("lock")) == (b"\x00body", True)
 
 
+# -- get_or_acquire: the lookup that also takes the lease (the Redis stores, async) ---------------
+
+MERGING_IDS = [n for n in contract.STORE_IDS if n.endswith("-async") and n != "memory-async"]
+
+
+@pytest.fixture(params=MERGING_IDS)
+async def merging(request: pytest.FixtureRequest, fake_server: Any) -> Any:
+    """An async Redis store: one script on a plain Redis (redis-async), the two calls elsewhere
+    (fakeredis, Sentinel, Cluster: no pipelined connection there)."""
+    facade = contract._build(request.param, request, fake_server)
+    yield facade
+    await facade.close()
+    facade.inspect.close()
+
+
+async def test_get_or_acquire_answers_a_value_and_takes_no_lease(merging: Store, k: K) -> None:
+    await merging.set(k("entry"), b"\x00body", 60)
+    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    assert got == (b"\x00body", None)
+    assert await merging.get(k("lock")) is None
+    assert merging.inspect.members(k("ix")) is None
+
+
+async def test_get_or_acquire_takes_the_lease_when_nothing_is_there(merging: Store, k: K) -> None:
+    """Exactly what acquire_fill does: the lease with its TTL, the lock in the path index, the
+    current epoch; a contender gets nothing; the fill then stores as usual."""
+    await merging.delete(k("bump"))
+    epoch = await merging.epoch()
+    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    assert got == (None, epoch)
+    assert await merging.get(k("lock")) == b"t"
+    assert near(merging.inspect.pttl(k("lock")), LEASE_MS / 1000)
+    assert merging.inspect.members(k("ix")) == {k("lock")}
+    other = merging.twin()
+    try:
+        got = await other.raw.get_or_acquire(k("entry"), k("lock"), "u", LEASE_MS, k("ix"))
+        assert got == (None, None)
+    finally:
+        await other.close()
+    assert await merging.store_fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)], k("ix"), 60)
+    assert merging.inspect.members(k("ix")) == {k("entry")}
+    assert await merging.raw.get_or_acquire(k("entry"), k("lock"), "v", LEASE_MS) == (b"E", None)
+
+
+async def test_get_or_acquire_lease_is_voided_by_an_unsafe_method(merging: Store, k: K) -> None:
+    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    epoch = got[1]
+    assert epoch is not None
+    await merging.delete_index(k("ix"))  # a POST on the path: the lease leaves with the index
+    assert not await merging.store_fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)])
+    assert await merging.get(k("entry")) is None
+
+
+async def test_get_or_acquire_reads_a_foreign_value_as_get_does(merging: Store, k: K) -> None:
+    merging.inspect.client.rpush(k("entry"), b"not an entry")
+    expected = await merging.get(k("entry"))
+    assert expected == b""  # unreadable: the caller drops it and misses
+    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS)
+    assert got == (expected, None)
+
+
 # -- store_fill ------------------------------------------------------------------------------------
 
 

@@ -214,6 +214,29 @@ class NearAsyncStore:
         self.near.offer(key, value, token)
         return value
 
+    async def get_or_acquire(
+        self, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> tuple[bytes | None, int | None]:
+        """`get`, and the fill lease when nothing is found (`AsyncRedisStore.get_or_acquire`;
+        the two calls when the inner store has no such thing)."""
+        value = self.near.get(key)
+        if value is not None:
+            return value, None
+        merged = getattr(self.inner, "get_or_acquire", None)
+        if merged is None:
+            value = await self.get(key)
+            if value is not None:
+                return value, None
+            return None, await self.inner.acquire_fill(lock_key, token, ttl_ms, index_key)
+        pending = self.near.begin(key)
+        try:
+            value, epoch = await merged(key, lock_key, token, ttl_ms, index_key)
+        except BaseException:
+            self.near.abandon(key, pending)
+            raise
+        self.near.offer(key, value, pending)
+        return value, epoch
+
     async def set(self, key: str, value: bytes, ttl: int) -> None:
         try:
             await self.inner.set(key, value, ttl)

@@ -55,12 +55,15 @@ from .scripts import (
     DELETE_INDEX,
     DELETE_KEYS,
     DRAIN_INDEX,
+    LOOKUP_OR_ACQUIRE,
     RELEASE_FILL,
     SET_INDEXED,
     STORE_FILL,
     Script,
     acquire_fill_call,
     detached_index_name,
+    lookup_or_acquire_call,
+    lookup_result,
     peek_result,
     run_async,
     store_fill_call,
@@ -238,6 +241,23 @@ class AsyncRedisStore:
         keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
         epoch = await self._run(lambda: self._eval(ACQUIRE_FILL, keys, args))
         return None if epoch is None else int(epoch)
+
+    async def get_or_acquire(
+        self, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> tuple[bytes | None, int | None]:
+        """`get(key)` and, when it finds nothing, `acquire_fill(...)`, in one round trip (a
+        script on the pipelined connection): (value, None), or (None, the lease's epoch), or
+        (None, None) when another holds the lease. The middleware asks this on routes where
+        most lookups miss; elsewhere a HIT stays a plain GET. Without the pipelined connection
+        (Sentinel, Cluster, TLS...) it is the two calls."""
+        if self._fast_params is None:
+            value = await self.get(key)
+            if value is not None:
+                return value, None
+            return None, await self.acquire_fill(lock_key, token, ttl_ms, index_key)
+        check_fill_ttl(ttl_ms)
+        keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
+        return lookup_result(await self._run(lambda: self._eval(LOOKUP_OR_ACQUIRE, keys, args)))
 
     async def store_fill(
         self,

@@ -31,12 +31,15 @@ __all__ = [
     "DELETE_INDEX",
     "DELETE_KEYS",
     "DRAIN_INDEX",
+    "LOOKUP_OR_ACQUIRE",
     "RELEASE_FILL",
     "SET_INDEXED",
     "STORE_FILL",
     "Script",
     "acquire_fill_call",
     "detached_index_name",
+    "lookup_or_acquire_call",
+    "lookup_result",
     "peek_result",
     "run_async",
     "run_sync",
@@ -119,19 +122,41 @@ return unlink_all(KEYS, epochs + 1, KEYS[1])
 # KEYS: lock, epoch, epoch registry, [index]   ARGV: token, ttl_ms, index_ttl seconds or ''
 # The lock joins the path's index, so that deleting the index (an unsafe method on the path)
 # also takes the lease away: the fill under way can then no longer write (STORE_FILL).
+_ACQUIRE = """
+local function acquire(lock, epoch, registry, index, token, ttl_ms, index_ttl)
+  if redis.call('SET', lock, token, 'NX', 'PX', ttl_ms) then
+    redis.call('SADD', registry, epoch)
+    if index_ttl ~= '' then
+      redis.call('SADD', index, lock)
+      redis.call('EXPIRE', index, index_ttl, 'NX')
+      redis.call('EXPIRE', index, index_ttl, 'GT')
+    end
+    return redis.call('GET', epoch) or '0'
+  end
+  return false
+end
+"""
+
 ACQUIRE_FILL = _script(
     "ACQUIRE_FILL",
-    """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SADD', KEYS[3], KEYS[2])
-  if ARGV[3] ~= '' then
-    redis.call('SADD', KEYS[4], KEYS[1])
-    redis.call('EXPIRE', KEYS[4], ARGV[3], 'NX')
-    redis.call('EXPIRE', KEYS[4], ARGV[3], 'GT')
-  end
-  return redis.call('GET', KEYS[2]) or '0'
-end
-return false
+    _ACQUIRE
+    + """
+return acquire(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+""",
+)
+
+# KEYS: key, lock, epoch, epoch registry, [index]   ARGV: as ACQUIRE_FILL's
+# -> {value} when the key holds a string ('' when it holds another type: the caller reads that as
+# an unreadable entry, as get() reports it); else {nil, epoch} with the lease taken, or {nil, nil}
+# when someone else holds it. The lookup and the lease of a MISS in one round trip.
+LOOKUP_OR_ACQUIRE = _script(
+    "LOOKUP_OR_ACQUIRE",
+    _ACQUIRE
+    + """
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'table' and value.err then return {''} end
+if value then return {value} end
+return {false, acquire(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])}
 """,
 )
 
@@ -237,6 +262,25 @@ def acquire_fill_call(
         ttl_ms,
         max(1, -(-ttl_ms // 1000)),
     ]
+
+
+def lookup_or_acquire_call(
+    key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for LOOKUP_OR_ACQUIRE: the entry's key ahead of ACQUIRE_FILL's."""
+    keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
+    return [key, *keys], args
+
+
+def lookup_result(reply: Any) -> tuple[bytes | None, int | None]:
+    """LOOKUP_OR_ACQUIRE's reply as (value, epoch of the lease taken)."""
+    if not isinstance(reply, list) or not 1 <= len(reply) <= 2:
+        raise ConnectionError(f"unexpected reply to LOOKUP_OR_ACQUIRE: {reply!r}")
+    if len(reply) == 1:
+        value = reply[0]
+        return (value if isinstance(value, bytes) else str(value).encode()), None
+    epoch = reply[1]
+    return None, None if epoch is None else int(epoch)
 
 
 def store_fill_call(
