@@ -270,12 +270,12 @@ def silent() -> Iterator[SilentServer]:
     server.close()
 
 
-def _store(url: str, mode: str, **kwargs: Any) -> Store:
+def _store(url: str, mode: str, timeout: float = 0.1, **kwargs: Any) -> Store:
     raw: Any
     if mode == "async":
-        raw = AsyncRedisStore(url, timeout=0.1, **kwargs)
+        raw = AsyncRedisStore(url, timeout=timeout, **kwargs)
     else:
-        raw = RedisStore(url, timeout=0.1, **kwargs)
+        raw = RedisStore(url, timeout=timeout, **kwargs)
     return Store(raw, kind="redis", is_async=mode == "async")
 
 
@@ -394,7 +394,8 @@ async def test_killed_and_restarted_redis(
     server = redis_process
     caplog.set_level(logging.INFO, logger=STORE_LOGGER)
     cooldown = 0.3
-    store = _store(server.url, mode, breaker_failures=3, breaker_cooldown=cooldown)
+    # A timeout a loaded machine's first connection makes (a stopped server refuses at once).
+    store = _store(server.url, mode, timeout=0.5, breaker_failures=3, breaker_cooldown=cooldown)
     try:
         await store.set("k", b"v", 60)
         assert await store.get("k") == b"v"
