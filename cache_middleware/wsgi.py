@@ -8,6 +8,7 @@ The flow is asgi.py's, with threads where that has tasks: coalescing waits on a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,6 +32,7 @@ from ._core.policy import (
     RequestView,
 )
 from ._core.stats import StatsBook
+from ._core.trend import MissTrend
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -82,6 +84,19 @@ def _request_path(environ: Environ) -> str:
         return raw.encode("latin-1").decode("utf-8", "replace") or "/"
     except UnicodeEncodeError:  # a server that already decoded it (not PEP 3333, but seen)
         return str(raw) or "/"
+
+
+@dataclasses.dataclass(slots=True)
+class _Lease:
+    """What a lookup that also asked for the fill lease got: the token it asked with, and the
+    epoch if it got the lease (None: another holds it)."""
+
+    token: str
+    epoch: int | None
+
+
+_GetOrAcquire = Callable[[str, str, str, int, "str | None"], tuple[bytes | None, int | None]]
+_UNREAD = object()  # `_read`: the first key is still to be read
 
 
 class _WsgiRequest:
@@ -161,6 +176,10 @@ class WSGICacheMiddleware:
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
         self._fills_lock = threading.Lock()
+        # On routes that mostly miss, the lookup also takes the fill lease when it finds
+        # nothing (one round trip instead of two), if the store can (RedisStore can).
+        self.trend = MissTrend()
+        self._get_or_acquire: _GetOrAcquire | None = getattr(self.store, "get_or_acquire", None)
         self._refreshing = 0  # background refresh threads running
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -253,15 +272,22 @@ class WSGICacheMiddleware:
         self, plan: Lookup, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
         stale: CachedResponse | None = None
+        lease: _Lease | None = None
         if not plan.refresh:
             try:
-                found = self._read(plan)
+                if self._get_or_acquire is not None and self._merges(plan):
+                    found, lease = self._read_or_lease(plan, self._get_or_acquire)
+                else:
+                    found = self._read(plan)
             except StoreUnavailable:
                 self.bump("errors", plan)
                 return self._bypass(
                     environ, start_response, "store-unavailable", plan.rule.route, plan.venue
                 )
-            if isinstance(found, Found):
+            if not isinstance(found, Found):
+                self.trend.missed(plan.rule.route)
+            else:
+                self.trend.found(plan.rule.route)
                 now = time.time()
                 state = self.policy.freshness(found.entry, now)
                 if state == "fresh":
@@ -277,13 +303,39 @@ class WSGICacheMiddleware:
         if not self.policy.can_fill(plan):
             # Its answer cannot be stored: it must not lead a fill, nor wait for one.
             return _MissRecorder(self, plan, start_response, None, 0, stale).response(environ)
-        return self._fill(plan, environ, start_response, stale)
+        return self._fill(plan, environ, start_response, stale, lease)
 
-    def _read(self, plan: Lookup) -> Found | NotFound:
-        """Read the entry for `plan`, following a Vary record to the request's variant."""
+    def _merges(self, plan: Lookup) -> bool:
+        """Whether this lookup should also take the lease if it finds nothing (see the ASGI
+        adapter's `_merges`)."""
+        return (
+            self.trend.mostly_misses(plan.rule.route)
+            and self.policy.can_fill(plan)
+            and not self.policy.leads_alone(plan)
+            and plan.key not in self._fills
+        )
+
+    def _read_or_lease(
+        self, plan: Lookup, get_or_acquire: _GetOrAcquire
+    ) -> tuple[Found | NotFound, _Lease | None]:
+        """`_read`, whose first read also takes the fill lease if it finds nothing."""
+        key = self.policy.first_key(plan)
+        if key != plan.key:
+            return self._read(plan), None  # a known Vary: the variant is read first
+        token = secrets.token_hex(16)
+        raw, epoch = get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
+        found = self._read(plan, raw)
+        return found, (_Lease(token, epoch) if raw is None else None)
+
+    def _read(self, plan: Lookup, first_raw: object = _UNREAD) -> Found | NotFound:
+        """Read the entry for `plan`, following a Vary record to the request's variant
+        (`first_raw`: the first key's value, when the caller read it already)."""
         key, first = self.policy.first_key(plan), True
         while True:
-            raw = self.store.get(key)
+            if first and first_raw is not _UNREAD:
+                raw: bytes | None = first_raw  # type: ignore[assignment]
+            else:
+                raw = self.store.get(key)
             step = self.policy.on_read(plan, key, raw, first=first)
             first = False
             if isinstance(step, Follow):
@@ -325,17 +377,27 @@ class WSGICacheMiddleware:
         environ: Environ,
         start_response: StartResponse,
         stale: CachedResponse | None,
+        lease: _Lease | None = None,
     ) -> Iterable[bytes]:
         if self.policy.leads_alone(plan):
             return self._fill_alone(plan, environ, start_response, stale)
         pending = self._claim(plan.key)
         if pending is not None:
+            if lease is not None and lease.epoch is not None:
+                # Taken by the lookup while another thread of this process began to fill
+                # (rare): that one leads; the lease goes back rather than block the key.
+                with contextlib.suppress(StoreUnavailable):
+                    self.store.release_fill(plan.lock_key, lease.token)
             # Another thread of this process is filling the key: wait for its entry.
             pending.wait(self.settings.coalesce_wait)
             return self._after_wait(plan, environ, start_response, stale)
-        token = secrets.token_hex(16)
+        token = secrets.token_hex(16) if lease is None else lease.token
         try:
-            epoch = self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
+            epoch = (
+                lease.epoch
+                if lease is not None
+                else self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
+            )
         except StoreUnavailable:
             self._release(plan.key)
             self.bump("errors", plan)

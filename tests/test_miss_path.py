@@ -10,16 +10,20 @@ one fill per key across processes, invalidations win over fills in flight.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from cache_middleware import CacheMiddleware
+from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from cache_middleware._core.trend import SATURATION, MissTrend
 from cache_middleware.storage.redis_async import AsyncRedisStore
+from cache_middleware.storage.redis_sync import RedisStore
 
 
 class CountingStore(AsyncRedisStore):
@@ -173,3 +177,100 @@ async def test_merged_lookups_with_and_without_the_near_cache(
         assert [r.headers["x-cache"] for r in replies] == ["HIT"] * 5
         assert [r.text for r in replies] == [f"n={n} #{n + 1}" for n in range(5)]
     assert len(calls) == 5
+
+
+# -- WSGI ----------------------------------------------------------------------------------------
+
+
+class CountingSyncStore(RedisStore):
+    """The real sync Redis store, counting the calls the WSGI middleware makes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, timeout=2.0)
+        self.calls: Counter[str] = Counter()
+
+    def get(self, key: str) -> bytes | None:
+        self.calls["get"] += 1
+        return super().get(key)
+
+    def get_or_acquire(self, *args: Any) -> tuple[bytes | None, int | None]:
+        self.calls["get_or_acquire"] += 1
+        return super().get_or_acquire(*args)
+
+    def acquire_fill(self, *args: Any) -> int | None:
+        self.calls["acquire_fill"] += 1
+        return super().acquire_fill(*args)
+
+    def store_fill(self, *args: Any) -> bool:
+        self.calls["store_fill"] += 1
+        return super().store_fill(*args)
+
+
+def make_wsgi_app(calls: list[str], delay: float = 0.0) -> Any:
+    lock = threading.Lock()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        with lock:
+            calls.append(environ["QUERY_STRING"])
+            n = len(calls)
+        time.sleep(delay)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{environ['QUERY_STRING']} #{n}".encode()]
+
+    return app
+
+
+def test_wsgi_route_that_mostly_misses_looks_up_and_leases_at_once(
+    redis_url: str, prefix: str
+) -> None:
+    store = CountingSyncStore(redis_url)
+    calls: list[str] = []
+    mw = WSGICacheMiddleware(make_wsgi_app(calls), config=config(redis_url, prefix), store=store)
+    raw = redis.Redis.from_url(redis_url)
+    with httpx.Client(transport=httpx.WSGITransport(app=mw), base_url="http://t") as http:
+        assert http.get("/api/x?n=0").headers["x-cache"] == "MISS"
+        assert store.calls == {"get": 1, "acquire_fill": 1, "store_fill": 1}
+        for n in range(1, 4):
+            store.calls.clear()
+            assert http.get(f"/api/x?n={n}").headers["x-cache"] == "MISS"
+            assert store.calls == {"get_or_acquire": 1, "store_fill": 1}
+        assert not list(raw.scan_iter(match=f"{prefix}*LOCK*"))
+        store.calls.clear()
+        again = http.get("/api/x?n=2")
+        assert (again.headers["x-cache"], again.text) == ("HIT", "n=2 #3")
+        assert store.calls == {"get_or_acquire": 1}
+        for _ in range(2 * SATURATION):
+            assert http.get("/api/x?n=2").headers["x-cache"] == "HIT"
+        store.calls.clear()
+        assert http.get("/api/x?n=2").headers["x-cache"] == "HIT"
+        assert store.calls == {"get": 1}
+    assert calls == [f"n={n}" for n in range(4)]
+    raw.close()
+    store.close()
+
+
+def test_wsgi_two_processes_both_merging_fill_a_key_once(redis_url: str, prefix: str) -> None:
+    calls: list[str] = []
+    apps = [
+        WSGICacheMiddleware(make_wsgi_app(calls, delay=0.2), config=config(redis_url, prefix))
+        for _ in range(2)
+    ]
+    clients = [
+        httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") for app in apps
+    ]
+    for i, http in enumerate(clients):
+        http.get(f"/api/x?n=warm-{i}")
+    assert all(app.trend.mostly_misses("/api") for app in apps)
+    calls.clear()
+    barrier = threading.Barrier(10)
+
+    def one(i: int) -> httpx.Response:
+        barrier.wait()
+        return clients[i % 2].get("/api/x?n=hot")
+
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(one, range(10)))
+    assert calls == ["n=hot"]
+    assert {r.text for r in replies} == {"n=hot #1"}
+    for http in clients:
+        http.close()

@@ -130,6 +130,14 @@ class Store:
         epoch: int | None = await self._call("acquire_fill", lock_key, token, ttl_ms, index_key)
         return epoch
 
+    async def get_or_acquire(
+        self, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> tuple[bytes | None, int | None]:
+        got: tuple[bytes | None, int | None] = await self._call(
+            "get_or_acquire", key, lock_key, token, ttl_ms, index_key
+        )
+        return got
+
     async def store_fill(
         self,
         lock_key: str,

@@ -250,15 +250,16 @@ async def test_peek_fill(store: Store, k: K) -> None:
     assert await store.peek_fill(k("entry"), k("lock")) == (b"\x00body", True)
 
 
-# -- get_or_acquire: the lookup that also takes the lease (the Redis stores, async) ---------------
+# -- get_or_acquire: the lookup that also takes the lease (the Redis stores) ----------------------
 
-MERGING_IDS = [n for n in contract.STORE_IDS if n.endswith("-async") and n != "memory-async"]
+MERGING_IDS = [n for n in contract.STORE_IDS if not n.startswith("memory")]
 
 
 @pytest.fixture(params=MERGING_IDS)
 async def merging(request: pytest.FixtureRequest, fake_server: Any) -> Any:
-    """An async Redis store: one script on a plain Redis (redis-async), the two calls elsewhere
-    (fakeredis, Sentinel, Cluster: no pipelined connection there)."""
+    """A Redis store: one script (LOOKUP_OR_ACQUIRE) where the entry and its lease share a server
+    and the store can run it (sync: Redis, fakeredis, Sentinel; async: the plain Redis URL, on
+    the pipelined connection), the two calls elsewhere (Cluster; async fakeredis and Sentinel)."""
     facade = contract._build(request.param, request, fake_server)
     yield facade
     await facade.close()
@@ -267,7 +268,7 @@ async def merging(request: pytest.FixtureRequest, fake_server: Any) -> Any:
 
 async def test_get_or_acquire_answers_a_value_and_takes_no_lease(merging: Store, k: K) -> None:
     await merging.set(k("entry"), b"\x00body", 60)
-    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    got = await merging.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
     assert got == (b"\x00body", None)
     assert await merging.get(k("lock")) is None
     assert merging.inspect.members(k("ix")) is None
@@ -278,24 +279,24 @@ async def test_get_or_acquire_takes_the_lease_when_nothing_is_there(merging: Sto
     current epoch; a contender gets nothing; the fill then stores as usual."""
     await merging.delete(k("bump"))
     epoch = await merging.epoch()
-    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    got = await merging.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
     assert got == (None, epoch)
     assert await merging.get(k("lock")) == b"t"
     assert near(merging.inspect.pttl(k("lock")), LEASE_MS / 1000)
     assert merging.inspect.members(k("ix")) == {k("lock")}
     other = merging.twin()
     try:
-        got = await other.raw.get_or_acquire(k("entry"), k("lock"), "u", LEASE_MS, k("ix"))
+        got = await other.get_or_acquire(k("entry"), k("lock"), "u", LEASE_MS, k("ix"))
         assert got == (None, None)
     finally:
         await other.close()
     assert await merging.store_fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)], k("ix"), 60)
     assert merging.inspect.members(k("ix")) == {k("entry")}
-    assert await merging.raw.get_or_acquire(k("entry"), k("lock"), "v", LEASE_MS) == (b"E", None)
+    assert await merging.get_or_acquire(k("entry"), k("lock"), "v", LEASE_MS) == (b"E", None)
 
 
 async def test_get_or_acquire_lease_is_voided_by_an_unsafe_method(merging: Store, k: K) -> None:
-    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
+    got = await merging.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS, k("ix"))
     epoch = got[1]
     assert epoch is not None
     await merging.delete_index(k("ix"))  # a POST on the path: the lease leaves with the index
@@ -307,7 +308,7 @@ async def test_get_or_acquire_reads_a_foreign_value_as_get_does(merging: Store, 
     merging.inspect.client.rpush(k("entry"), b"not an entry")
     expected = await merging.get(k("entry"))
     assert expected == b""  # unreadable: the caller drops it and misses
-    got = await merging.raw.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS)
+    got = await merging.get_or_acquire(k("entry"), k("lock"), "t", LEASE_MS)
     assert got == (expected, None)
 
 

@@ -318,6 +318,28 @@ class NearSyncStore:
         self.near.offer(key, value, token)
         return value
 
+    def get_or_acquire(
+        self, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> tuple[bytes | None, int | None]:
+        """`NearAsyncStore.get_or_acquire`, sync."""
+        value = self.near.get(key)
+        if value is not None:
+            return value, None
+        merged = getattr(self.inner, "get_or_acquire", None)
+        if merged is None:
+            value = self.get(key)
+            if value is not None:
+                return value, None
+            return None, self.inner.acquire_fill(lock_key, token, ttl_ms, index_key)
+        pending = self.near.begin(key)
+        try:
+            value, epoch = merged(key, lock_key, token, ttl_ms, index_key)
+        except BaseException:
+            self.near.abandon(key, pending)
+            raise
+        self.near.offer(key, value, pending)
+        return value, epoch
+
     def set(self, key: str, value: bytes, ttl: int) -> None:
         try:
             self.inner.set(key, value, ttl)

@@ -335,6 +335,8 @@ def _node_breaker(store: Any, key: str) -> CircuitBreaker:
 class RedisClusterStore(RedisStore):
     """RedisStore on a Redis Cluster (see the module docstring for the multi-key operations)."""
 
+    MERGES_LOOKUP = False  # the entry and its lease live on different slots
+
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
         super().__init__(url, timeout=timeout, **kwargs)
         self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)

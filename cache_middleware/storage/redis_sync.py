@@ -43,11 +43,14 @@ from .scripts import (
     DELETE_INDEX,
     DELETE_KEYS,
     DRAIN_INDEX,
+    LOOKUP_OR_ACQUIRE,
     RELEASE_FILL,
     SET_INDEXED,
     STORE_FILL,
     acquire_fill_call,
     detached_index_name,
+    lookup_or_acquire_call,
+    lookup_result,
     peek_result,
     run_sync,
     store_fill_call,
@@ -208,6 +211,27 @@ class RedisStore:
             )
         )
         return None if epoch is None else int(epoch)
+
+    # Whether `get_or_acquire` may run as one script: the entry, its lease and the epoch on one
+    # server (a Cluster spreads them over slots).
+    MERGES_LOOKUP = True
+
+    def get_or_acquire(
+        self, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> tuple[bytes | None, int | None]:
+        """`get(key)` and, when it finds nothing, `acquire_fill(...)`, in one round trip (the
+        script LOOKUP_OR_ACQUIRE): (value, None), (None, the lease's epoch), or (None, None)
+        when another holds the lease. Asked on routes where most lookups miss."""
+        if not self.MERGES_LOOKUP:
+            value = self.get(key)
+            if value is not None:
+                return value, None
+            return None, self.acquire_fill(lock_key, token, ttl_ms, index_key)
+        check_fill_ttl(ttl_ms)
+        keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
+        return lookup_result(
+            self._run(lambda: run_sync(self.client, LOOKUP_OR_ACQUIRE, keys, args))
+        )
 
     def store_fill(
         self,
