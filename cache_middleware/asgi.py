@@ -353,21 +353,21 @@ class CacheMiddleware:
         if self.policy.leads_alone(plan):
             await self._fill_alone(plan, scope, receive, send, stale)
             return
+        # A lease taken by the lookup makes this request the filler, even if another request
+        # of this process began first (that one then waits for the lease, so for this fill).
+        leads = lease is not None and lease.epoch is not None
         pending = self._fills.get(plan.key)
         if pending is not None and pending.get_loop() is not asyncio.get_running_loop():
             pending = None  # another event loop's fill: not ours to wait on (and never a 500)
-        if pending is not None:
-            if lease is not None and lease.epoch is not None:
-                # Taken by the lookup while another request of this process began to fill
-                # (rare): that one leads; the lease goes back rather than block the key.
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.release_fill(plan.lock_key, lease.token)
+        if pending is not None and not leads:
             # Another request of this process is filling the key: wait for its entry.
             await _wait(pending, self.settings.coalesce_wait)
             await self._after_wait(plan, scope, receive, send, stale)
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._fills[plan.key] = done
+        done: asyncio.Future[None] | None = None
+        if pending is None:
+            done = asyncio.get_running_loop().create_future()
+            self._fills[plan.key] = done
         try:
             token = secrets.token_hex(16) if lease is None else lease.token
             try:
@@ -392,8 +392,10 @@ class CacheMiddleware:
             recorder = _MissRecorder(self, plan, send, token, epoch, stale)
             await recorder.run(scope, receive)
         finally:
-            del self._fills[plan.key]
-            done.set_result(None)
+            if done is not None:
+                if self._fills.get(plan.key) is done:
+                    del self._fills[plan.key]
+                done.set_result(None)
 
     async def _fill_alone(
         self,

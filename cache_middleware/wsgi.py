@@ -8,7 +8,6 @@ The flow is asgi.py's, with threads where that has tasks: coalescing waits on a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -381,16 +380,20 @@ class WSGICacheMiddleware:
     ) -> Iterable[bytes]:
         if self.policy.leads_alone(plan):
             return self._fill_alone(plan, environ, start_response, stale)
+        # A lease taken by the lookup makes this request the filler, even if another thread
+        # of this process claimed the key first (it then waits for the lease, so for this fill).
+        leads = lease is not None and lease.epoch is not None
         pending = self._claim(plan.key)
-        if pending is not None:
-            if lease is not None and lease.epoch is not None:
-                # Taken by the lookup while another thread of this process began to fill
-                # (rare): that one leads; the lease goes back rather than block the key.
-                with contextlib.suppress(StoreUnavailable):
-                    self.store.release_fill(plan.lock_key, lease.token)
+        if pending is not None and not leads:
             # Another thread of this process is filling the key: wait for its entry.
             pending.wait(self.settings.coalesce_wait)
             return self._after_wait(plan, environ, start_response, stale)
+        mine = pending is None  # this request holds the process's claim on the key
+
+        def unclaim() -> None:
+            if mine:
+                self._release(plan.key)
+
         token = secrets.token_hex(16) if lease is None else lease.token
         try:
             epoch = (
@@ -399,7 +402,7 @@ class WSGICacheMiddleware:
                 else self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
             )
         except StoreUnavailable:
-            self._release(plan.key)
+            unclaim()
             self.bump("errors", plan)
             return self._bypass(
                 environ, start_response, "store-unavailable", plan.rule.route, plan.venue
@@ -409,10 +412,10 @@ class WSGICacheMiddleware:
             try:
                 self._wait_remote(plan)
             finally:
-                self._release(plan.key)
+                unclaim()
             return self._after_wait(plan, environ, start_response, stale)
         recorder = _MissRecorder(self, plan, start_response, token, epoch, stale)
-        return recorder.response(environ, on_done=lambda: self._release(plan.key))
+        return recorder.response(environ, on_done=unclaim)
 
     def _fill_alone(
         self,

@@ -274,3 +274,59 @@ def test_wsgi_two_processes_both_merging_fill_a_key_once(redis_url: str, prefix:
     assert {r.text for r in replies} == {"n=hot #1"}
     for http in clients:
         http.close()
+
+
+class SlowLeaseStore(AsyncRedisStore):
+    """The lookup that takes the lease comes back late: a request of the same process that
+    found the lease taken (by it) has claimed the key meanwhile."""
+
+    async def get_or_acquire(self, *args: Any) -> tuple[bytes | None, int | None]:
+        got = await super().get_or_acquire(*args)
+        if got[1] is not None:
+            await asyncio.sleep(0.1)
+        return got
+
+
+class SlowLeaseSyncStore(RedisStore):
+    def get_or_acquire(self, *args: Any) -> tuple[bytes | None, int | None]:
+        got = super().get_or_acquire(*args)
+        if got[1] is not None:
+            time.sleep(0.1)
+        return got
+
+
+async def test_the_lease_holder_fills_even_when_another_request_claimed_first(
+    redis_url: str, prefix: str
+) -> None:
+    calls: list[str] = []
+    store = SlowLeaseStore(redis_url, timeout=2.0)
+    mw = CacheMiddleware(make_app(calls, delay=0.1), config=config(redis_url, prefix), store=store)
+    async with client(mw) as http:
+        await http.get("/api/x?n=warm")
+        leader = asyncio.ensure_future(http.get("/api/x?n=hot"))
+        await asyncio.sleep(0.02)  # the leader's lookup took the lease; its reply is late
+        follower = asyncio.ensure_future(http.get("/api/x?n=hot"))
+        replies = await asyncio.gather(leader, follower)
+    assert calls == ["n=warm", "n=hot"]  # filled once: by the request holding the lease
+    assert [r.headers["x-cache"] for r in replies] == ["MISS", "HIT"]
+    await store.aclose()
+
+
+def test_wsgi_the_lease_holder_fills_even_when_another_thread_claimed_first(
+    redis_url: str, prefix: str
+) -> None:
+    calls: list[str] = []
+    store = SlowLeaseSyncStore(redis_url, timeout=2.0)
+    mw = WSGICacheMiddleware(
+        make_wsgi_app(calls, delay=0.1), config=config(redis_url, prefix), store=store
+    )
+    with httpx.Client(transport=httpx.WSGITransport(app=mw), base_url="http://t") as http:
+        http.get("/api/x?n=warm")
+        with ThreadPoolExecutor(2) as pool:
+            leader = pool.submit(http.get, "/api/x?n=hot")
+            time.sleep(0.02)
+            follower = pool.submit(http.get, "/api/x?n=hot")
+            replies = [leader.result(), follower.result()]
+    assert calls == ["n=warm", "n=hot"]
+    assert [r.headers["x-cache"] for r in replies] == ["MISS", "HIT"]
+    store.close()
