@@ -29,7 +29,7 @@ from ._core.policy import (
     RequestView,
 )
 from ._core.stats import StatsBook
-from ._core.trend import MissTrend
+from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -54,19 +54,9 @@ POLL_INTERVAL = 0.02
 MAX_REFRESHES = 16
 
 
-@dataclasses.dataclass(slots=True)
-class _Lease:
-    """What a lookup that also asked for the fill lease got: the token it asked with, and the
-    epoch if it got the lease (None: another holds it)."""
-
-    token: str
-    epoch: int | None
-
-
 _GetOrAcquire = Callable[
     [str, str, str, int, "str | None"], Awaitable[tuple[bytes | None, int | None]]
 ]
-_UNREAD = object()  # `_read`: the first key is still to be read
 
 
 class _AsgiRequest:
@@ -256,10 +246,12 @@ class CacheMiddleware:
 
     async def _lookup(self, plan: Lookup, scope: Scope, receive: Receive, send: Send) -> None:
         stale: CachedResponse | None = None
-        lease: _Lease | None = None
+        lease: Lease | None = None
         if not plan.refresh:
             try:
-                if self._get_or_acquire is not None and self._merges(plan):
+                if self._get_or_acquire is not None and lookup_takes_lease(
+                    self.trend, plan, self._fills
+                ):
                     found, lease = await self._read_or_lease(plan, self._get_or_acquire)
                 else:
                     found = await self._read(plan)
@@ -293,20 +285,9 @@ class CacheMiddleware:
             return
         await self._fill(plan, scope, receive, send, stale, lease)
 
-    def _merges(self, plan: Lookup) -> bool:
-        """Whether this lookup should also take the lease if it finds nothing: the route has
-        mostly missed lately, and this request would lead a fill. Requests that cannot fill,
-        that lead alone, or whose key this process is already filling just read."""
-        return (
-            self.trend.mostly_misses(plan.rule.route)
-            and self.policy.can_fill(plan)
-            and not self.policy.leads_alone(plan)
-            and plan.key not in self._fills
-        )
-
     async def _read_or_lease(
         self, plan: Lookup, get_or_acquire: _GetOrAcquire
-    ) -> tuple[Found | NotFound, _Lease | None]:
+    ) -> tuple[Found | NotFound, Lease | None]:
         """`_read`, whose first read also takes the fill lease if it finds nothing."""
         key = self.policy.first_key(plan)
         if key != plan.key:
@@ -314,14 +295,14 @@ class CacheMiddleware:
         token = secrets.token_hex(16)
         raw, epoch = await get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
         found = await self._read(plan, raw)
-        return found, (_Lease(token, epoch) if raw is None else None)
+        return found, (Lease(token, epoch) if raw is None else None)
 
-    async def _read(self, plan: Lookup, first_raw: object = _UNREAD) -> Found | NotFound:
+    async def _read(self, plan: Lookup, first_raw: object = UNREAD) -> Found | NotFound:
         """Read the entry for `plan`, following a Vary record to the request's variant
         (`first_raw`: the first key's value, when the caller read it already)."""
         key, first = self.policy.first_key(plan), True
         while True:
-            if first and first_raw is not _UNREAD:
+            if first and first_raw is not UNREAD:
                 raw: bytes | None = first_raw  # type: ignore[assignment]
             else:
                 raw = await self.store.get(key)
@@ -348,7 +329,7 @@ class CacheMiddleware:
         receive: Receive,
         send: Send,
         stale: CachedResponse | None,
-        lease: _Lease | None = None,
+        lease: Lease | None = None,
     ) -> None:
         if self.policy.leads_alone(plan):
             await self._fill_alone(plan, scope, receive, send, stale)

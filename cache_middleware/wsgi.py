@@ -31,7 +31,7 @@ from ._core.policy import (
     RequestView,
 )
 from ._core.stats import StatsBook
-from ._core.trend import MissTrend
+from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -85,17 +85,7 @@ def _request_path(environ: Environ) -> str:
         return str(raw) or "/"
 
 
-@dataclasses.dataclass(slots=True)
-class _Lease:
-    """What a lookup that also asked for the fill lease got: the token it asked with, and the
-    epoch if it got the lease (None: another holds it)."""
-
-    token: str
-    epoch: int | None
-
-
 _GetOrAcquire = Callable[[str, str, str, int, "str | None"], tuple[bytes | None, int | None]]
-_UNREAD = object()  # `_read`: the first key is still to be read
 
 
 class _WsgiRequest:
@@ -271,10 +261,12 @@ class WSGICacheMiddleware:
         self, plan: Lookup, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
         stale: CachedResponse | None = None
-        lease: _Lease | None = None
+        lease: Lease | None = None
         if not plan.refresh:
             try:
-                if self._get_or_acquire is not None and self._merges(plan):
+                if self._get_or_acquire is not None and lookup_takes_lease(
+                    self.trend, plan, self._fills
+                ):
                     found, lease = self._read_or_lease(plan, self._get_or_acquire)
                 else:
                     found = self._read(plan)
@@ -304,19 +296,9 @@ class WSGICacheMiddleware:
             return _MissRecorder(self, plan, start_response, None, 0, stale).response(environ)
         return self._fill(plan, environ, start_response, stale, lease)
 
-    def _merges(self, plan: Lookup) -> bool:
-        """Whether this lookup should also take the lease if it finds nothing (see the ASGI
-        adapter's `_merges`)."""
-        return (
-            self.trend.mostly_misses(plan.rule.route)
-            and self.policy.can_fill(plan)
-            and not self.policy.leads_alone(plan)
-            and plan.key not in self._fills
-        )
-
     def _read_or_lease(
         self, plan: Lookup, get_or_acquire: _GetOrAcquire
-    ) -> tuple[Found | NotFound, _Lease | None]:
+    ) -> tuple[Found | NotFound, Lease | None]:
         """`_read`, whose first read also takes the fill lease if it finds nothing."""
         key = self.policy.first_key(plan)
         if key != plan.key:
@@ -324,14 +306,14 @@ class WSGICacheMiddleware:
         token = secrets.token_hex(16)
         raw, epoch = get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
         found = self._read(plan, raw)
-        return found, (_Lease(token, epoch) if raw is None else None)
+        return found, (Lease(token, epoch) if raw is None else None)
 
-    def _read(self, plan: Lookup, first_raw: object = _UNREAD) -> Found | NotFound:
+    def _read(self, plan: Lookup, first_raw: object = UNREAD) -> Found | NotFound:
         """Read the entry for `plan`, following a Vary record to the request's variant
         (`first_raw`: the first key's value, when the caller read it already)."""
         key, first = self.policy.first_key(plan), True
         while True:
-            if first and first_raw is not _UNREAD:
+            if first and first_raw is not UNREAD:
                 raw: bytes | None = first_raw  # type: ignore[assignment]
             else:
                 raw = self.store.get(key)
@@ -376,7 +358,7 @@ class WSGICacheMiddleware:
         environ: Environ,
         start_response: StartResponse,
         stale: CachedResponse | None,
-        lease: _Lease | None = None,
+        lease: Lease | None = None,
     ) -> Iterable[bytes]:
         if self.policy.leads_alone(plan):
             return self._fill_alone(plan, environ, start_response, stale)

@@ -9,7 +9,12 @@ ways, so a few odd lookups do not flip a route back and forth.
 
 from __future__ import annotations
 
-__all__ = ["MissTrend"]
+from collections.abc import Container
+from dataclasses import dataclass
+
+from .policy import CachePolicy, Lookup
+
+__all__ = ["UNREAD", "Lease", "MissTrend", "lookup_takes_lease"]
 
 # How far the counter goes either way: a route needs this many more misses than hits in a row
 # to switch after it settled on hits (and the reverse).
@@ -36,3 +41,28 @@ class MissTrend:
         score = self._score.get(route, 0)
         if score > -SATURATION:
             self._score[route] = score - 1
+
+
+@dataclass(slots=True)
+class Lease:
+    """What a lookup that also asked for the fill lease got: the token it asked with, and the
+    epoch if it got the lease (None: another holds it)."""
+
+    token: str
+    epoch: int | None
+
+
+UNREAD = object()  # the adapters' `_read`: the first key is still to be read
+
+
+def lookup_takes_lease(trend: MissTrend, plan: Lookup, filling: Container[str]) -> bool:
+    """Whether this lookup should also take the fill lease if it finds nothing: its route has
+    mostly missed lately, and the request would lead a fill. Requests that cannot fill (HEAD,
+    `no-store`), that lead alone (credentialed), or whose key this process is already filling
+    (`filling`) just read."""
+    return (
+        trend.mostly_misses(plan.rule.route)
+        and CachePolicy.can_fill(plan)
+        and not CachePolicy.leads_alone(plan)
+        and plan.key not in filling
+    )
