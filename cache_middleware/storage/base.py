@@ -188,3 +188,9 @@ class AsyncStore(Protocol):
     async def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None: ...
     async def read_stats(self, hash_key: str) -> dict[str, int]: ...
     async def info(self) -> dict[str, Any]: ...
+    # Optional, not part of the protocol: a store may offer
+    #   get_or_acquire(key, lock_key, token, ttl_ms, index_key=None)
+    #     -> (value, None) | (None, epoch of the lease taken) | (None, None)
+    # doing get() and, when it finds nothing, acquire_fill() in one round trip. The middlewares
+    # use it on routes that mostly miss when the store has it (the Redis stores, and the
+    # near-cache wrappers around them; the sync SyncStore likewise).
