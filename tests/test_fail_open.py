@@ -77,6 +77,27 @@ async def test_redis_stopped_mid_run_and_restarted(
     await h.aclose()
 
 
+async def test_redis_stopped_on_a_route_that_mostly_misses(
+    adapter: str, redis_process: RedisProcess
+) -> None:
+    """The lookup that also takes the lease (routes that mostly miss) fails open the same way."""
+    config = {**CONFIG, "routes": {"/api": {"ttl": 60, "vary_by": ["n"]}}}
+    h = Harness(adapter, config, real(redis_process.url))
+    for n in range(3):
+        assert (await h.request("GET", f"/api/events?n={n}")).x_cache == "MISS"
+    assert h.middleware.trend.mostly_misses("/api")
+    redis_process.stop()
+    for n in range(3, 13):
+        reply, elapsed = await timed(h, f"/api/events?n={n}")
+        assert (reply.status, reply.x_cache) == (200, "BYPASS")
+        assert elapsed < 0.5
+    redis_process.start()
+    time.sleep(0.35)  # the breaker's cool-down
+    states = [(await h.request("GET", f"/api/events?n={n}")).x_cache for n in (20, 20, 21)]
+    assert states == ["MISS", "HIT", "MISS"]
+    await h.aclose()
+
+
 async def test_paused_redis_costs_at_most_the_timeout(
     adapter: str, redis_process: RedisProcess
 ) -> None:
