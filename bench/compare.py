@@ -8,7 +8,7 @@ of them alike. Ratios are taken per round (each variant against its baseline of 
 and their median reported. Writes bench/results/compare.json and, for a full run,
 docs/benchmarks.md and docs/benchmarks.svg.
 
-    python bench/compare.py                          # everything, 3 rounds x 10 s
+    python bench/compare.py                          # everything, 5 rounds x 10 s
     python bench/compare.py --quick                  # smoke run: 1 round x 2 s, no docs
     python bench/compare.py --only static,redis,near --rounds 5
     python bench/compare.py --only redis-variants --redis-url redis://127.0.0.1:7000/0
@@ -308,7 +308,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="variants: " + ", ".join(BY_NAME) + "; groups: " + ", ".join(GROUPS),
     )
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (each variant once each)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (each variant once each)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load first")
