@@ -43,7 +43,9 @@ __all__ = [
 CALLS_PATH = "/bench/calls"
 ENV_REDIS_URL = "BENCH_REDIS_URL"
 ENV_KEY_PREFIX = "BENCH_KEY_PREFIX"
-TTL = 600
+# Longer than a whole run (5 rounds of 14 variants take about 13 minutes): an entry filled at
+# warm-up must not expire under load, or a HIT variant would refill (and fail its check).
+TTL = 3600
 # The route the MISS variant keys on: every request carries a query parameter `n` no other
 # request used (wrk's unique-query script), so each one is looked up, missed and stored.
 MISS_TTL = 5
