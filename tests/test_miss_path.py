@@ -330,3 +330,20 @@ def test_wsgi_the_lease_holder_fills_even_when_another_thread_claimed_first(
     assert calls == ["n=warm", "n=hot"]
     assert [r.headers["x-cache"] for r in replies] == ["MISS", "HIT"]
     store.close()
+
+
+async def test_near_cache_over_a_store_without_the_merged_call() -> None:
+    """The near-cache wrapper answers get_or_acquire over any store: the two calls then."""
+    from cache_middleware.storage.memory import AsyncMemoryStore, MemoryStore
+    from cache_middleware.storage.near import NearAsyncStore, NearCache
+
+    inner = AsyncMemoryStore(MemoryStore())
+    assert not hasattr(inner, "get_or_acquire")
+    near = NearCache(1 << 20, 60)
+    near.set_live(True)
+    store = NearAsyncStore(inner, near)
+    assert await store.get_or_acquire("k", "lock", "t", 5000) == (None, 0)
+    assert await store.get_or_acquire("k", "lock", "u", 5000) == (None, None)  # held
+    assert await store.store_fill("lock", "t", 0, [("k", b"v", 60)])
+    assert await store.get_or_acquire("k", "lock", "u", 5000) == (b"v", None)
+    assert near.get("k") == b"v"  # read through: kept in process

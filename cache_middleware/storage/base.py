@@ -36,6 +36,8 @@ __all__ = [
     "check_ttl",
     "check_writes",
     "fill_epoch",
+    "get_then_acquire",
+    "get_then_acquire_async",
     "index_list",
     "is_epoch",
     "key_epochs",
@@ -195,3 +197,23 @@ class AsyncStore(Protocol):
     # doing get() and, when it finds nothing, acquire_fill() in one round trip. The middlewares
     # use it on routes that mostly miss when the store has it (the Redis stores, and the
     # near-cache wrappers around them; the sync SyncStore likewise).
+
+
+def get_then_acquire(
+    store: SyncStore, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
+) -> tuple[bytes | None, int | None]:
+    """`get_or_acquire` as two calls, for stores that cannot do it in one round trip."""
+    value = store.get(key)
+    if value is not None:
+        return value, None
+    return None, store.acquire_fill(lock_key, token, ttl_ms, index_key)
+
+
+async def get_then_acquire_async(
+    store: AsyncStore, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
+) -> tuple[bytes | None, int | None]:
+    """`get_then_acquire` for async stores."""
+    value = await store.get(key)
+    if value is not None:
+        return value, None
+    return None, await store.acquire_fill(lock_key, token, ttl_ms, index_key)

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._core.entry import HeldEntry
 from .._core.globs import compile_glob
-from .base import AsyncStore, SyncStore, Write
+from .base import AsyncStore, SyncStore, Write, get_then_acquire, get_then_acquire_async
 
 __all__ = ["NearAsyncStore", "NearCache", "NearSyncStore"]
 
@@ -224,10 +224,7 @@ class NearAsyncStore:
             return value, None
         merged = getattr(self.inner, "get_or_acquire", None)
         if merged is None:
-            value = await self.get(key)
-            if value is not None:
-                return value, None
-            return None, await self.inner.acquire_fill(lock_key, token, ttl_ms, index_key)
+            return await get_then_acquire_async(self, key, lock_key, token, ttl_ms, index_key)
         pending = self.near.begin(key)
         try:
             value, epoch = await merged(key, lock_key, token, ttl_ms, index_key)
@@ -327,10 +324,7 @@ class NearSyncStore:
             return value, None
         merged = getattr(self.inner, "get_or_acquire", None)
         if merged is None:
-            value = self.get(key)
-            if value is not None:
-                return value, None
-            return None, self.inner.acquire_fill(lock_key, token, ttl_ms, index_key)
+            return get_then_acquire(self, key, lock_key, token, ttl_ms, index_key)
         pending = self.near.begin(key)
         try:
             value, epoch = merged(key, lock_key, token, ttl_ms, index_key)

@@ -37,6 +37,7 @@ from .base import (
     check_fill_ttl,
     check_ttl,
     check_writes,
+    get_then_acquire_async,
     is_epoch,
     key_epochs,
     literal_head,
@@ -251,10 +252,7 @@ class AsyncRedisStore:
         most lookups miss; elsewhere a HIT stays a plain GET. Without the pipelined connection
         (Sentinel, Cluster, TLS...) it is the two calls."""
         if self._fast_params is None:
-            value = await self.get(key)
-            if value is not None:
-                return value, None
-            return None, await self.acquire_fill(lock_key, token, ttl_ms, index_key)
+            return await get_then_acquire_async(self, key, lock_key, token, ttl_ms, index_key)
         check_fill_ttl(ttl_ms)
         keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
         return lookup_result(await self._run(lambda: self._eval(LOOKUP_OR_ACQUIRE, keys, args)))

@@ -25,6 +25,7 @@ from .base import (
     check_fill_ttl,
     check_ttl,
     check_writes,
+    get_then_acquire,
     is_epoch,
     key_epochs,
     literal_head,
@@ -223,10 +224,7 @@ class RedisStore:
         script LOOKUP_OR_ACQUIRE): (value, None), (None, the lease's epoch), or (None, None)
         when another holds the lease. Asked on routes where most lookups miss."""
         if not self.MERGES_LOOKUP:
-            value = self.get(key)
-            if value is not None:
-                return value, None
-            return None, self.acquire_fill(lock_key, token, ttl_ms, index_key)
+            return get_then_acquire(self, key, lock_key, token, ttl_ms, index_key)
         check_fill_ttl(ttl_ms)
         keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
         return lookup_result(
