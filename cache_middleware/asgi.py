@@ -142,6 +142,10 @@ class CacheMiddleware:
         # nothing (one round trip instead of two), if the store can (AsyncRedisStore can).
         self.trend = MissTrend()
         self._get_or_acquire: _GetOrAcquire | None = getattr(self.store, "get_or_acquire", None)
+        # An entry this process holds (near-cache, memory store) is read without a coroutine.
+        self._local_get: Callable[[str], bytes | None] | None = getattr(
+            self.store, "local_get", None
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,8 +252,11 @@ class CacheMiddleware:
         stale: CachedResponse | None = None
         lease: Lease | None = None
         if not plan.refresh:
+            local = self._found_locally(plan)
             try:
-                if self._get_or_acquire is not None and lookup_takes_lease(
+                if local is not None:
+                    found: Found | NotFound = local
+                elif self._get_or_acquire is not None and lookup_takes_lease(
                     self.trend, plan, self._fills
                 ):
                     found, lease = await self._read_or_lease(plan, self._get_or_acquire)
@@ -284,6 +291,18 @@ class CacheMiddleware:
             await _MissRecorder(self, plan, send, None, 0, stale).run(scope, receive)
             return
         await self._fill(plan, scope, receive, send, stale, lease)
+
+    def _found_locally(self, plan: Lookup) -> Found | None:
+        """The entry, when this process holds it: a HIT with no await before the response.
+        Anything else (not held here, a Vary record to follow, garbage) takes the full read."""
+        local_get = self._local_get
+        if local_get is None:
+            return None
+        key = self.policy.first_key(plan)
+        raw = local_get(key)
+        if raw is None:
+            return None
+        return self.policy.found_held(key, raw)
 
     async def _read_or_lease(
         self, plan: Lookup, get_or_acquire: _GetOrAcquire

@@ -117,3 +117,45 @@ def test_replayed_headers_are_per_entry_and_bounded_in_bytes(monkeypatch: Any) -
         big = CachedResponse(200, [], b"z" * 4000, now, 60)
         policy.respond_hit(plan, big, now)
         assert policy._heads_bytes <= 10_000
+
+
+def test_remembered_replay_follows_the_age_of_the_entry() -> None:
+    """The replayed headers are remembered per entry and second of age: Age and Cache-Status
+    move on as the entry ages, a stale replay says so, and nothing leaks from one to the other."""
+    policy = make_policy()
+    plan = lookup(policy, "/api/events", "page=1", headers={"host": "a"})
+    stored = 1_000_000.0
+    entry = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", stored, 60, 30)
+
+    def fields(now: float, stale: str = "") -> dict[bytes, bytes]:
+        headers = policy.respond_hit(plan, entry, now, stale=stale)[1]
+        assert len(headers) == len({name for name, _ in headers})  # nothing doubled
+        return dict(headers)
+
+    assert fields(stored)[b"age"] == b"0"
+    assert fields(stored + 0.9)[b"age"] == b"0"
+    later = fields(stored + 1.2)
+    assert (later[b"age"], later[b"cache-status"]) == (b"1", b"cache-middleware; hit; ttl=59")
+    assert later[b"x-cache"] == b"HIT"
+    stale = fields(stored + 70, "stale-while-revalidate")
+    assert stale[b"x-cache"] == b"STALE"
+    assert stale[b"cache-status"] == (
+        b"cache-middleware; hit; ttl=-10; fwd=stale; detail=stale-while-revalidate"
+    )
+    back = fields(stored + 1.5)  # the fresh replay's memo was not disturbed by the stale one
+    assert (back[b"age"], back[b"x-cache"]) == (b"1", b"HIT")
+    # What a fresh policy replays, field for field (the memo changes nothing but the cost).
+    assert fields(stored + 5) == dict(make_policy().respond_hit(plan, entry, stored + 5)[1])
+
+
+def test_only_an_entry_itself_is_found_in_process_memory() -> None:
+    """`found_held` (the ASGI near-cache HIT without an await) takes an entry; a Vary record or
+    garbage goes to the full read, which follows or drops it."""
+    from cache_middleware._core.entry import HeldEntry, encode_entry, encode_vary
+
+    entry = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", time.time(), 60)
+    found = CachePolicy.found_held("k", HeldEntry(encode_entry(entry)))
+    assert found is not None and found.entry == entry and found.key == "k"
+    assert CachePolicy.found_held("k", encode_entry(entry)) is not None  # plain bytes too
+    assert CachePolicy.found_held("k", encode_vary(("accept",))) is None
+    assert CachePolicy.found_held("k", b"CMR\x02garbage") is None

@@ -251,8 +251,9 @@ class CachePolicy:
         self._route_vary: dict[str, tuple[str, ...]] = {}
         # (route, path, query, user, venue, scheme, host) -> the keys derived from them
         self._keys: dict[tuple[str, str, str, str | None, str | None, str, str | None], Any] = {}
-        # (entry id, state, X-Cache-Key, route) -> (entry, its replayed headers)
-        self._heads: dict[tuple[int, bytes, bytes | None, str], Any] = {}
+        # (entry id, stale detail, X-Cache-Key, route) -> (entry, its replayed headers without
+        # Age and Cache-Status, the age in seconds they were last completed for, all of them)
+        self._heads: dict[tuple[int, str, bytes | None, str], Any] = {}
         self._heads_bytes = 0
 
     # -- requests ------------------------------------------------------------------------------
@@ -455,6 +456,17 @@ class CachePolicy:
             return Follow(variant)
         return Found(key, entry)
 
+    @staticmethod
+    def found_held(key: str, raw: bytes) -> Found | None:
+        """`on_read` for bytes this process holds, when they are the entry itself; None for
+        anything else (a Vary record, garbage), which the full read then handles (and logs)
+        once."""
+        try:
+            entry = decode_entry(raw)
+        except CorruptEntry:
+            return None
+        return Found(key, entry) if isinstance(entry, CachedResponse) else None
+
     def _learn(self, key: str, names: tuple[str, ...], route: str) -> None:
         if len(self._learned_vary) >= _LEARNED_VARY_LIMIT:
             # Bounded: the route-level guess still makes a forgotten key's HIT one read.
@@ -486,38 +498,42 @@ class CachePolicy:
         if 200 <= status < 300 and self._not_modified(lookup.source, entry.headers):
             # RFC 9110 §15.4.5: only the fields that guide caches, no content.
             headers = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_FIELDS]
-            status = 304
-        else:
-            headers = self._replayed(entry, lookup, b"STALE" if stale else b"HIT")
-        if status == 304:
             self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
-        headers.append((b"age", str(age).encode()))
-        remaining = entry.ttl - age
-        detail = f"; fwd=stale; detail={stale}" if stale else ""
-        headers.append((b"cache-status", _cache_status(f"hit; ttl={remaining}{detail}")))
-        if status == 304 or lookup.head:
-            return status, headers, b""
-        return status, headers, entry.body
+            headers.extend(_age_fields(entry, age, stale))
+            return 304, headers, b""
+        headers = self._replayed(entry, lookup, age, stale)
+        return status, headers, b"" if lookup.head else entry.body
 
     def _replayed(
-        self, entry: CachedResponse, lookup: Lookup, state: bytes
+        self, entry: CachedResponse, lookup: Lookup, age: int, stale: str
     ) -> list[tuple[bytes, bytes]]:
         """The entry's headers with ours added: the same for every HIT on an entry the near-cache
-        holds (one decoded object), so built once per entry and copied."""
-        memo_key = (id(entry), state, lookup.key_header, lookup.rule.route)
+        holds (one decoded object) within the same second of its age, so built once per entry
+        and second, and copied (a middleware outside may edit the list it is given)."""
+        memo_key = (id(entry), stale, lookup.key_header, lookup.rule.route)
         found = self._heads.get(memo_key)
         if found is not None and found[0] is entry:  # `is`: an id can be reused once freed
-            return list(found[1])
-        headers = list(entry.headers)
-        self._decorate(headers, lookup, state, entry.ttl)
-        size = len(entry.body) + 256
-        if len(self._heads) >= _HEADS_MEMO_LIMIT or self._heads_bytes + size > _HEADS_MEMO_BYTES:
-            self._heads.clear()
-            self._heads_bytes = 0
+            if found[2] == age:
+                return list(found[3])
+            base: tuple[tuple[bytes, bytes], ...] = found[1]
+            size = 0  # already counted
+        else:
+            headers = list(entry.headers)
+            self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
+            base = tuple(headers)
+            size = len(entry.body) + 256
+            if (
+                len(self._heads) >= _HEADS_MEMO_LIMIT
+                or self._heads_bytes + size > _HEADS_MEMO_BYTES
+            ):
+                self._heads.clear()
+                self._heads_bytes = 0
+        full = (*base, *_age_fields(entry, age, stale))
+        # One tuple, replaced whole: a thread reading it meanwhile sees one age or the other.
         # The entry is held by the memo, so its id stays its own while the memo has it.
-        self._heads[memo_key] = (entry, tuple(headers))
+        self._heads[memo_key] = (entry, base, age, full)
         self._heads_bytes += size
-        return headers
+        return list(full)
 
     @staticmethod
     def _not_modified(source: RequestSource, stored: HeaderList) -> bool:
@@ -751,6 +767,15 @@ def _as_text(value: object) -> str:
 
 def _encode(value: str | None) -> bytes | None:
     return value.encode("latin-1") if value is not None else None
+
+
+def _age_fields(entry: CachedResponse, age: int, stale: str) -> tuple[tuple[bytes, bytes], ...]:
+    """Age (RFC 9111 §5.1) and Cache-Status (RFC 9211) of a replayed entry."""
+    detail = f"; fwd=stale; detail={stale}" if stale else ""
+    return (
+        (b"age", str(age).encode()),
+        (b"cache-status", _cache_status(f"hit; ttl={entry.ttl - age}{detail}")),
+    )
 
 
 def _cache_status(params: str) -> bytes:

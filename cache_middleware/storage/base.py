@@ -197,6 +197,12 @@ class AsyncStore(Protocol):
     # doing get() and, when it finds nothing, acquire_fill() in one round trip. The middlewares
     # use it on routes that mostly miss when the store has it (the Redis stores, and the
     # near-cache wrappers around them; the sync SyncStore likewise).
+    #
+    #   local_get(key) -> bytes | None   (a plain function, not a coroutine)
+    #     the value when this process holds it (the memory store, a near-cache), else None:
+    #     "not held here", which may still be in Redis, so the caller then awaits get(). The
+    #     ASGI middleware answers a near-cache HIT through it without awaiting anything before
+    #     the response.
 
 
 def get_then_acquire(

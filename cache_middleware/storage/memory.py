@@ -345,6 +345,10 @@ class AsyncMemoryStore:
     async def get(self, key: str) -> bytes | None:
         return self.sync.get(key)
 
+    def local_get(self, key: str) -> bytes | None:
+        """`get` without a coroutine: the entries are in this process."""
+        return self.sync.get(key)
+
     async def set(self, key: str, value: bytes, ttl: int) -> None:
         self.sync.set(key, value, ttl)
 

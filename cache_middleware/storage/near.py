@@ -201,6 +201,10 @@ class NearAsyncStore:
         # Housekeeping, figures and anything a concrete store adds (breaker, monitor...).
         return getattr(self.inner, name)
 
+    def local_get(self, key: str) -> bytes | None:
+        """The near-cache's copy, without a coroutine; None: ask `get` (Redis may have it)."""
+        return self.near.get(key)
+
     async def get(self, key: str) -> bytes | None:
         value = self.near.get(key)
         if value is not None:
