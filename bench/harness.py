@@ -8,6 +8,7 @@ run ends. Nothing here imports the project or a peer: the apps live in `apps.py`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -98,14 +99,73 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# CPU pinning (`compare.py --pin`): the servers on some CPUs, wrk (and Redis) on the others, so
+# that a server's throughput is its own CPU cost per request, not a share of what the load
+# generator and Redis leave it. None: no pinning (the scheduler decides, as in production).
+PINNING: dict[str, set[int] | None] = {"server": None, "load": None}
+
+
+def pin(server: set[int], load: set[int]) -> None:
+    PINNING["server"], PINNING["load"] = set(server), set(load)
+
+
+def parse_pin(text: str) -> tuple[set[int], set[int]]:
+    """`"1:0"` -> ({1}, {0}): the servers' CPUs, then wrk's and Redis's (lists: `"2,3:0,1"`)."""
+    try:
+        server, load = text.split(":")
+        cpus = ({int(c) for c in server.split(",")}, {int(c) for c in load.split(",")})
+    except ValueError:
+        raise SystemExit(f"--pin takes SERVER_CPUS:LOAD_CPUS, e.g. 1:0; got {text!r}") from None
+    if cpus[0] & cpus[1] or not cpus[0] or not cpus[1]:
+        raise SystemExit(f"--pin: the two CPU sets must be non-empty and apart; got {text!r}")
+    return cpus
+
+
+def pin_redis(redis_url: str, cpus: set[int]) -> Any:
+    """Move every thread of the (local) Redis server onto `cpus`; returns the function that puts
+    them back. Redis is the load's side: it must not take the server's CPU."""
+    try:
+        pid = int(redis_client(redis_url).info("server")["process_id"])
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        before = {tid: os.sched_getaffinity(tid) for tid in tids}
+        for tid in tids:
+            os.sched_setaffinity(tid, cpus)
+    except (OSError, KeyError, ValueError, redis.RedisError) as exc:
+        print(f"warning: Redis left unpinned ({exc})", file=sys.stderr)
+        return lambda: None
+
+    def restore() -> None:
+        for tid, mask in before.items():
+            with contextlib.suppress(OSError):  # that thread ended
+                os.sched_setaffinity(tid, mask)
+
+    return restore
+
+
+def _pinned(role: str) -> Any:
+    """A Popen `preexec_fn` setting the child's CPUs before it runs (its children inherit them:
+    gunicorn's worker is forked from the pinned master)."""
+    cpus = PINNING[role]
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def _spawn(command: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only the script, which then stops the servers in order.
     if log is None:
-        return subprocess.Popen(command, env=env, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, start_new_session=True, preexec_fn=_pinned("server")
+        )
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
-            command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+            command,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pinned("server"),
         )
 
 
@@ -270,7 +330,9 @@ def run_wrk(
         command += ["--script", str(script)]
     command.append(url)
     try:
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True, preexec_fn=_pinned("load")
+        ).stdout
     finally:
         if script is not None:
             script.unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""What one request costs in process, with no server and no load generator.
+
+    python bench/inprocess.py [--redis-url redis://127.0.0.1:6379/14] [--requests 10000]
+
+Calls the ASGI apps of `compare.py` directly, one request after another on one event loop, with
+a `send` that does to the response what uvicorn's httptools protocol does to it (its own two
+regular expressions over every header name and value, lower-casing, joining), and reports the
+fastest of several interleaved batches per variant, in microseconds per request. It also times
+that header handling alone for the headers each variant answers with: the part of a response's
+cost that grows with its number of headers, which the static endpoint (2 headers) and a cache
+HIT (the contract's headers and ours) do not share.
+
+Under wrk the same requests cost more (parsing, the event loop, system calls, and on a small
+machine the CPU wrk and Redis take), but that part is the same for every variant: these figures
+are the difference between two variants, measured without the noise of a loaded machine.
+`compare.py` runs this first and quotes it when it explains a target it missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from apps import EVENTS_PATH, static_app
+from compare_apps import (
+    ENV_KEY_PREFIX,
+    ENV_REDIS_URL,
+    cached_near_app,
+    cached_unmatched_app,
+    nocache_app,
+)
+from harness import delete_bench_keys
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+# name -> (factory, what)
+VARIANTS: dict[str, tuple[Callable[[], Any], str]] = {
+    "static": (static_app, "Starlette, fixed bytes"),
+    "near": (cached_near_app, "cache-middleware, near-cache HIT"),
+    "nocache": (nocache_app, "Starlette view, no cache"),
+    "unmatched": (cached_unmatched_app, "cache-middleware, path matches no route"),
+}
+BATCHES = 7
+
+
+def uvicorn_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The header block uvicorn's httptools protocol writes, with its checks (the loop of
+    `HttpToolsProtocol.send`, with uvicorn's own regular expressions)."""
+    content = []
+    for name, value in headers:
+        if HEADER_RE.search(name):
+            raise RuntimeError("Invalid HTTP header name.")
+        if HEADER_VALUE_RE.search(value):
+            raise RuntimeError("Invalid HTTP header value.")
+        name = name.lower()
+        content.extend([name, b": ", value, b"\r\n"])
+    return b"".join(content)
+
+
+class Exchange:
+    """One request's ASGI messages; keeps the last response's headers and body."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    def scope(self) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 50000),
+            "scheme": "http",
+            "method": "GET",
+            "root_path": "",
+            "path": EVENTS_PATH,
+            "raw_path": EVENTS_PATH.encode(),
+            "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1:8000")],
+            "state": {},
+        }
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.headers = list(message.get("headers", []))
+            uvicorn_headers(self.headers)
+        else:
+            self.body = message.get("body", b"")
+
+
+async def _batch(app: Any, exchange: Exchange, requests: int) -> float:
+    scope, receive, send = exchange.scope, exchange.receive, exchange.send
+    started = time.perf_counter()
+    for _ in range(requests):
+        await app(scope(), receive, send)
+    return (time.perf_counter() - started) / requests * 1e6
+
+
+def _header_us(headers: list[tuple[bytes, bytes]], requests: int) -> float:
+    best = float("inf")
+    for _ in range(BATCHES):
+        started = time.perf_counter()
+        for _ in range(requests):
+            uvicorn_headers(headers)
+        best = min(best, (time.perf_counter() - started) / requests * 1e6)
+    return best
+
+
+async def _measure(names: list[str], requests: int) -> dict[str, dict[str, Any]]:
+    apps = {name: VARIANTS[name][0]() for name in names}
+    exchanges = {name: Exchange() for name in names}
+    for name in names:
+        # The first request fills the entry; the near-cache keeps copies only once its
+        # invalidation stream is confirmed, so wait for a HIT served without Redis.
+        deadline = time.monotonic() + 10
+        while True:
+            await apps[name](exchanges[name].scope(), exchanges[name].receive, exchanges[name].send)
+            state = dict(exchanges[name].headers).get(b"x-cache")
+            if name != "near" or (state == b"HIT" and _near_hits() > 0):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name}: no near-cache HIT within 10 s (got {state!r})")
+            await asyncio.sleep(0.05)
+        await _batch(apps[name], exchanges[name], 500)  # warm the memos
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for batch in range(BATCHES):
+        order = names if batch % 2 == 0 else names[::-1]
+        for name in order:
+            runs[name].append(await _batch(apps[name], exchanges[name], requests))
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        headers = exchanges[name].headers
+        results[name] = {
+            "label": VARIANTS[name][1],
+            "us_per_request": min(runs[name]),
+            "us_median": sorted(runs[name])[len(runs[name]) // 2],
+            "headers": len(headers),
+            "header_names": [n.decode("latin-1") for n, _ in headers],
+            "header_us": _header_us(headers, requests),
+            "x_cache": (dict(headers).get(b"x-cache") or b"").decode(),
+        }
+    return results
+
+
+def _near_hits() -> int:
+    """HITs served by this process's near-caches so far."""
+    from cache_middleware.storage import tracking
+
+    return sum(near.hits for near, _ in tracking._shared.values())
+
+
+def measure_in_process(
+    redis_url: str, names: list[str] | None = None, requests: int = 10_000
+) -> dict[str, dict[str, Any]]:
+    """Per-request microseconds of each variant in process (fastest batch), with the share its
+    response headers cost uvicorn. Uses `redis_url` under a throwaway key prefix."""
+    prefix = f"bench:inproc:{secrets.token_hex(4)}"
+    saved = {key: os.environ.get(key) for key in (ENV_REDIS_URL, ENV_KEY_PREFIX)}
+    os.environ[ENV_REDIS_URL], os.environ[ENV_KEY_PREFIX] = redis_url, prefix
+    try:
+        return asyncio.run(_measure(names or list(VARIANTS), requests))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        delete_bench_keys(redis_url, prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--requests", type=int, default=10_000, help="requests per batch")
+    parser.add_argument("--only", default="", help="comma-separated variants")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    results = measure_in_process(args.redis_url, names, args.requests)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'variant':<11} {'us/request':>10} {'median':>8} {'headers':>8} {'of which':>9}")
+    for name, r in results.items():
+        print(
+            f"{name:<11} {r['us_per_request']:>10.2f} {r['us_median']:>8.2f} {r['headers']:>8} "
+            f"{r['header_us']:>7.2f}us  {r['label']}"
+        )
+    print("\n'of which': uvicorn's checks and joining of the response headers alone")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
