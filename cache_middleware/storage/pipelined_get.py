@@ -22,16 +22,9 @@ import contextlib
 from collections import deque
 from typing import Any
 
+from .resp import ReplyError, encode_command, handshake_commands, parse_reply
+
 __all__ = ["PipelinedGetter", "ReplyError"]
-
-_MAX_BULK = 512 * 1024 * 1024  # Redis' own proto-max-bulk-len default
-_MAX_ITEMS = 1024 * 1024  # elements of one array reply
-_MAX_DEPTH = 4  # nesting of array replies (our scripts return flat values)
-_OK = object()
-
-
-class ReplyError(Exception):
-    """Redis answered with an error reply (-ERR ...)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -94,7 +87,7 @@ class _Protocol(asyncio.Protocol):
         pos = 0
         while pos < len(buf):
             try:
-                parsed = _parse(buf, pos, 0)
+                parsed = parse_reply(buf, pos)
             except ConnectionError as exc:
                 self.fail(exc)
                 return
@@ -112,61 +105,6 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(value)
         if pos:
             del buf[:pos]
-
-
-def _parse(buf: bytearray, pos: int, depth: int) -> tuple[Any, int] | None:
-    """One RESP2 reply at `pos`: (value, position after it), or None when incomplete. Bulk
-    strings, statuses, errors, integers and (script results) arrays, bounded in size and depth."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return None
-    kind = buf[pos]
-    if kind == 0x24:  # $: bulk string
-        length = _length(buf, pos, end)
-        if length < 0:
-            return None, end + 2
-        if length > _MAX_BULK:
-            raise ConnectionError("oversized reply from Redis")
-        nxt = end + 2 + length + 2
-        if len(buf) < nxt:
-            return None
-        return bytes(buf[end + 2 : end + 2 + length]), nxt
-    if kind == 0x3A:  # :: integer
-        return _length(buf, pos, end), end + 2
-    if kind == 0x2B:  # +: status (AUTH, SELECT, SCRIPT LOAD...)
-        return _OK, end + 2
-    if kind == 0x2D:  # -: error reply
-        return ReplyError(buf[pos + 1 : end].decode("utf-8", "replace")), end + 2
-    if kind == 0x2A:  # *: array
-        count = _length(buf, pos, end)
-        if count < 0:
-            return None, end + 2
-        if count > _MAX_ITEMS or depth >= _MAX_DEPTH:
-            raise ConnectionError("oversized or too deeply nested reply from Redis")
-        items: list[Any] = []
-        nxt = end + 2
-        for _ in range(count):
-            parsed = _parse(buf, nxt, depth + 1) if nxt < len(buf) else None
-            if parsed is None:
-                return None
-            item, nxt = parsed
-            items.append(item)
-        return items, nxt
-    raise ConnectionError(f"unexpected reply type {chr(kind)!r} from Redis")
-
-
-def _length(buf: bytearray, pos: int, end: int) -> int:
-    try:
-        return int(buf[pos + 1 : end])
-    except ValueError:
-        raise ConnectionError("malformed length from Redis") from None
-
-
-def _command(*parts: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
 
 
 class PipelinedGetter:
@@ -187,13 +125,7 @@ class PipelinedGetter:
         self.timeout = timeout
         self.protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        handshake: list[bytes] = []
-        if password is not None:
-            auth = (username.encode(), password.encode()) if username else (password.encode(),)
-            handshake.append(_command(b"AUTH", *auth))
-        if db:
-            handshake.append(_command(b"SELECT", str(db).encode()))
-        self._handshake = handshake
+        self._handshake = handshake_commands(db, username, password)
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -247,7 +179,7 @@ class PipelinedGetter:
             protocol = await self._protocol()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        protocol.send(_command(*parts), future)
+        protocol.send(encode_command(*parts), future)
         timer = loop.call_later(self.timeout, _expire, protocol, future)
         try:
             return await future

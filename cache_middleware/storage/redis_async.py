@@ -63,6 +63,7 @@ from .scripts import (
     Script,
     acquire_fill_call,
     detached_index_name,
+    evalsha_parts,
     lookup_or_acquire_call,
     lookup_result,
     peek_result,
@@ -280,13 +281,7 @@ class AsyncRedisStore:
         getter = self._getter
         if getter is None:
             return await run_async(client, script, keys, args)
-        parts = [
-            b"EVALSHA",
-            script.sha.encode(),
-            b"%d" % len(keys),
-            *(_arg(key) for key in keys),
-            *(_arg(arg) for arg in args),
-        ]
+        parts = evalsha_parts(script, keys, args)
         try:
             return await getter.call(*parts)
         except ReplyError as exc:
@@ -482,17 +477,6 @@ def _sentinel_kwargs(store_kwargs: dict[str, Any], url_kwargs: dict[str, Any]) -
     if url_kwargs.get("ssl"):
         out["ssl"] = True
     return out
-
-
-def _arg(value: Any) -> bytes:
-    """A command argument as redis-py's encoder would send it."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value).encode()
-    raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
 
 def _pipelined_params(url: str, timeout: float) -> dict[str, Any] | None:

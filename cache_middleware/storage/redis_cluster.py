@@ -338,7 +338,8 @@ class RedisClusterStore(RedisStore):
     MERGES_LOOKUP = False  # the entry and its lease live on different slots
 
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(url, timeout=timeout, **kwargs)
+        kwargs.pop("fast_get", None)  # the lean GET speaks to one server: off
+        super().__init__(url, timeout=timeout, fast_get=False, **kwargs)
         self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
         self.node_breakers: dict[str, CircuitBreaker] = {}
 

@@ -2,6 +2,8 @@
 
 The blocking twin of redis_async.py, method for method, with the same short timeouts, no
 redis-py retries, the same outage bookkeeping and circuit breaker, and the same Lua scripts.
+GET (the HIT path) goes through direct_get.py's lean sockets on plain TCP URLs, as the async
+store's goes through pipelined_get.py.
 Sentinel URLs get a client from redis-py's Sentinel (`master_for`).
 """
 
@@ -30,6 +32,7 @@ from .base import (
     key_epochs,
     literal_head,
 )
+from .direct_get import DirectGetter
 from .health import (
     FOREIGN_ERRORS,
     RETRIES,
@@ -38,7 +41,8 @@ from .health import (
     OutageMonitor,
     is_wrong_type,
 )
-from .redis_async import _safe_url, _sentinel_kwargs, sentinel_parts
+from .redis_async import _pipelined_params, _safe_url, _sentinel_kwargs, sentinel_parts
+from .resp import ReplyError
 from .scripts import (
     ACQUIRE_FILL,
     DELETE_INDEX,
@@ -48,8 +52,10 @@ from .scripts import (
     RELEASE_FILL,
     SET_INDEXED,
     STORE_FILL,
+    Script,
     acquire_fill_call,
     detached_index_name,
+    evalsha_parts,
     lookup_or_acquire_call,
     lookup_result,
     peek_result,
@@ -70,6 +76,7 @@ class RedisStore:
         *,
         timeout: float = 0.1,
         client: redis.Redis | None = None,
+        fast_get: bool = True,
         breaker_failures: int = 5,
         breaker_cooldown: float = 5.0,
         breaker_clock: Callable[[], float] = time.monotonic,
@@ -89,6 +96,10 @@ class RedisStore:
             **redis_kwargs,
         }
         self._client: Any = client
+        # Plain TCP URLs read through lean sockets (the HIT path); the rest use redis-py, and so
+        # does a client given in (it may not be the server at `url`: fakeredis in tests).
+        params = _pipelined_params(url, timeout) if fast_get and client is None else None
+        self._direct = DirectGetter(**params) if params else None
 
     @property
     def client(self) -> Any:
@@ -120,7 +131,10 @@ class RedisStore:
         breaker = self._breaker_for(key)
         probe = breaker.admit()
         try:
-            value: bytes | None = self.client.get(key)
+            direct = self._direct
+            value: bytes | None = (
+                direct.get(key.encode()) if direct is not None else self.client.get(key)
+            )
         except FOREIGN_ERRORS as exc:
             if is_wrong_type(exc):
                 breaker.succeeded(probe)  # Redis answered: reachable
@@ -197,6 +211,8 @@ class RedisStore:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+        if self._direct is not None:
+            self._direct.close()
 
     def epoch(self) -> int:
         value = self._run(lambda: self.client.get(EPOCH_KEY))
@@ -206,11 +222,8 @@ class RedisStore:
         self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
     ) -> int | None:
         check_fill_ttl(ttl_ms)
-        epoch = self._run(
-            lambda: run_sync(
-                self.client, ACQUIRE_FILL, *acquire_fill_call(lock_key, token, ttl_ms, index_key)
-            )
-        )
+        keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
+        epoch = self._run(lambda: self._eval(ACQUIRE_FILL, keys, args))
         return None if epoch is None else int(epoch)
 
     # Whether `get_or_acquire` may run as one script: the entry, its lease and the epoch on one
@@ -227,9 +240,7 @@ class RedisStore:
             return get_then_acquire(self, key, lock_key, token, ttl_ms, index_key)
         check_fill_ttl(ttl_ms)
         keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
-        return lookup_result(
-            self._run(lambda: run_sync(self.client, LOOKUP_OR_ACQUIRE, keys, args))
-        )
+        return lookup_result(self._run(lambda: self._eval(LOOKUP_OR_ACQUIRE, keys, args)))
 
     def store_fill(
         self,
@@ -242,10 +253,27 @@ class RedisStore:
     ) -> bool:
         check_writes(writes, index_key, index_ttl)
         keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
-        return bool(self._run(lambda: run_sync(self.client, STORE_FILL, keys, args)))
+        return bool(self._run(lambda: self._eval(STORE_FILL, keys, args)))
 
     def release_fill(self, lock_key: str, token: str) -> None:
-        self._run(lambda: run_sync(self.client, RELEASE_FILL, [lock_key], [token]))
+        self._run(lambda: self._eval(RELEASE_FILL, [lock_key], [token]))
+
+    def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A fill script, on the lean sockets when there are (plain TCP): the MISS path's round
+        trips then cost what a GET costs. The replies have the shapes the async store's
+        pipelined connection gives, which the callers' result helpers read."""
+        direct = self._direct
+        if direct is None:
+            return run_sync(self.client, script, keys, args)
+        parts = evalsha_parts(script, keys, args)
+        try:
+            return direct.call(*parts)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # The first call after a Redis restart (or SCRIPT FLUSH): load it, then run it.
+        direct.call(b"SCRIPT", b"LOAD", script.source.encode())
+        return direct.call(*parts)
 
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         def op() -> tuple[bytes | None, bool]:

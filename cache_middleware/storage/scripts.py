@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError
 
 from .base import EPOCH_REGISTRY, Write, fill_epoch, index_list
 from .health import is_wrong_type
+from .resp import encode_arg
 
 __all__ = [
     "ACQUIRE_FILL",
@@ -38,6 +39,7 @@ __all__ = [
     "Script",
     "acquire_fill_call",
     "detached_index_name",
+    "evalsha_parts",
     "lookup_or_acquire_call",
     "lookup_result",
     "peek_result",
@@ -299,6 +301,17 @@ def store_fill_call(
         keys.append(key)
         args += [value, ttl]
     return keys, args
+
+
+def evalsha_parts(script: Script, keys: Sequence[str], args: Sequence[Any]) -> list[bytes]:
+    """EVALSHA of `script` as the lean connections send it (pipelined_get.py, direct_get.py)."""
+    return [
+        b"EVALSHA",
+        script.sha.encode(),
+        b"%d" % len(keys),
+        *(encode_arg(key) for key in keys),
+        *(encode_arg(arg) for arg in args),
+    ]
 
 
 def run_sync(client: redis.Redis, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
