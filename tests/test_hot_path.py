@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cache_middleware._core import policy as policy_module
 from cache_middleware._core import rules as rules_module
 from cache_middleware._core.entry import CachedResponse
@@ -159,3 +162,123 @@ def test_only_an_entry_itself_is_found_in_process_memory() -> None:
     assert CachePolicy.found_held("k", encode_entry(entry)) is not None  # plain bytes too
     assert CachePolicy.found_held("k", encode_vary(("accept",))) is None
     assert CachePolicy.found_held("k", b"CMR\x02garbage") is None
+
+
+# -- the plain GET's short way (CachePolicy.plain_key, the ASGI near-cache HIT) -----------------
+
+_PLAIN_CONFIGS: list[dict[str, Any]] = [
+    {},
+    {"venue_header": "X-Venue"},
+    {"user_header": "X-User"},
+    {"trusted_headers": ["X-Forwarded-Host"]},
+    {"honor_request_no_cache": True},
+    {"key_host": False, "expose_key_header": False},
+]
+_HEADER_NAMES = [
+    "host", "user-agent", "accept", "accept-encoding", "cookie", "authorization",
+    "cache-control", "pragma", "if-none-match", "if-modified-since", "if-match", "if-range",
+    "range", "content-length", "transfer-encoding", "x-http-method-override",
+    "x-forwarded-host", "forwarded", "x-original-url", "x-venue", "x-user",
+]  # fmt: skip
+
+
+def _plain_policy(extra: dict[str, Any]) -> CachePolicy:
+    return build_policy(
+        load_config(
+            {
+                "routes": {
+                    "/api/events": {"ttl": 60},
+                    "/api/search": {"ttl": 60, "vary_by": ["q"]},
+                    "/api/items/{id}": {"ttl": 30},
+                    "/api/me": {"ttl": 60, "private": True},
+                    "/api/cond": {"ttl": 60, "condition": "tests.test_hot_path:_always"},
+                },
+                **extra,
+            }
+        )
+    )
+
+
+def _always(view: RequestView) -> bool:
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    config=st.sampled_from(range(len(_PLAIN_CONFIGS))),
+    method=st.sampled_from(["GET", "GET", "GET", "HEAD", "POST"]),
+    path=st.sampled_from(
+        ["/api/events", "/api/events/7", "/api/search", "/api/items/3", "/api/me", "/api/cond"]
+    ),
+    query=st.sampled_from(["", "q=a", "q=b&utm=x", "a=1&b=2"]),
+    headers=st.lists(
+        st.tuples(
+            # The headers a plain GET may carry, often: the short way must be taken, too.
+            st.sampled_from([*_HEADER_NAMES, *["host", "user-agent", "accept"] * 6]),
+            st.sampled_from(["", "0", "a.example", "x"]),
+        ),
+        max_size=4,
+    ),
+    scheme=st.sampled_from(["http", "https"]),
+    varies=st.booleans(),
+)
+def test_a_plain_get_is_answered_as_the_full_plan_answers_it(
+    config: int,
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    scheme: str,
+    varies: bool,
+) -> None:
+    """Whenever `plain_key` offers the short way, the full way (the ASGI adapter's request
+    source, `plan()`, the first read, `respond_hit()`) looks up the same key and replays the
+    very same headers; the short way is offered for plain GETs seen before, and only them."""
+    from cache_middleware.asgi import _AsgiRequest
+
+    policy = _plain_policy(_PLAIN_CONFIGS[config])
+    raw = [(name.encode(), value.encode()) for name, value in headers]
+    scope = {"type": "http", "method": method, "path": path, "headers": raw, "user": None}
+    assert policy.plain_key(method, path, query, raw, scheme) is None  # nothing derived yet
+    plan = policy.plan(method, path, query, _AsgiRequest(scope), scheme)
+    if varies and isinstance(plan, Lookup):
+        policy._learn(plan.key, ("accept",), plan.rule.route)  # a Vary record was seen
+    plain = policy.plain_key(method, path, query, raw, scheme)
+    extra = _PLAIN_CONFIGS[config]
+    # What the full way reads of a GET, bar Host: any of them sends it the full way.
+    read = {
+        "cookie", "authorization", "cache-control", "pragma", "if-none-match",
+        "if-modified-since", "if-match", "if-range", "range", "content-length",
+        "transfer-encoding", "x-http-method-override", "forwarded", "x-original-url",
+    }  # fmt: skip
+    if not extra.get("trusted_headers"):
+        read.add("x-forwarded-host")
+    if "user_header" in extra:
+        read.add("x-user")
+    boring = not read & {name for name, _ in headers}
+    expect_plain = (
+        method == "GET"
+        and isinstance(plan, Lookup)
+        and path not in ("/api/me", "/api/cond")
+        and "venue_header" not in extra
+        and not varies
+        and [name for name, _ in headers].count("host") <= 1
+        and boring
+    )
+    assert (plain is not None) == bool(expect_plain), (plan, plain)
+    if plain is None:
+        return
+    assert isinstance(plan, Lookup)
+    rule, key, key_header = plain
+    assert (rule, key, key_header) == (plan.rule, plan.key, plan.key_header)
+    assert not (plan.head or plan.refresh or plan.no_store) and plan.venue is None
+    assert policy.first_key(plan) == key
+    now = time.time()
+    entry = CachedResponse(
+        200, [(b"content-type", b"text/plain"), (b"etag", b'"e"')], b"x", now - 3, 60
+    )
+    assert policy.respond_hit(plan, entry, now) == (
+        200,
+        policy.plain_hit_headers(rule, key_header, entry, now),
+        b"x",
+    )

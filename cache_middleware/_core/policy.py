@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
@@ -245,6 +245,19 @@ class CachePolicy:
         )
         self._honor_no_cache = honor_request_no_cache
         self._key_host = key_host
+        # A plain GET carries none of these (raw, as ASGI servers give them: lower-case):
+        # every header a decision of `plan()` or `respond_hit()` reads, bar Host.
+        self._not_plain = frozenset(
+            name.encode("latin-1")
+            for name in self._suspects
+            | _CREDENTIALS
+            | _CONDITIONAL
+            | REFRESH_DROPPED
+            | {"cache-control", "pragma"}
+            | {h for h in (self._user_header, self._venue_header) if h}
+        )
+        # With a venue (a header or a resolver) every key depends on more than the URL.
+        self._plain_off = venue_header is not None or venue_resolver is not None
         # Primary key -> the request headers its responses vary on, learned from Vary records,
         # so that a varying HIT is still one read once this process has seen the record.
         self._learned_vary: dict[str, tuple[str, ...]] = {}
@@ -336,6 +349,57 @@ class CachePolicy:
             venue=venue,
             path_params=path_params,
         )
+
+    def plain_key(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        scheme: str = "http",
+    ) -> tuple[Rule, str, bytes | None] | None:
+        """The short way to a HIT: (rule, key, X-Cache-Key value) of a plain GET, one whose
+        answer no request header but Host can change, when `plan()` derived its key before.
+
+        Plain: a GET on a route that is not private, has no condition and was never seen to
+        vary; no venue configured; and none of the headers `plan()` or `respond_hit()` read
+        (credentials, validators, cache directives, ranges, bodies, method overrides, routing
+        headers). Then `plan()` would return a Lookup of this key with no flag set, and its
+        first read would be this key (tests/test_hot_path.py checks it on random requests),
+        so a fresh entry held in process can be replayed from here. None: ask `plan()`.
+
+        `raw_headers` are an ASGI scope's: names lower-case, as ASGI servers give them (and as
+        Starlette's own header lookups assume)."""
+        if method != "GET" or self._plain_off:
+            return None
+        matched = self.table.match_params(path)
+        if matched is None:
+            return None
+        rule = matched[0]
+        if rule.private or rule.condition is not None or rule.route in self._route_vary:
+            return None
+        not_plain = self._not_plain
+        host: bytes | None = None
+        for name, value in raw_headers:
+            if name in not_plain:
+                return None
+            if name == b"host":
+                if host is not None:
+                    return None  # two Hosts: plan() would key them joined
+                host = value
+        memo_key = (
+            rule.route,
+            path,
+            query_string,
+            None,
+            None,
+            scheme,
+            host.decode("latin-1") if host is not None and self._key_host else None,
+        )
+        keys = self._keys.get(memo_key)
+        if keys is None or keys[0] in self._learned_vary:
+            return None  # not derived yet, an unlisted parameter, or a varying response
+        return rule, keys[0], keys[1]
 
     def _derive_keys(
         self,
@@ -457,15 +521,20 @@ class CachePolicy:
         return Found(key, entry)
 
     @staticmethod
-    def found_held(key: str, raw: bytes) -> Found | None:
-        """`on_read` for bytes this process holds, when they are the entry itself; None for
-        anything else (a Vary record, garbage), which the full read then handles (and logs)
-        once."""
+    def held_entry(raw: bytes) -> CachedResponse | None:
+        """The entry in bytes this process holds; None for anything else (a Vary record,
+        garbage), which the full read then handles (and logs) once."""
         try:
             entry = decode_entry(raw)
         except CorruptEntry:
             return None
-        return Found(key, entry) if isinstance(entry, CachedResponse) else None
+        return entry if isinstance(entry, CachedResponse) else None
+
+    @classmethod
+    def found_held(cls, key: str, raw: bytes) -> Found | None:
+        """`on_read` for bytes this process holds, when they are the entry itself."""
+        entry = cls.held_entry(raw)
+        return None if entry is None else Found(key, entry)
 
     def _learn(self, key: str, names: tuple[str, ...], route: str) -> None:
         if len(self._learned_vary) >= _LEARNED_VARY_LIMIT:
@@ -498,19 +567,28 @@ class CachePolicy:
         if 200 <= status < 300 and self._not_modified(lookup.source, entry.headers):
             # RFC 9110 §15.4.5: only the fields that guide caches, no content.
             headers = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_FIELDS]
-            self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
+            self._decorate(
+                headers, lookup.rule, lookup.key_header, b"STALE" if stale else b"HIT", entry.ttl
+            )
             headers.extend(_age_fields(entry, age, stale))
             return 304, headers, b""
-        headers = self._replayed(entry, lookup, age, stale)
+        headers = self._replayed(entry, lookup.rule, lookup.key_header, age, stale)
         return status, headers, b"" if lookup.head else entry.body
 
+    def plain_hit_headers(
+        self, rule: Rule, key_header: bytes | None, entry: CachedResponse, now: float
+    ) -> list[tuple[bytes, bytes]]:
+        """`respond_hit`'s headers for a fresh entry and a plain GET (`plain_key`): no
+        validators to compare, so the entry's status and body as they are."""
+        return self._replayed(entry, rule, key_header, max(0, int(now - entry.stored_at)), "")
+
     def _replayed(
-        self, entry: CachedResponse, lookup: Lookup, age: int, stale: str
+        self, entry: CachedResponse, rule: Rule, key_header: bytes | None, age: int, stale: str
     ) -> list[tuple[bytes, bytes]]:
         """The entry's headers with ours added: the same for every HIT on an entry the near-cache
         holds (one decoded object) within the same second of its age, so built once per entry
         and second, and copied (a middleware outside may edit the list it is given)."""
-        memo_key = (id(entry), stale, lookup.key_header, lookup.rule.route)
+        memo_key = (id(entry), stale, key_header, rule.route)
         found = self._heads.get(memo_key)
         if found is not None and found[0] is entry:  # `is`: an id can be reused once freed
             if found[2] == age:
@@ -519,7 +597,7 @@ class CachePolicy:
             size = 0  # already counted
         else:
             headers = list(entry.headers)
-            self._decorate(headers, lookup, b"STALE" if stale else b"HIT", entry.ttl)
+            self._decorate(headers, rule, key_header, b"STALE" if stale else b"HIT", entry.ttl)
             base = tuple(headers)
             size = len(entry.body) + 256
             if (
@@ -567,7 +645,7 @@ class CachePolicy:
             start.headers = self.bypass_headers(headers, start.reason)
             return start
         out = _without_ours(headers)
-        self._decorate(out, lookup, b"MISS", start.ttl)
+        self._decorate(out, lookup.rule, lookup.key_header, b"MISS", start.ttl)
         fwd = "request" if lookup.refresh else "uri-miss"
         out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
         start.headers = out
@@ -636,9 +714,13 @@ class CachePolicy:
         return keys
 
     def _decorate(
-        self, headers: list[tuple[bytes, bytes]], lookup: Lookup, state: bytes, ttl: int
+        self,
+        headers: list[tuple[bytes, bytes]],
+        rule: Rule,
+        key_header: bytes | None,
+        state: bytes,
+        ttl: int,
     ) -> None:
-        rule = lookup.rule
         if not any(name.lower() == b"cache-control" for name, _ in headers):
             # The lifetime actually granted (a response's max-age or Expires may shorten it).
             if ttl == rule.ttl:
@@ -647,8 +729,8 @@ class CachePolicy:
                 scope = b"private" if rule.private else b"public"
                 headers.append((b"cache-control", b"%s, max-age=%d" % (scope, max(ttl, 0))))
         headers.append((b"x-cache", state))
-        if lookup.key_header is not None:
-            headers.append((b"x-cache-key", lookup.key_header))
+        if key_header is not None:
+            headers.append((b"x-cache-key", key_header))
         headers.append((b"x-cache-ttl", rule.ttl_header))
 
     def _storable(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
