@@ -142,6 +142,10 @@ SERVERS = {
         ServerSpec("miss", "asgi", "compare_apps:cached_miss_app", (), True),
         ServerSpec("unmatched", "asgi", "compare_apps:cached_unmatched_app", (), True),
         ServerSpec("flask-static", "wsgi", "compare_apps:flask_static_app", ("flask", "gunicorn")),
+        ServerSpec("hit-ceiling", "asgi", "compare_apps:asgi_hit_ceiling_app"),
+        ServerSpec(
+            "wsgi-hit-ceiling", "wsgi", "compare_apps:flask_hit_ceiling_app", ("flask", "gunicorn")
+        ),
         ServerSpec(
             "flask-caching",
             "wsgi",
@@ -163,6 +167,14 @@ SERVERS = {
 MEASUREMENTS = [
     Measurement(
         "static", "Starlette, fixed bytes (ceiling)", "static", "exact", "static", "baseline"
+    ),
+    Measurement(
+        "hit-ceiling",
+        "fixed bytes and a HIT's headers, nothing else (any HIT's ceiling)",
+        "hit-ceiling",
+        "exact",
+        "static",
+        "baseline",
     ),
     Measurement("near", "cache-middleware, near-cache HIT", "near", "hit", "static", "ours"),
     Measurement("redis", "cache-middleware, Redis HIT", "redis", "hit", "static", "ours"),
@@ -210,6 +222,14 @@ MEASUREMENTS = [
         "flask-static",
         "Flask, fixed bytes (WSGI ceiling)",
         "flask-static",
+        "exact",
+        "flask-static",
+        "baseline",
+    ),
+    Measurement(
+        "wsgi-hit-ceiling",
+        "fixed bytes and a HIT's headers, nothing else (any WSGI HIT's ceiling)",
+        "wsgi-hit-ceiling",
         "exact",
         "flask-static",
         "baseline",
@@ -1102,27 +1122,50 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
     )
     paragraphs: list[str] = []
     cashews, near = median("cashews/static"), median("near/static")
+    ceiling = median("hit-ceiling/static")
     if missed & {"redis/cashews", "near/cashews"} and cashews and near:
         paragraphs.append(
             f"**5x cashews.** cashews' HIT runs at {cashews:.2f}x the static Starlette endpoint "
             "here (its thunder protection turns 64 concurrent HITs on one key into one GET; the "
             f"issue saw it at about 2k req/s). 5x it would need a HIT at {5 * cashews:.2f}x the "
-            f"static endpoint; the near-cache HIT is {near:.2f}x it, and a HIT cannot go much "
-            f"beyond the static endpoint: {server_cost}."
+            f"static endpoint; the near-cache HIT is {near:.2f}x it"
+            + (
+                f", and a middleware that does nothing at all but send a HIT's bytes and headers "
+                f"(the `hit-ceiling` row) reaches {ceiling:.2f}x: "
+                + (
+                    "no HIT on this server can"
+                    if ceiling < 5 * cashews
+                    else "a HIT would have to cost next to nothing beyond the server's own work"
+                )
+                if ceiling
+                else ""
+            )
+            + f". {server_cost[0].upper()}{server_cost[1:]}."
         )
     flask_caching = median("flask-caching/flask-static")
     wsgi_near = median("wsgi-near/flask-static")
+    wsgi_ceiling = median("wsgi-hit-ceiling/flask-static")
     flask_us = _per_request_us(summary, "flask-static")
     if missed & {"wsgi-redis/flask-caching", "wsgi-near/flask-caching"} and flask_caching:
         paragraphs.append(
             f"**5x Flask-Caching.** Flask-Caching's HIT runs at {flask_caching:.2f}x the static "
             f"Flask view; 5x it would need {5 * flask_caching:.2f}x the static view"
             + (f", and the near-cache HIT is {wsgi_near:.2f}x it" if wsgi_near else "")
-            + ". Under gunicorn the worker's own per-request cost dominates: the whole WSGI HIT "
-            "path of cache-middleware costs about 27 us in process (a bare Flask view about "
-            "75 us)"
-            + (f", against {flask_us:.0f} us per request the static view costs" if flask_us else "")
-            + " served by gunicorn in this run."
+            + (
+                f". A WSGI middleware that does nothing but send a HIT's bytes and headers (the "
+                f"`wsgi-hit-ceiling` row) reaches {wsgi_ceiling:.2f}x: "
+                + (
+                    "no WSGI HIT under gunicorn can"
+                    if wsgi_ceiling < 5 * flask_caching
+                    else "the server would allow it"
+                )
+                if wsgi_ceiling
+                else ""
+            )
+            + ". Under gunicorn the worker's own per-request cost dominates"
+            + (f": the static view costs {flask_us:.0f} us per request served" if flask_us else "")
+            + " in this run, most of it gunicorn's (parsing, the thread hand-off, two socket "
+            "writes per response), which every WSGI variant pays alike."
         )
     near_ip = in_process.get("near")
     static_ip = in_process.get("static")

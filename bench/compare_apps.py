@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 __all__ = [
+    "asgi_hit_ceiling_app",
     "cached_hit_app",
     "cached_miss_app",
     "cached_near_app",
@@ -33,6 +34,7 @@ __all__ = [
     "fastapi_app",
     "fastapi_cache2_app",
     "flask_caching_app",
+    "flask_hit_ceiling_app",
     "flask_static_app",
     "flask_wsgi_near_app",
     "flask_wsgi_redis_app",
@@ -92,6 +94,21 @@ def _prefix(variant: str) -> str:
     return f"{os.environ[ENV_KEY_PREFIX]}:{variant}"
 
 
+# What a HIT answers with, besides the body: the app's two headers and the cache's (values as long
+# as the bench's). The ceilings below send exactly this and do nothing else.
+HIT_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BODY)).encode()),
+    (b"etag", b'"34bcecd1759e22ac63d1317940aa6379"'),
+    (b"cache-control", b"public, max-age=3600"),
+    (b"x-cache", b"HIT"),
+    (b"x-cache-key", b"bench:0123abcd:near:GET:/api/events:host:http%3A//12..."),
+    (b"x-cache-ttl", b"3600"),
+    (b"age", b"0"),
+    (b"cache-status", b"cache-middleware; hit; ttl=3600"),
+]
+
+
 # -- ASGI: Starlette ------------------------------------------------------------------------------
 
 
@@ -125,6 +142,29 @@ def _ours(routes: dict[str, Any], *, near: bool = False, variant: str) -> Starle
         config["near_cache"] = {}
     app = nocache_app()
     app.add_middleware(CacheMiddleware, config=config)
+    return app
+
+
+class _ReplayHit:
+    """An ASGI middleware that answers every request with the body and a HIT's headers and does
+    nothing else: no lookup, no key, no clock. No HIT, of any cache, is cheaper on this server."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": list(HIT_HEADERS)})
+        await send({"type": "http.response.body", "body": BODY})
+
+
+def asgi_hit_ceiling_app() -> Starlette:
+    """The ceiling of any HIT under uvicorn: a middleware in the Starlette app, where ours sits,
+    replaying fixed bytes and a HIT's headers."""
+    app = static_app()
+    app.add_middleware(_ReplayHit)
     return app
 
 
@@ -247,6 +287,20 @@ def flask_static_app() -> Any:
     def events() -> Any:
         return app.response_class(BODY, mimetype="application/json")
 
+    return app
+
+
+def flask_hit_ceiling_app() -> Any:
+    """The ceiling of any HIT under gunicorn: a WSGI middleware around the Flask app, where ours
+    sits, replaying fixed bytes and a HIT's headers and doing nothing else."""
+    app = _flask()
+    headers = [(name.decode(), value.decode()) for name, value in HIT_HEADERS]
+
+    def replay(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", list(headers))
+        return [BODY]
+
+    app.wsgi_app = replay  # type: ignore[method-assign]
     return app
 
 
