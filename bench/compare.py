@@ -58,6 +58,7 @@ from harness import (
     raise_interrupt,
     redis_client,
     require_wrk,
+    resolve_pin,
     run_wrk,
     start_gunicorn,
     start_uvicorn,
@@ -350,9 +351,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wsgi-threads", type=int, default=4, help="threads per gthread worker")
     parser.add_argument(
         "--pin",
-        default="",
+        default="auto",
         metavar="SERVER:LOAD",
-        help="CPU pinning, e.g. 1:0: servers on CPU 1, wrk and the local Redis on CPU 0",
+        help="CPU pinning, e.g. 1:0: servers on CPU 1, wrk and the local Redis on CPU 0; "
+        "auto (the default): the last CPU for the servers, the others for the load, when there "
+        "are two or more; none: no pinning",
     )
     parser.add_argument("--json", type=Path, default=RESULTS_FILE, help="where to write results")
     docs = parser.add_mutually_exclusive_group()
@@ -366,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.rounds, args.warmup = 2, 1, 1
     if args.wsgi_worker == "sync":
         args.wsgi_threads = 1
+    args.pin = resolve_pin(args.pin)
     return args
 
 

@@ -109,6 +109,20 @@ def pin(server: set[int], load: set[int]) -> None:
     PINNING["server"], PINNING["load"] = set(server), set(load)
 
 
+def resolve_pin(text: str) -> str:
+    """`--pin`'s value made explicit: "auto" is the last usable CPU for the servers and the
+    others for the load (none with a single CPU); "none" and "" are no pinning."""
+    if text in ("", "none"):
+        return ""
+    if text != "auto":
+        parse_pin(text)  # fails early on a typo
+        return text
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return ""
+    return f"{cpus[-1]}:{','.join(str(c) for c in cpus[:-1])}"
+
+
 def parse_pin(text: str) -> tuple[set[int], set[int]]:
     """`"1:0"` -> ({1}, {0}): the servers' CPUs, then wrk's and Redis's (lists: `"2,3:0,1"`)."""
     try:
