@@ -915,7 +915,7 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         "| CPU pinning | "
         + (
             f"servers on CPU {s['pin'].split(':')[0]}, wrk and Redis on CPU "
-            f"{s['pin'].split(':')[1]} (`--pin`) |"
+            f"{s['pin'].split(':')[1]} (`--pin`; the default `auto` pins so on 2+ CPUs) |"
             if s.get("pin")
             else "none: the scheduler shares both CPUs between wrk, the server and Redis |"
         ),
@@ -957,9 +957,11 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         )
     lines += [
         "",
-        "The ceiling is the static Starlette app for ASGI variants and the static Flask view for",
-        "WSGI ones. `Redis cmd/req` counts every command the Redis server processed during the run",
-        "per request served (other clients of that Redis would count too).",
+        "`vs ceiling` is against the static Starlette app for ASGI variants and the static Flask",
+        "view for WSGI ones. The `hit-ceiling` rows bound every HIT on their server: a",
+        "middleware where ours sits, sending the bench's bytes and a HIT's nine headers and doing",
+        "nothing else. `Redis cmd/req` counts every command the Redis server processed during",
+        "the run per request served (other clients of that Redis would count too).",
         "",
         "### cache-middleware against each peer",
         "",
@@ -1145,6 +1147,14 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
                 else ""
             )
             + f". {server_cost[0].upper()}{server_cost[1:]}."
+            + (
+                f" A Redis HIT ({median('redis/cashews') or 0:.2f}x cashews) is further off: "
+                f"its round trip costs {redis_us - near_us:.0f} us more per request served than "
+                "the near-cache HIT here."
+                if (redis_us := _per_request_us(summary, "redis"))
+                and (near_us := _per_request_us(summary, "near"))
+                else ""
+            )
         )
     flask_caching = median("flask-caching/flask-static")
     wsgi_near = median("wsgi-near/flask-static")
