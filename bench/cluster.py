@@ -413,10 +413,11 @@ def render_section(report: dict[str, Any]) -> str:
         lines += [f"- `{k}`: `{v[0][:160]}`" for k, v in logs.items()]
     lines += [
         "",
-        "On a cluster the ASGI store does without the pipelined single-connection GET that a",
-        "single Redis HIT uses (`AsyncRedisClusterStore` turns `fast_get` off: that connection",
-        "speaks to one server), so each ASGI Redis HIT goes through redis-py's asyncio",
-        "`RedisCluster` client; a near-cache HIT does not reach Redis on either.",
+        "On a cluster the stores do without the lean GET that a single Redis HIT uses (the",
+        "ASGI store's pipelined connection, the WSGI store's plain sockets: both speak to one",
+        "server, so the cluster stores turn `fast_get` off), and each Redis HIT goes through",
+        "redis-py's `RedisCluster` client, asyncio or blocking; a near-cache HIT does not reach",
+        "Redis on either.",
         "",
         "The peers (fastapi-cache2, cashews, Flask-Caching) take a plain Redis URL only and are",
         "left out. On this 2-core machine six more `redis-server` processes share the CPUs;",

@@ -10,7 +10,7 @@ twin is pipelined_get.py.
 
 Failure contract: a call ends within `timeout` seconds (connecting, sending and reading each
 get what is left of it). A timeout, a closed connection or any protocol surprise closes the
-socket and raises (the store fails open); the thread's next call reconnects. An error reply
+socket and raises (the store fails open); a later call opens a new one. An error reply
 (`ReplyError`) leaves the connection usable: the reply was read whole. A GET that answers
 anything but a string or nil is a ConnectionError too (WRONGTYPE comes as an error reply).
 """
