@@ -140,6 +140,10 @@ def pin_redis(redis_url: str, cpus: set[int]) -> Any:
     them back. Redis is the load's side: it must not take the server's CPU."""
     try:
         pid = int(redis_client(redis_url).info("server")["process_id"])
+        # A remote server's pid may name some other process here: pin only a local redis-server.
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        if not comm.startswith("redis"):
+            raise ValueError(f"process {pid} here is {comm!r}, not that Redis server")
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         before = {tid: os.sched_getaffinity(tid) for tid in tids}
         for tid in tids:
