@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._core.entry import CachedResponse
+from ._core.held import Replay, replay_held
 from ._core.policy import (
     REFRESH_DROPPED,
     Follow,
@@ -298,14 +299,9 @@ class CacheMiddleware:
             return
         await self._fill(plan, scope, receive, send, stale, lease)
 
-    def _plain_hit(
-        self, scope: Scope, local_get: Callable[[str], bytes | None]
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """A near-cache HIT the short way: a plain GET (`CachePolicy.plain_key`) whose fresh
-        entry this process holds, answered without building the request's plan; None for
-        anything else, which takes the full path (and gets the same answer there, slower)."""
-        policy = self.policy
-        plain = policy.plain_key(
+    def _plain_hit(self, scope: Scope, local_get: Callable[[str], bytes | None]) -> Replay | None:
+        """A near-cache HIT the short way (`_core/held.py`), or None: take the full path."""
+        plain = self.policy.plain_key(
             scope["method"],
             scope["path"],
             scope.get("query_string", b"").decode("latin-1"),
@@ -314,19 +310,7 @@ class CacheMiddleware:
         )
         if plain is None:
             return None
-        rule, key, key_header = plain
-        raw = local_get(key)
-        if raw is None:
-            return None
-        entry = policy.held_entry(raw)
-        if entry is None:
-            return None
-        now = time.time()
-        if policy.freshness(entry, now) != "fresh":
-            return None  # stale or expired: the full path knows what to do
-        self.book.bump("hits", rule.route)
-        self.trend.found(rule.route)
-        return entry.status, policy.plain_hit_headers(rule, key_header, entry, now), entry.body
+        return replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
 
     def _found_locally(self, plan: Lookup) -> Found | None:
         """The entry, when this process holds it: a HIT with no await before the response.

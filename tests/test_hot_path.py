@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cache_middleware._core import policy as policy_module
 from cache_middleware._core import rules as rules_module
-from cache_middleware._core.entry import CachedResponse
+from cache_middleware._core.entry import CachedResponse, decode_entry, encode_entry
 from cache_middleware._core.policy import Bypass, CachePolicy, Lookup, RequestView
 from cache_middleware.config import load_config
 from cache_middleware.wiring import build_policy
@@ -282,3 +282,90 @@ def test_a_plain_get_is_answered_as_the_full_plan_answers_it(
         policy.plain_hit_headers(rule, key_header, entry, now),
         b"x",
     )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    config=st.sampled_from(range(len(_PLAIN_CONFIGS))),
+    method=st.sampled_from(["GET", "GET", "GET", "HEAD", "POST"]),
+    path=st.sampled_from(
+        ["/api/events", "/api/events/7", "/api/search", "/api/items/3", "/api/me", "/api/cond"]
+    ),
+    query=st.sampled_from(["", "q=a", "q=b&utm=x", "a=1&b=2"]),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([*_HEADER_NAMES, *["host", "user-agent", "accept"] * 6]),
+            st.sampled_from(["", "0", "a.example", "x"]),
+        ),
+        max_size=4,
+    ),
+    scheme=st.sampled_from(["http", "https"]),
+)
+def test_the_wsgi_short_way_agrees_with_the_full_plan(
+    config: int,
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    scheme: str,
+) -> None:
+    """The WSGI adapter's short way (headers read from the environ, then `plain_key_of`) is
+    taken only where `plan()`, given the same environ, looks up the same key with no flag set
+    and would replay the very same headers; and for every plain GET seen before."""
+    from cache_middleware.wsgi import WSGICacheMiddleware, _environ_name, _WsgiRequest
+
+    extra = _PLAIN_CONFIGS[config]
+    config_dict = {
+        "routes": {
+            "/api/events": {"ttl": 60},
+            "/api/search": {"ttl": 60, "vary_by": ["q"]},
+            "/api/items/{id}": {"ttl": 30},
+            "/api/me": {"ttl": 60, "private": True},
+            "/api/cond": {"ttl": 60, "condition": "tests.test_hot_path:_always"},
+        },
+        **extra,
+    }
+    middleware = WSGICacheMiddleware(lambda environ, start: [], config=config_dict)
+    policy = middleware.policy
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "wsgi.url_scheme": scheme,
+    }
+    for name, value in headers:  # a server joins a repeated header's values
+        key = _environ_name(name)
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    plan = policy.plan(method, path, query, _WsgiRequest(environ), scheme)
+    held: dict[str, bytes] = {}
+    if isinstance(plan, Lookup):
+        entry = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", time.time(), 60)
+        held[plan.key] = encode_entry(entry)
+    replay = middleware._plain_hit(environ, path, held.get)
+    read = {
+        "cookie", "authorization", "cache-control", "pragma", "if-none-match",
+        "if-modified-since", "if-match", "if-range", "range", "transfer-encoding",
+        "x-http-method-override", "forwarded", "x-original-url",
+    }  # fmt: skip
+    if not extra.get("trusted_headers"):
+        read.add("x-forwarded-host")
+    if "user_header" in extra:
+        read.add("x-user")
+    names = {name for name, _ in headers}
+    lengths = [value for name, value in headers if name == "content-length"]
+    expect = (
+        method == "GET"
+        and isinstance(plan, Lookup)
+        and path not in ("/api/me", "/api/cond")
+        and "venue_header" not in extra
+        and not read & names
+        and (not lengths or (len(lengths) == 1 and lengths[0] in ("", "0")))
+    )
+    assert (replay is not None) == bool(expect), (plan, replay)
+    if replay is None:
+        return
+    assert isinstance(plan, Lookup)
+    assert not (plan.head or plan.refresh or plan.no_store) and plan.venue is None
+    assert policy.first_key(plan) == plan.key
+    hit = policy.respond_hit(plan, decode_entry(held[plan.key]), time.time())
+    assert (replay[0], dict(replay[1]), replay[2]) == (hit[0], dict(hit[1]), hit[2])

@@ -245,17 +245,17 @@ class CachePolicy:
         )
         self._honor_no_cache = honor_request_no_cache
         self._key_host = key_host
-        # A plain GET carries none of these (raw, as ASGI servers give them: lower-case):
-        # every header a decision of `plan()` or `respond_hit()` reads, bar Host.
-        self._not_plain = frozenset(
-            name.encode("latin-1")
-            for name in self._suspects
+        # A plain GET carries none of these: every header a decision of `plan()` or
+        # `respond_hit()` reads, bar Host (lower-case; the adapters map them to their forms).
+        self.not_plain_headers = frozenset(
+            self._suspects
             | _CREDENTIALS
             | _CONDITIONAL
             | REFRESH_DROPPED
             | {"cache-control", "pragma"}
             | {h for h in (self._user_header, self._venue_header) if h}
         )
+        self._not_plain = frozenset(name.encode("latin-1") for name in self.not_plain_headers)
         # With a venue (a header or a resolver) every key depends on more than the URL.
         self._plain_off = venue_header is not None or venue_resolver is not None
         # Primary key -> the request headers its responses vary on, learned from Vary records,
@@ -370,14 +370,6 @@ class CachePolicy:
 
         `raw_headers` are an ASGI scope's: names lower-case, as ASGI servers give them (and as
         Starlette's own header lookups assume)."""
-        if method != "GET" or self._plain_off:
-            return None
-        matched = self.table.match_params(path)
-        if matched is None:
-            return None
-        rule = matched[0]
-        if rule.private or rule.condition is not None or rule.route in self._route_vary:
-            return None
         not_plain = self._not_plain
         host: bytes | None = None
         for name, value in raw_headers:
@@ -387,6 +379,23 @@ class CachePolicy:
                 if host is not None:
                     return None  # two Hosts: plan() would key them joined
                 host = value
+        return self.plain_key_of(
+            method, path, query_string, None if host is None else host.decode("latin-1"), scheme
+        )
+
+    def plain_key_of(
+        self, method: str, path: str, query_string: str, host: str | None, scheme: str = "http"
+    ) -> tuple[Rule, str, bytes | None] | None:
+        """`plain_key` for a request its adapter found to carry none of `not_plain_headers`
+        (the WSGI adapter reads them from the environ); `host` is its Host header."""
+        if method != "GET" or self._plain_off:
+            return None
+        matched = self.table.match_params(path)
+        if matched is None:
+            return None
+        rule = matched[0]
+        if rule.private or rule.condition is not None or rule.route in self._route_vary:
+            return None
         memo_key = (
             rule.route,
             path,
@@ -394,7 +403,7 @@ class CachePolicy:
             None,
             None,
             scheme,
-            host.decode("latin-1") if host is not None and self._key_host else None,
+            host if self._key_host else None,
         )
         keys = self._keys.get(memo_key)
         if keys is None or keys[0] in self._learned_vary:

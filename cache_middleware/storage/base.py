@@ -200,9 +200,9 @@ class AsyncStore(Protocol):
     #
     #   local_get(key) -> bytes | None   (a plain function, not a coroutine)
     #     the value when this process holds it (the memory store, a near-cache), else None:
-    #     "not held here", which may still be in Redis, so the caller then awaits get(). The
-    #     ASGI middleware answers a near-cache HIT through it without awaiting anything before
-    #     the response.
+    #     "not held here", which may still be in Redis, so the caller then asks get(). Both
+    #     middlewares answer a plain GET's HIT through it without building the request's plan
+    #     (_core/held.py); the ASGI one also reads through it before awaiting anything.
 
 
 def get_then_acquire(

@@ -146,6 +146,10 @@ class MemoryStore:
         with self._lock:
             return self._read(key, time.monotonic())
 
+    def local_get(self, key: str) -> bytes | None:
+        """`get`: the entries are in this process (see storage/base.py)."""
+        return self.get(key)
+
     def set(self, key: str, value: bytes, ttl: int) -> None:
         with self._lock:
             self._put(key, value, time.monotonic() + ttl)

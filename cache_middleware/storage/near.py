@@ -306,6 +306,10 @@ class NearSyncStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def local_get(self, key: str) -> bytes | None:
+        """The near-cache's copy; None: ask `get` (Redis may have it)."""
+        return self.near.get(key)
+
     def get(self, key: str) -> bytes | None:
         value = self.near.get(key)
         if value is not None:
