@@ -30,6 +30,7 @@ from ._core.policy import (
     Lookup,
     NotFound,
     RequestView,
+    declares_no_body,
 )
 from ._core.stats import StatsBook
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
@@ -213,9 +214,10 @@ class WSGICacheMiddleware:
         """A near-cache HIT the short way (`_core/held.py`), or None: take the full path. The
         environ must hold none of the headers a plan reads; an empty or zero Content-Length
         (some servers always set one) is what `plan()` takes for none."""
-        if not self._not_plain_environ.isdisjoint(environ) or environ.get(
-            "CONTENT_LENGTH", ""
-        ) not in ("", "0"):
+        length = environ.get("CONTENT_LENGTH")
+        if not self._not_plain_environ.isdisjoint(environ) or not declares_no_body(
+            length if isinstance(length, str) else None
+        ):
             return None
         host = environ.get("HTTP_HOST")
         plain = self.policy.plain_key_of(

@@ -153,6 +153,9 @@ def test_only_plain_urls_and_no_given_client_take_the_lean_path(redis_url: str) 
     assert RedisStore(redis_url, fast_get=False)._direct is None
     assert RedisStore("rediss://127.0.0.1:6380/0")._direct is None
     assert RedisStore(redis_url, client=redis.Redis.from_url(redis_url))._direct is None
+    # redis-py options the lean sockets would not honour keep the store on redis-py.
+    assert RedisStore(redis_url, password="x")._direct is None
+    assert RedisStore(redis_url, socket_keepalive=True)._direct is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

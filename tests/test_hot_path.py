@@ -341,3 +341,17 @@ def test_the_wsgi_short_way_agrees_with_the_full_plan(
     assert policy.first_key(plan) == plan.key
     hit = policy.respond_hit(plan, decode_entry(held[plan.key]), time.time())
     assert (replay[0], dict(replay[1]), replay[2]) == (hit[0], dict(hit[1]), hit[2])
+
+
+def test_header_names_that_are_not_bytes_take_the_full_way() -> None:
+    """ASGI says bytes; a server that hands over a bytearray must cost the short way, not the
+    request (an unhashable name would otherwise raise out of the set lookup)."""
+    from cache_middleware.asgi import _AsgiRequest
+
+    policy = _plain_policy({})
+    raw: list[tuple[Any, bytes]] = [(bytearray(b"host"), b"a.example")]
+    scope = {"type": "http", "method": "GET", "path": "/api/events", "headers": raw}
+    plan = policy.plan("GET", "/api/events", "", _AsgiRequest(scope))
+    assert isinstance(plan, Lookup)
+    assert policy.plain_key("GET", "/api/events", "", raw) is None
+    assert policy.plain_key("POST", "/api/events", "", raw) is None  # no scan for POST

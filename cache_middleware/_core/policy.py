@@ -60,6 +60,7 @@ __all__ = [
     "RequestSource",
     "RequestView",
     "Resolver",
+    "declares_no_body",
 ]
 
 logger = logging.getLogger("cache_middleware")
@@ -370,15 +371,20 @@ class CachePolicy:
 
         `raw_headers` are an ASGI scope's: names lower-case, as ASGI servers give them (and as
         Starlette's own header lookups assume)."""
+        if method != "GET" or self._plain_off:
+            return None  # before the header scan: an unsafe method pays nothing for it
         not_plain = self._not_plain
         host: bytes | None = None
-        for name, value in raw_headers:
-            if name in not_plain:
-                return None
-            if name == b"host":
-                if host is not None:
-                    return None  # two Hosts: plan() would key them joined
-                host = value
+        try:
+            for name, value in raw_headers:
+                if name in not_plain:
+                    return None
+                if name == b"host":
+                    if host is not None:
+                        return None  # two Hosts: plan() would key them joined
+                    host = value
+        except TypeError:
+            return None  # a name that is not bytes (bytearray...): the full path copes with it
         return self.plain_key_of(
             method, path, query_string, None if host is None else host.decode("latin-1"), scheme
         )
@@ -443,10 +449,10 @@ class CachePolicy:
         """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""
         if not source.has_any(self._suspects):
             return ""  # the common case, decided in one set operation
-        length = source.header("content-length")
-        if (length is not None and length.strip() not in ("", "0")) or source.header(
-            "transfer-encoding"
-        ) is not None:
+        if (
+            not declares_no_body(source.header("content-length"))
+            or source.header("transfer-encoding") is not None
+        ):
             return "request-body"  # a GET whose body the app may read is not the GET we key
         for name in _OVERRIDE_HEADERS:
             if source.header(name) is not None:
@@ -846,6 +852,12 @@ class CachePolicy:
         ):
             swr = sie = 0
         return MissStart(True, [], "", ttl, swr, sie, names)
+
+
+def declares_no_body(content_length: str | None) -> bool:
+    """A request Content-Length that announces no body: absent, empty or zero (some WSGI
+    servers always set an empty one). Anything else may carry a body the app reads."""
+    return content_length is None or content_length.strip() in ("", "0")
 
 
 def _as_text(value: object) -> str:

@@ -95,8 +95,11 @@ class AsyncRedisStore:
         self.breaker = CircuitBreaker(
             _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
         )
-        # Plain TCP URLs read through the pipelined GET (the HIT path); the rest use redis-py.
-        self._fast_params = _pipelined_params(url, timeout) if fast_get else None
+        # Plain TCP URLs read through the pipelined GET (the HIT path); the rest use redis-py,
+        # as do stores given redis-py options the pipelined connection would not honour.
+        self._fast_params = (
+            _pipelined_params(url, timeout) if fast_get and not redis_kwargs else None
+        )
         self._getter: PipelinedGetter | None = None
         self._kwargs: dict[str, Any] = {
             "socket_timeout": timeout,

@@ -97,8 +97,10 @@ class RedisStore:
         }
         self._client: Any = client
         # Plain TCP URLs read through lean sockets (the HIT path); the rest use redis-py, and so
-        # does a client given in (it may not be the server at `url`: fakeredis in tests).
-        params = _pipelined_params(url, timeout) if fast_get and client is None else None
+        # does a client given in (it may not be the server at `url`: fakeredis in tests) or
+        # redis-py options the lean sockets would not honour (credentials, TLS, keepalive...).
+        lean = fast_get and client is None and not redis_kwargs
+        params = _pipelined_params(url, timeout) if lean else None
         self._direct = DirectGetter(**params) if params else None
 
     @property
