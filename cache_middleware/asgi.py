@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._core.entry import CachedResponse
-from ._core.held import Replay, replay_held
+from ._core.held import PlainRead, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
     Follow,
@@ -29,6 +29,7 @@ from ._core.policy import (
     NotFound,
     RequestView,
 )
+from ._core.rules import Rule
 from ._core.stats import StatsBook
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
@@ -157,8 +158,23 @@ class CacheMiddleware:
             return
         if time.monotonic() >= self._next_flush:
             self._schedule_flush()
-        if self._local_get is not None:
-            hit = self._plain_hit(scope, self._local_get)
+        prefetched: PlainRead | None = None
+        plain = self._plain_key(scope)
+        if plain is not None:
+            # The short way (`_core/held.py`): what this process holds, else one GET.
+            local_get = self._local_get
+            hit = (
+                None
+                if local_get is None
+                else replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
+            )
+            if hit is None and not self.trend.mostly_misses(plain[0].route):
+                # (On a route that mostly misses, the full path's first read takes the lease.)
+                prefetched = await self._read_plain(plain[1])
+                if prefetched.error is None:
+                    hit = replay_read(
+                        self.policy, plain, prefetched.raw, self.book, self.trend, time.time()
+                    )
             if hit is not None:
                 await send({"type": "http.response.start", "status": hit[0], "headers": hit[1]})
                 await send({"type": "http.response.body", "body": hit[2]})
@@ -173,7 +189,7 @@ class CacheMiddleware:
         if plan is None:
             await self.app(scope, receive, send)
         elif isinstance(plan, Lookup):
-            await self._lookup(plan, scope, receive, send)
+            await self._lookup(plan, scope, receive, send, prefetched)
         elif isinstance(plan, Invalidate):
             await self._invalidate(plan, scope, receive, send)
         else:
@@ -255,14 +271,27 @@ class CacheMiddleware:
 
         await self.app(scope, receive, send_invalidating)
 
-    async def _lookup(self, plan: Lookup, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _lookup(
+        self,
+        plan: Lookup,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        prefetched: PlainRead | None = None,
+    ) -> None:
         stale: CachedResponse | None = None
         lease: Lease | None = None
+        if prefetched is not None and prefetched.key != self.policy.first_key(plan):
+            prefetched = None  # a Vary learned meanwhile: the variant is read first now
         if not plan.refresh:
-            local = self._found_locally(plan)
+            local = None if prefetched is not None else self._found_locally(plan)
             try:
-                if local is not None:
-                    found: Found | NotFound = local
+                if prefetched is not None:
+                    if prefetched.error is not None:
+                        raise prefetched.error
+                    found: Found | NotFound = await self._read(plan, prefetched.raw)
+                elif local is not None:
+                    found = local
                 elif self._get_or_acquire is not None and lookup_takes_lease(
                     self.trend, plan, self._fills
                 ):
@@ -299,18 +328,22 @@ class CacheMiddleware:
             return
         await self._fill(plan, scope, receive, send, stale, lease)
 
-    def _plain_hit(self, scope: Scope, local_get: Callable[[str], bytes | None]) -> Replay | None:
-        """A near-cache HIT the short way (`_core/held.py`), or None: take the full path."""
-        plain = self.policy.plain_key(
+    def _plain_key(self, scope: Scope) -> tuple[Rule, str, bytes | None] | None:
+        """(rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key`), else None."""
+        return self.policy.plain_key(
             scope["method"],
             scope["path"],
             scope.get("query_string", b"").decode("latin-1"),
             scope["headers"],
             scope.get("scheme", "http"),
         )
-        if plain is None:
-            return None
-        return replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
+
+    async def _read_plain(self, key: str) -> PlainRead:
+        """One GET of a plain key, handed on to the full path if it is not a fresh HIT."""
+        try:
+            return PlainRead(key, await self.store.get(key))
+        except StoreUnavailable as exc:
+            return PlainRead(key, None, exc)
 
     def _found_locally(self, plan: Lookup) -> Found | None:
         """The entry, when this process holds it: a HIT with no await before the response.

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core.entry import CachedResponse
-from ._core.held import Replay, replay_held
+from ._core.held import PlainRead, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
     Follow,
@@ -32,6 +32,7 @@ from ._core.policy import (
     RequestView,
     declares_no_body,
 )
+from ._core.rules import Rule
 from ._core.stats import StatsBook
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
@@ -188,8 +189,23 @@ class WSGICacheMiddleware:
         if time.monotonic() >= self._next_flush:
             self._next_flush = time.monotonic() + FLUSH_INTERVAL
             threading.Thread(target=self.flush_stats, name="cache-stats", daemon=True).start()
-        if self._local_get is not None:
-            hit = self._plain_hit(environ, path, self._local_get)
+        prefetched: PlainRead | None = None
+        plain = self._plain_key(environ, path)
+        if plain is not None:
+            # The short way (`_core/held.py`): what this process holds, else one GET.
+            local_get = self._local_get
+            hit = (
+                None
+                if local_get is None
+                else replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
+            )
+            if hit is None and not self.trend.mostly_misses(plain[0].route):
+                # (On a route that mostly misses, the full path's first read takes the lease.)
+                prefetched = self._read_plain(plain[1])
+                if prefetched.error is None:
+                    hit = replay_read(
+                        self.policy, plain, prefetched.raw, self.book, self.trend, time.time()
+                    )
             if hit is not None:
                 start_response(_status_line(hit[0]), _to_str(hit[1]))
                 return [hit[2]]
@@ -203,17 +219,15 @@ class WSGICacheMiddleware:
         if plan is None:
             return self.app(environ, start_response)
         if isinstance(plan, Lookup):
-            return self._lookup(plan, environ, start_response)
+            return self._lookup(plan, environ, start_response, prefetched)
         if isinstance(plan, Invalidate):
             return self._invalidate(plan, environ, start_response)
         return self._bypass(environ, start_response, plan.reason, plan.rule.route)
 
-    def _plain_hit(
-        self, environ: Environ, path: str, local_get: Callable[[str], bytes | None]
-    ) -> Replay | None:
-        """A near-cache HIT the short way (`_core/held.py`), or None: take the full path. The
-        environ must hold none of the headers a plan reads; an empty or zero Content-Length
-        (some servers always set one) is what `plan()` takes for none."""
+    def _plain_key(self, environ: Environ, path: str) -> tuple[Rule, str, bytes | None] | None:
+        """(rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key_of`), else
+        None. The environ must hold none of the headers a plan reads; an empty or zero
+        Content-Length (some servers always set one) is what `plan()` takes for none."""
         length = environ.get("CONTENT_LENGTH")
         if not self._not_plain_environ.isdisjoint(environ) or not declares_no_body(
             length if isinstance(length, str) else None
@@ -227,9 +241,14 @@ class WSGICacheMiddleware:
             host if isinstance(host, str) else None,
             environ.get("wsgi.url_scheme", "http"),
         )
-        if plain is None:
-            return None
-        return replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
+        return plain
+
+    def _read_plain(self, key: str) -> PlainRead:
+        """One GET of a plain key, handed on to the full path if it is not a fresh HIT."""
+        try:
+            return PlainRead(key, self.store.get(key))
+        except StoreUnavailable as exc:
+            return PlainRead(key, None, exc)
 
     # -- statistics ------------------------------------------------------------------------------
 
@@ -296,13 +315,23 @@ class WSGICacheMiddleware:
         return self.app(environ, start_invalidating)
 
     def _lookup(
-        self, plan: Lookup, environ: Environ, start_response: StartResponse
+        self,
+        plan: Lookup,
+        environ: Environ,
+        start_response: StartResponse,
+        prefetched: PlainRead | None = None,
     ) -> Iterable[bytes]:
         stale: CachedResponse | None = None
         lease: Lease | None = None
+        if prefetched is not None and prefetched.key != self.policy.first_key(plan):
+            prefetched = None  # a Vary learned meanwhile: the variant is read first now
         if not plan.refresh:
             try:
-                if self._get_or_acquire is not None and lookup_takes_lease(
+                if prefetched is not None:
+                    if prefetched.error is not None:
+                        raise prefetched.error
+                    found: Found | NotFound = self._read(plan, prefetched.raw)
+                elif self._get_or_acquire is not None and lookup_takes_lease(
                     self.trend, plan, self._fills
                 ):
                     found, lease = self._read_or_lease(plan, self._get_or_acquire)

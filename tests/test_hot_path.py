@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cache_middleware._core import policy as policy_module
 from cache_middleware._core import rules as rules_module
 from cache_middleware._core.entry import CachedResponse, decode_entry, encode_entry
+from cache_middleware._core.held import replay_held
 from cache_middleware._core.policy import Bypass, CachePolicy, Lookup, RequestView
 from cache_middleware.config import load_config
 from cache_middleware.wiring import build_policy
@@ -321,7 +322,12 @@ def test_the_wsgi_short_way_agrees_with_the_full_plan(
     if isinstance(plan, Lookup):
         entry = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", time.time(), 60)
         held[plan.key] = encode_entry(entry)
-    replay = middleware._plain_hit(environ, path, held.get)
+    plain = middleware._plain_key(environ, path)
+    replay = (
+        None
+        if plain is None
+        else replay_held(policy, plain, held.get, middleware.book, middleware.trend, time.time())
+    )
     read = _read_by_plan(extra)
     names = {name for name, _ in headers}
     lengths = [value for name, value in headers if name == "content-length"]

@@ -1,24 +1,38 @@
 """The short way to a HIT, for both adapters: a plain GET (`CachePolicy.plain_key`) whose fresh
-entry this process holds is answered without building the request's plan.
+entry is read under its key is answered without building the request's plan.
 
-`local_get` is the store's read of what the process holds (the near-cache, the memory store):
-a plain function, never I/O. Anything else (not held, a Vary record, garbage, stale, expired)
-returns None and the adapter takes the full path, which gives the same answer, slower.
+`replay_held` reads through the store's `local_get` (what the process holds: the near-cache,
+the memory store), a plain function, never I/O. `replay_read` takes bytes the adapter read
+from the store itself (one GET to Redis). Anything but a fresh entry (nothing, a Vary record,
+garbage, stale, expired) returns None and the adapter takes the full path, which gives the
+same answer, slower (handing it what it read, so nothing is read twice).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from .entry import CachedResponse, CorruptEntry
 from .policy import CachePolicy
 from .rules import Rule
 from .stats import StatsBook
 from .trend import MissTrend
 
-__all__ = ["Replay", "replay_held"]
+__all__ = ["PlainRead", "Replay", "replay_held", "replay_read"]
 
 # What to send: status, headers, body.
 Replay = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+@dataclass(slots=True)
+class PlainRead:
+    """What the short way read under a plain key, or how the store failed: handed to the full
+    path when it is not a fresh HIT, whose first read it then is."""
+
+    key: str
+    raw: bytes | None
+    error: Exception | None = None
 
 
 def replay_held(
@@ -31,13 +45,27 @@ def replay_held(
 ) -> Replay | None:
     """The HIT for `plain` (rule, key, X-Cache-Key value) at `now` (the adapter's clock),
     counted as the full path counts it."""
-    rule, key, key_header = plain
-    raw = local_get(key)
+    return replay_read(policy, plain, local_get(plain[1]), book, trend, now)
+
+
+def replay_read(
+    policy: CachePolicy,
+    plain: tuple[Rule, str, bytes | None],
+    raw: bytes | None,
+    book: StatsBook,
+    trend: MissTrend,
+    now: float,
+) -> Replay | None:
+    """`replay_held` for `raw`, what the store returned for the plain key."""
     if raw is None:
         return None
-    entry = policy.held_entry(raw)
-    if entry is None:
-        return None
+    rule, key, key_header = plain
+    try:
+        entry = policy.decoded(key, raw)
+    except CorruptEntry:
+        return None  # the full path logs and drops it
+    if not isinstance(entry, CachedResponse):
+        return None  # a Vary record: the full path follows it
     if policy.freshness(entry, now) != "fresh":
         return None  # stale or expired: the full path knows what to do
     book.bump("hits", rule.route)

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
 
-from .entry import CachedResponse, CorruptEntry, VaryRecord, decode_entry, encode_entry, encode_vary
+from .entry import (
+    CachedResponse,
+    CorruptEntry,
+    HeldEntry,
+    VaryRecord,
+    decode_entry,
+    encode_entry,
+    encode_vary,
+)
 from .headers import (
     HOP_BY_HOP,
     HeaderList,
@@ -99,9 +107,12 @@ _UNKNOWN: Any = object()
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 # Entries whose replayed headers are remembered, at most.
 _HEADS_MEMO_LIMIT = 1_000
-# ... and the bytes of the entries it keeps alive, at most: on Redis without a near-cache every
-# HIT decodes a new entry, so the memo only churns, and must not hold big bodies while it does.
+# ... and the bytes of the entries it keeps alive, at most.
 _HEADS_MEMO_BYTES = 8 * 1024 * 1024
+# Entries read from the store whose decoded form is remembered (per key, with the bytes they
+# were read as), at most; and the bytes those keep alive (the record and its decoded body).
+_READS_MEMO_LIMIT = 1_000
+_READS_MEMO_BYTES = 8 * 1024 * 1024
 # (key, X-Cache-Key header value, path index key, lease key)
 _Keys = tuple[str, "bytes | None", str, str]
 
@@ -269,6 +280,9 @@ class CachePolicy:
         # Age and Cache-Status, the age in seconds they were last completed for, all of them)
         self._heads: dict[tuple[int, str, bytes | None, str], Any] = {}
         self._heads_bytes = 0
+        # key -> (the bytes last read under it, what they decode to): see `decoded`.
+        self._reads: dict[str, tuple[bytes, CachedResponse]] = {}
+        self._reads_bytes = 0
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -521,7 +535,7 @@ class CachePolicy:
                 return Follow(lookup.key)
             return NotFound(key)
         try:
-            entry = decode_entry(raw)
+            entry = self.decoded(key, raw)
         except CorruptEntry as exc:
             logger.warning("dropping unreadable cache entry %r: %s", key, exc)
             return NotFound(key, drop=key)
@@ -534,6 +548,32 @@ class CachePolicy:
             self._learn(lookup.key, entry.names, lookup.rule.route)
             return Follow(variant)
         return Found(key, entry)
+
+    def decoded(self, key: str, raw: bytes) -> CachedResponse | VaryRecord:
+        """`decode_entry(raw)` for the value read under `key`, remembered per key: a HIT on
+        Redis reads the same bytes every time until the entry changes, and they then decode
+        to one shared object (immutable), which `_replayed` remembers the headers of. The
+        bytes are compared, never trusted: other bytes under the key are decoded afresh.
+        Raises `CorruptEntry` as `decode_entry` does."""
+        if type(raw) is HeldEntry:
+            return decode_entry(raw)  # the near-cache's bytes remember their decoding already
+        known = self._reads.get(key)
+        if known is not None and known[0] == raw:
+            return known[1]
+        entry = decode_entry(raw)
+        if isinstance(entry, CachedResponse):
+            size = 2 * len(raw)  # the record, and the body decoded out of it
+            if size <= _READS_MEMO_BYTES // 16:
+                if (
+                    len(self._reads) >= _READS_MEMO_LIMIT
+                    or self._reads_bytes + size > _READS_MEMO_BYTES
+                ):
+                    self._reads.clear()  # bounded: forgotten all at once, as the other memos
+                    self._reads_bytes = 0
+                # Bytes counted while in, never given back on replace: at worst an early clear.
+                self._reads[key] = (raw, entry)
+                self._reads_bytes += size
+        return entry
 
     @staticmethod
     def held_entry(raw: bytes) -> CachedResponse | None:
