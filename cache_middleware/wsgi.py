@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core.entry import CachedResponse
-from ._core.held import PlainRead, replay_held, replay_read
+from ._core.held import PlainRead, reads_plain, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
     Follow,
@@ -193,19 +193,14 @@ class WSGICacheMiddleware:
         plain = self._plain_key(environ, path)
         if plain is not None:
             # The short way (`_core/held.py`): what this process holds, else one GET.
-            local_get = self._local_get
-            hit = (
-                None
-                if local_get is None
-                else replay_held(self.policy, plain, local_get, self.book, self.trend, time.time())
+            hit = replay_held(
+                self.policy, plain, self._local_get, self.book, self.trend, time.time()
             )
-            if hit is None and not self.trend.mostly_misses(plain[0].route):
-                # (On a route that mostly misses, the full path's first read takes the lease.)
+            if hit is None and reads_plain(self.trend, plain):
                 prefetched = self._read_plain(plain[1])
-                if prefetched.error is None:
-                    hit = replay_read(
-                        self.policy, plain, prefetched.raw, self.book, self.trend, time.time()
-                    )
+                hit = replay_read(
+                    self.policy, plain, prefetched, self.book, self.trend, time.time()
+                )
             if hit is not None:
                 start_response(_status_line(hit[0]), _to_str(hit[1]))
                 return [hit[2]]

@@ -7,6 +7,7 @@ Against the real Redis (the stores count the calls the middleware makes)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from typing import Any
@@ -35,12 +36,12 @@ CONFIG: dict[str, Any] = {"routes": {"/api": {"ttl": 60, "stale_while_revalidate
 _COUNTED = ("get", "get_or_acquire", "acquire_fill", "store_fill", "release_fill", "forget")
 
 
-class CountingAsyncRedis(AsyncRedisStore):
-    """The real async Redis store, counting the calls the middleware makes; `fail_gets` makes
-    its reads fail as an unreachable Redis does."""
+class _Counting:
+    """Counts the store calls the middleware makes; `fail_gets` makes its reads fail as an
+    unreachable Redis does."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(url, timeout=2.0)
+        super().__init__(url, timeout=2.0)  # type: ignore[call-arg]
         self.calls: Counter[str] = Counter()
         self.fail_gets = False
 
@@ -50,34 +51,32 @@ class CountingAsyncRedis(AsyncRedisStore):
             return attr
         store = self
 
-        async def counted(*args: Any, **kwargs: Any) -> Any:
+        def count() -> None:
             store.calls[name] += 1
             if name == "get" and store.fail_gets:
                 raise StoreUnavailable("Redis is down (test)")
-            return await attr(*args, **kwargs)
 
-        return counted
+        if inspect.iscoroutinefunction(attr):
 
+            async def counted_async(*args: Any, **kwargs: Any) -> Any:
+                count()
+                return await attr(*args, **kwargs)
 
-class CountingSyncRedis(RedisStore):
-    def __init__(self, url: str) -> None:
-        super().__init__(url, timeout=2.0)
-        self.calls: Counter[str] = Counter()
-        self.fail_gets = False
-
-    def __getattribute__(self, name: str) -> Any:
-        attr = super().__getattribute__(name)
-        if name not in _COUNTED:
-            return attr
-        store = self
+            return counted_async
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            store.calls[name] += 1
-            if name == "get" and store.fail_gets:
-                raise StoreUnavailable("Redis is down (test)")
+            count()
             return attr(*args, **kwargs)
 
         return counted
+
+
+class CountingAsyncRedis(_Counting, AsyncRedisStore):
+    """The real async Redis store, counted."""
+
+
+class CountingSyncRedis(_Counting, RedisStore):
+    """The real blocking Redis store, counted."""
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
