@@ -174,3 +174,30 @@ def test_key_holds_no_glob_character(request: tuple) -> None:  # type: ignore[ty
     key = build_key(P, *request)
     assert not any(c in key for c in "*?[]\\")
     assert compile_glob(key).match(key)
+
+
+# The fast paths (a scan before translate(), a split before parse_qsl) must give exactly what
+# the slow ones give: the key layout is a contract, and a different key is a lost entry.
+_AWKWARD = st.text(
+    alphabet=st.sampled_from(
+        [*map(chr, range(0x100)), "\ud800", "\udc80", "\udcff", "\udfff", "\ue000", "é", "😀"]
+    ),
+    max_size=12,
+)
+
+
+@given(_AWKWARD)
+def test_escape_fast_path_matches_the_table(text: str) -> None:
+    from cache_middleware._core.keys import _ESCAPED
+
+    assert escape_component(text) == text.translate(_ESCAPED)
+
+
+@given(st.text(alphabet="ab=&%+;1 2.x", max_size=16))
+def test_query_split_fast_path_matches_parse_qsl(query: str) -> None:
+    from urllib.parse import parse_qsl
+
+    from cache_middleware._core.keys import _split_query
+
+    expected = parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
+    assert _split_query(query) == expected

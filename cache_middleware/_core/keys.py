@@ -24,6 +24,7 @@ Contract (documented in docs/keys.md):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -58,9 +59,31 @@ _RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary", "host
 ABSENT = "%-"
 
 
+# Any character `_ESCAPED` rewrites. Most components hold none: one scan tells, and saves
+# translate()'s per-character table lookups (five components per new key).
+_NEEDS_ESCAPE = re.compile(r"[%:*?\[\]\\ \x00-\x1f\x7f\ud800-\udfff]")
+
+
 def escape_component(text: str) -> str:
     """Escape one key component (see module docstring)."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text
     return text.translate(_ESCAPED)
+
+
+def _split_query(query_string: str) -> list[tuple[str, str]]:
+    """`parse_qsl(query_string, keep_blank_values=True)`, the same pairs, faster for the
+    common query with nothing to decode (no `%`, no `+`)."""
+    if "%" in query_string or "+" in query_string:
+        return parse_qsl(
+            query_string, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
+        )
+    pairs = []
+    for field in query_string.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((name, value))
+    return pairs
 
 
 def query_pairs(
@@ -81,9 +104,7 @@ def query_pairs(
         # Raw (unencoded) bytes arrive latin-1-decoded: write them as the %XX they are, so a
         # raw 0xE9 never shares a key with the UTF-8 `%C3%A9` for "é".
         query_string = query_string.translate(_RAW_HIGH)
-    pairs = parse_qsl(
-        query_string, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"
-    )
+    pairs = _split_query(query_string)
     if ignored is not None:
         pairs = [pair for pair in pairs if not ignored(pair[0])]
     if vary_by is None:

@@ -96,6 +96,8 @@ _NOT_MODIFIED_FIELDS = frozenset(
 _OURS = frozenset(
     {b"x-cache", b"x-cache-key", b"x-cache-ttl", b"age", b"cache-status", b"cache-tag"}
 )
+# Never part of a stored entry: hop-by-hop fields, and ours (set again on every replay).
+_NOT_STORED = HOP_BY_HOP | _OURS
 _TAG_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
@@ -718,13 +720,24 @@ class CachePolicy:
         """The (key, record, ttl) writes that store a complete response, and the index TTL;
         none when the body is not the length the app declared (RFC 9111 §3.3: a response
         cut short is incomplete and must not be stored as if it were whole)."""
-        declared = get_header(headers, b"content-length")
-        if declared is not None and declared.strip() != str(len(body)).encode():
+        length = b"%d" % len(body)
+        # One pass over the headers: names lower-cased once, what the checks need picked out.
+        lowered: list[tuple[bytes, bytes]] = []
+        declared: list[bytes] = []
+        connection: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname = name.lower()
+            lowered.append((lname, value))
+            if lname == b"content-length":
+                declared.append(value)
+            elif lname == b"connection":
+                connection.append((lname, value))
+        if declared and b", ".join(declared).strip() != length:
             return [], 0
-        dropped = HOP_BY_HOP | connection_listed(headers) | _OURS
-        kept = [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
+        dropped = _NOT_STORED | connection_listed(connection) if connection else _NOT_STORED
+        kept = [(name, value) for name, value in lowered if name not in dropped]
         if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
-            kept.append((b"content-length", str(len(body)).encode()))
+            kept.append((b"content-length", length))
         if not any(name == b"etag" for name, _ in kept):
             # A strong validator derived from the bytes: the same in every process and restart.
             digest = hashlib.blake2b(body, digest_size=16).hexdigest()

@@ -117,10 +117,14 @@ class DirectGetter:
 
     def call(self, *parts: bytes) -> Any:
         """One command: its reply; an error reply raised as `ReplyError`."""
+        return self.call_encoded(encode_command(*parts))
+
+    def call_encoded(self, command: bytes) -> Any:
+        """`call` of a command already in RESP (the fill scripts encode theirs in one go)."""
         deadline = time.monotonic() + self.timeout
         conn = self._connection(deadline)
         try:
-            value = conn.call(encode_command(*parts), deadline)
+            value = conn.call(command, deadline)
         except ReplyError:
             self._release(conn)  # the error reply was read whole: the socket is in step
             raise
@@ -131,7 +135,7 @@ class DirectGetter:
         return value
 
     def get(self, key: bytes) -> bytes | None:
-        value = self.call(b"GET", key)
+        value = self.call_encoded(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
         if value is None or type(value) is bytes:
             return value
         raise ConnectionError(f"unexpected reply to GET: {type(value).__name__}")

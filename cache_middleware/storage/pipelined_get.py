@@ -11,8 +11,10 @@ Everything else (SET, UNLINK, SCAN, TLS, unix sockets, Sentinel) stays on redis-
 
 Failure contract: every call ends within `timeout` seconds. A timeout or any protocol surprise
 closes the connection and fails every request waiting on it (the caller fails open); the next
-call reconnects. Replies are length-checked and bounded, so a confused server cannot make it
-allocate without limit.
+call reconnects. One timer per connection watches the oldest request waiting (replies come in
+order, so it has the earliest deadline), instead of a timer armed and cancelled per call: that
+cost more than a microsecond per round trip. Replies are length-checked and bounded, so a
+confused server cannot make it allocate without limit.
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ __all__ = ["PipelinedGetter", "ReplyError"]
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: PipelinedGetter) -> None:
+    def __init__(self, owner: PipelinedGetter, loop: asyncio.AbstractEventLoop) -> None:
         self.owner = owner
+        self.loop = loop
+        self.timeout = owner.timeout
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[asyncio.Future[Any]] = deque()
+        # Requests sent and not yet answered, oldest first, with their deadlines (loop time).
+        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.buffer = bytearray()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
+        self.watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,9 +54,12 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         if self.owner.protocol is self:
             self.owner.protocol = None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         pending, self.pending = self.pending, deque()
         first = True
-        for future in pending:
+        for future, _ in pending:
             if not future.done():
                 if first:
                     future.set_exception(exc)
@@ -69,11 +78,30 @@ class _Protocol(asyncio.Protocol):
             self.transport = None
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
-        self.pending.append(future)
+        deadline = self.loop.time() + self.timeout
+        self.pending.append((future, deadline))
         self.outgoing.append(command)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(deadline, self.watch)
+
+    def watch(self) -> None:
+        """The oldest request's deadline came: fail the connection if it is still unanswered,
+        else watch the one that is the oldest now."""
+        self.watchdog = None
+        if not self.pending:
+            return
+        deadline = self.pending[0][1]
+        if deadline <= self.loop.time():
+            # The connection's state is unknown now (a paused or stuck server): drop it and
+            # fail everything queued on it, rather than let a backlog build up behind a slow
+            # reply. (A request its caller gave up on still holds its place: no reply to it
+            # in time is a stuck connection all the same.)
+            self.fail(TimeoutError("Redis did not answer in time"))
+            return
+        self.watchdog = self.loop.call_at(deadline, self.watch)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -97,7 +125,7 @@ class _Protocol(asyncio.Protocol):
             if not self.pending:
                 self.fail(ConnectionError("reply from Redis with no request waiting"))
                 return
-            future = self.pending.popleft()
+            future = self.pending.popleft()[0]
             if not future.done():
                 if isinstance(value, ReplyError):
                     future.set_exception(value)
@@ -130,7 +158,7 @@ class PipelinedGetter:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port),
+            loop.create_connection(lambda: _Protocol(self, loop), self.host, self.port),
             self.timeout,
         )
         # AUTH and SELECT ride ahead of the first GET; their replies are checked all the same.
@@ -163,7 +191,7 @@ class PipelinedGetter:
         return protocol
 
     async def get(self, key: bytes) -> bytes | None:
-        value = await self.call(b"GET", key)
+        value = await self.call_encoded(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
         if value is None or type(value) is bytes:
             return value
         # GET answers a string or nil: anything else means the replies no longer line up.
@@ -174,29 +202,21 @@ class PipelinedGetter:
     async def call(self, *parts: bytes) -> Any:
         """One command on the pipelined connection: its reply, an error reply raised as
         `ReplyError`. Used for GET and for the fill scripts (EVALSHA) of the MISS path."""
+        return await self.call_encoded(encode_command(*parts))
+
+    async def call_encoded(self, command: bytes) -> Any:
+        """`call` of a command already in RESP (the fill scripts encode theirs in one go)."""
         protocol = self.protocol
         if protocol is None or protocol.closed:
             protocol = await self._protocol()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        protocol.send(encode_command(*parts), future)
-        timer = loop.call_later(self.timeout, _expire, protocol, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(command, future)
+        return await future
 
     def close(self) -> None:
         if self.protocol is not None:
             self.protocol.fail(ConnectionError("closed"))
             self.protocol = None
-
-
-def _expire(protocol: _Protocol, future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        # The connection's state is unknown now (a paused or stuck server): drop it and fail
-        # everything queued on it, rather than let a backlog build up behind a slow reply.
-        protocol.fail(TimeoutError("Redis did not answer in time"))
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -63,7 +63,7 @@ from .scripts import (
     Script,
     acquire_fill_call,
     detached_index_name,
-    evalsha_parts,
+    evalsha_command,
     lookup_or_acquire_call,
     lookup_result,
     peek_result,
@@ -284,15 +284,15 @@ class AsyncRedisStore:
         getter = self._getter
         if getter is None:
             return await run_async(client, script, keys, args)
-        parts = evalsha_parts(script, keys, args)
+        command = evalsha_command(script, keys, args)
         try:
-            return await getter.call(*parts)
+            return await getter.call_encoded(command)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # The first call after a Redis restart (or SCRIPT FLUSH): load it, then run it.
         await getter.call(b"SCRIPT", b"LOAD", script.source.encode())
-        return await getter.call(*parts)
+        return await getter.call_encoded(command)
 
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         async def op() -> tuple[bytes | None, bool]:

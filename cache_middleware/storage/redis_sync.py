@@ -55,7 +55,7 @@ from .scripts import (
     Script,
     acquire_fill_call,
     detached_index_name,
-    evalsha_parts,
+    evalsha_command,
     lookup_or_acquire_call,
     lookup_result,
     peek_result,
@@ -267,15 +267,15 @@ class RedisStore:
         direct = self._direct
         if direct is None:
             return run_sync(self.client, script, keys, args)
-        parts = evalsha_parts(script, keys, args)
+        command = evalsha_command(script, keys, args)
         try:
-            return direct.call(*parts)
+            return direct.call_encoded(command)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # The first call after a Redis restart (or SCRIPT FLUSH): load it, then run it.
         direct.call(b"SCRIPT", b"LOAD", script.source.encode())
-        return direct.call(*parts)
+        return direct.call_encoded(command)
 
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         def op() -> tuple[bytes | None, bool]:
