@@ -183,6 +183,32 @@ async def test_silent_peer_times_out(fake_redis: Any) -> None:
     await store.aclose()
 
 
+async def test_a_later_request_left_unanswered_times_out_too(fake_redis: Any) -> None:
+    """One timer watches the oldest request: once it is answered, the next oldest is watched,
+    so a request sent later and never answered still fails within its own timeout."""
+    answered = 0
+
+    def reply(request: bytes) -> bytes | None:
+        nonlocal answered
+        answered += 1
+        return b"$1\r\nv\r\n" if answered == 1 else None  # the first request only
+
+    url = await fake_redis(reply)
+    getter = getter_for(url, timeout=0.2)
+    try:
+        assert await getter.get(b"a") == b"v"
+        await asyncio.sleep(0.15)  # the watch armed for "a" fires while "b" is young
+        start = time.perf_counter()
+        with pytest.raises(TimeoutError) as raised:
+            # Bounded here too: a watch that never moved on would hang, not fail.
+            await asyncio.wait_for(getter.get(b"b"), 2)
+        assert "did not answer" in str(raised.value)  # the watch's, not wait_for's
+        assert 0.15 < time.perf_counter() - start < 0.45
+        assert getter.protocol is None  # dropped: the next call reconnects
+    finally:
+        getter.close()
+
+
 async def test_replies_split_across_packets(fake_redis: Any) -> None:
     chunks = iter([b"$5\r\nhel", b"lo\r\n"])
 
