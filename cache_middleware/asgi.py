@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -31,6 +30,7 @@ from ._core.policy import (
 )
 from ._core.rules import Rule
 from ._core.stats import StatsBook
+from ._core.tokens import lease_token
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
@@ -359,7 +359,7 @@ class CacheMiddleware:
         key = self.policy.first_key(plan)
         if key != plan.key:
             return await self._read(plan), None  # a known Vary: the variant is read first
-        token = secrets.token_hex(16)
+        token = lease_token()
         raw, epoch = await get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
         found = await self._read(plan, raw)
         return found, (Lease(token, epoch) if raw is None else None)
@@ -417,7 +417,7 @@ class CacheMiddleware:
             done = asyncio.get_running_loop().create_future()
             self._fills[plan.key] = done
         try:
-            token = secrets.token_hex(16) if lease is None else lease.token
+            token = lease_token() if lease is None else lease.token
             try:
                 epoch = (
                     lease.epoch
@@ -454,7 +454,7 @@ class CacheMiddleware:
         stale: CachedResponse | None,
     ) -> None:
         """Fill with the lease if it is free, without making anyone wait; else just answer."""
-        token: str | None = secrets.token_hex(16)
+        token: str | None = lease_token()
         epoch = 0
         try:
             got = await self.store.acquire_fill(
@@ -528,7 +528,7 @@ class CacheMiddleware:
 
     async def _refresh(self, plan: Lookup, scope: Scope, done: asyncio.Future[None]) -> None:
         try:
-            token = secrets.token_hex(16)
+            token = lease_token()
             epoch = await self.store.acquire_fill(
                 plan.lock_key, token, self._lease_ms, plan.index_key
             )

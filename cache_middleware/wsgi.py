@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ from ._core.policy import (
 )
 from ._core.rules import Rule
 from ._core.stats import StatsBook
+from ._core.tokens import lease_token
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
@@ -365,7 +365,7 @@ class WSGICacheMiddleware:
         key = self.policy.first_key(plan)
         if key != plan.key:
             return self._read(plan), None  # a known Vary: the variant is read first
-        token = secrets.token_hex(16)
+        token = lease_token()
         raw, epoch = get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
         found = self._read(plan, raw)
         return found, (Lease(token, epoch) if raw is None else None)
@@ -438,7 +438,7 @@ class WSGICacheMiddleware:
             if mine:
                 self._release(plan.key)
 
-        token = secrets.token_hex(16) if lease is None else lease.token
+        token = lease_token() if lease is None else lease.token
         try:
             epoch = (
                 lease.epoch
@@ -469,7 +469,7 @@ class WSGICacheMiddleware:
         stale: CachedResponse | None,
     ) -> Iterable[bytes]:
         """Fill with the lease if it is free, without making anyone wait; else just answer."""
-        token: str | None = secrets.token_hex(16)
+        token: str | None = lease_token()
         epoch = 0
         try:
             got = self.store.acquire_fill(
@@ -542,7 +542,7 @@ class WSGICacheMiddleware:
 
     def _refresh(self, plan: Lookup, environ: Environ) -> None:
         try:
-            token = secrets.token_hex(16)
+            token = lease_token()
             epoch = self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
             if epoch is None:
                 return  # another process is refreshing it: exactly one refresh per entry
