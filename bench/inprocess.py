@@ -14,6 +14,12 @@ Under wrk the same requests cost more (parsing, the event loop, system calls, an
 machine the CPU wrk and Redis take), but that part is the same for every variant: these figures
 are the difference between two variants, measured without the noise of a loaded machine.
 `compare.py` runs this first and quotes it when it explains a target it missed.
+
+`--miss` measures a MISS the same way, but as the server sees it: 64 requests at once on one
+event loop (so the fill scripts of many requests share a socket write, as under load), every
+request a new query value, and CPU time rather than wall time (the round trips' waiting is not
+this process's cost). Against the bare view under the same queries, the difference is what the
+MISS path costs this process per request: key, lookup-and-lease, recording, encoding, store.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from apps import EVENTS_PATH, static_app
 from compare_apps import (
     ENV_KEY_PREFIX,
     ENV_REDIS_URL,
+    cached_miss_app,
     cached_near_app,
     cached_unmatched_app,
     nocache_app,
 )
-from harness import delete_bench_keys
+from harness import delete_bench_keys, installed
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 # name -> (factory, what)
@@ -162,6 +169,74 @@ def _near_hits() -> int:
     return sum(near.hits for near, _ in tracking._shared.values())
 
 
+MISS_CONCURRENCY = 64
+
+
+async def _miss_batch(app: Any, run: str, requests: int) -> float:
+    """CPU microseconds per request of `requests` unique-query GETs, MISS_CONCURRENCY at once."""
+
+    async def client(number: int) -> None:
+        exchange = Exchange()
+        for i in range(requests // MISS_CONCURRENCY):
+            scope = exchange.scope()
+            scope["query_string"] = f"n={run}-{number}-{i}".encode()
+            await app(scope, exchange.receive, exchange.send)
+
+    started = time.process_time()
+    await asyncio.gather(*(client(n) for n in range(MISS_CONCURRENCY)))
+    done = requests // MISS_CONCURRENCY * MISS_CONCURRENCY
+    return (time.process_time() - started) / done * 1e6
+
+
+async def _measure_miss(requests: int) -> dict[str, float]:
+    apps = {"nocache": nocache_app(), "miss": cached_miss_app()}
+    run = secrets.token_hex(4)
+    for app in apps.values():
+        await _miss_batch(app, f"{run}w", 2 * MISS_CONCURRENCY * 10)  # connect, warm the memos
+    runs: dict[str, list[float]] = {name: [] for name in apps}
+    for batch in range(5):
+        order = list(apps) if batch % 2 == 0 else list(apps)[::-1]
+        for name in order:
+            runs[name].append(await _miss_batch(apps[name], f"{run}b{batch}", requests))
+    exchange = Exchange()
+    scope = exchange.scope()
+    scope["query_string"] = f"n={run}-check".encode()
+    await apps["miss"](scope, exchange.receive, exchange.send)
+    if dict(exchange.headers).get(b"x-cache") != b"MISS":
+        raise SystemExit(f"miss: expected X-Cache: MISS, got {exchange.headers!r}")
+    return {name: min(values) for name, values in runs.items()}
+
+
+def measure_miss_in_process(redis_url: str, requests: int = 10_000) -> dict[str, Any]:
+    """CPU microseconds per request, in process, of the bare view and of a MISS that fills
+    (fastest of 5 interleaved batches, MISS_CONCURRENCY requests at once, unique queries)."""
+    prefix = f"bench:inproc:{secrets.token_hex(4)}"
+    saved = {key: os.environ.get(key) for key in (ENV_REDIS_URL, ENV_KEY_PREFIX)}
+    os.environ[ENV_REDIS_URL], os.environ[ENV_KEY_PREFIX] = redis_url, prefix
+    loop = "uvloop" if installed("uvloop") else "asyncio"
+    try:
+        if loop == "uvloop":  # as the servers run (harness.uvicorn_flags)
+            import uvloop
+
+            results = uvloop.run(_measure_miss(requests))
+        else:
+            results = asyncio.run(_measure_miss(requests))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        delete_bench_keys(redis_url, prefix)
+    return {
+        "nocache_us": results["nocache"],
+        "miss_us": results["miss"],
+        "concurrency": MISS_CONCURRENCY,
+        "requests": requests,
+        "loop": loop,
+    }
+
+
 def measure_in_process(
     redis_url: str, names: list[str] | None = None, requests: int = 10_000
 ) -> dict[str, dict[str, Any]]:
@@ -187,7 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10_000, help="requests per batch")
     parser.add_argument("--only", default="", help="comma-separated variants")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--miss", action="store_true", help="measure a MISS that fills instead (see above)"
+    )
     args = parser.parse_args(argv)
+    if args.miss:
+        miss = measure_miss_in_process(args.redis_url, args.requests)
+        if args.json:
+            print(json.dumps(miss, indent=2))
+            return 0
+        print(
+            f"CPU us per request, {miss['concurrency']} at once, unique queries: bare view "
+            f"{miss['nocache_us']:.1f}, MISS {miss['miss_us']:.1f}: the MISS path costs "
+            f"{miss['miss_us'] - miss['nocache_us']:.1f} us per request in process"
+        )
+        return 0
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     unknown = set(names) - set(VARIANTS)
     if unknown:
