@@ -169,17 +169,20 @@ def _pinned(role: str) -> Any:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-def _spawn(command: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    command: list[str], env: dict[str, str], log: Path | None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only the script, which then stops the servers in order.
     if log is None:
         return subprocess.Popen(
-            command, env=env, start_new_session=True, preexec_fn=_pinned("server")
+            command, env=env, cwd=cwd, start_new_session=True, preexec_fn=_pinned("server")
         )
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         return subprocess.Popen(
             command,
             env=env,
+            cwd=cwd,
             start_new_session=True,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -195,9 +198,18 @@ def log_lines(server: Server) -> list[str]:
 
 
 def start_uvicorn(
-    name: str, factory: str, env: dict[str, str], path: str = "/", log: Path | None = None
+    name: str,
+    factory: str,
+    env: dict[str, str],
+    path: str = "/",
+    log: Path | None = None,
+    *,
+    app_dir: Path = BENCH_DIR,
+    cwd: Path | None = None,
 ) -> Server:
-    """`factory` is `module:function` in bench/, called by uvicorn (`--factory`)."""
+    """`factory` is `module:function` in `app_dir` (bench/), called by uvicorn (`--factory`).
+    `cwd`: where the server starts (`python -m` puts it first on sys.path, ahead of
+    PYTHONPATH: a checkout there is the one imported)."""
     port = free_port()
     command = [
         sys.executable,
@@ -206,14 +218,14 @@ def start_uvicorn(
         factory,
         "--factory",
         "--app-dir",
-        str(BENCH_DIR),
+        str(app_dir),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         *uvicorn_flags(),
     ]
-    return Server(name, port, _spawn(command, env, log), path, log)
+    return Server(name, port, _spawn(command, env, log, cwd), path, log)
 
 
 def start_gunicorn(
