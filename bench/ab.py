@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         before_tree = Path(scratch) / "before"
         neutral = Path(scratch) / "cwd"  # no checkout here: PYTHONPATH decides the import
         neutral.mkdir()
-        subprocess.run(
+        added = subprocess.run(
             ["git", "-C", str(REPO_DIR), "worktree", "add", "--detach", str(before_tree), args.rev],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if added.returncode != 0:
+            raise SystemExit(f"cannot check {args.rev!r} out: {added.stderr.strip()}")
         try:
             trees = {"before": before_tree, "after": REPO_DIR}
             for side, tree in trees.items():
