@@ -1236,10 +1236,16 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
             + f"); the bare view under the unique-query load costs {bare_us:.0f} us. "
             f"Two such round trips put a MISS at {floor:.2f}x the bare view at best; 0.90x "
             f"would need a round trip under {bare_us * 0.1 / 2 / 0.9:.0f} us. The rest of the "
-            "distance to that floor is the MISS path's own work: deriving a new key, copying "
-            "and encoding the response, the fill scripts' arguments, and the scripts in Redis "
-            "(the lease joins the path index; the store checks lease and epoch and indexes "
-            "the entry)."
+            "distance to that floor is the MISS path's own work in the server process: "
+            "deriving a new key, recording, copying and encoding the response, the fill "
+            "scripts' arguments, and the garbage collector, which the state of a MISS kept "
+            "alive across its two awaits sets off (docs/deployment.md measures it)"
+            + (
+                "."
+                if pinned
+                else "; and the scripts in Redis (the lease joins the path index; the store "
+                "checks lease and epoch and indexes the entry), on the same two cores."
+            )
             + (
                 f" In process (`bench/inprocess.py --miss`: {ip_miss['concurrency']} requests at "
                 "once on one event loop, CPU time, the fastest of 5 batches), the bare view "
