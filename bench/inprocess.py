@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,24 +211,14 @@ async def _measure_miss(requests: int) -> dict[str, float]:
 def measure_miss_in_process(redis_url: str, requests: int = 10_000) -> dict[str, Any]:
     """CPU microseconds per request, in process, of the bare view and of a MISS that fills
     (fastest of 5 interleaved batches, MISS_CONCURRENCY requests at once, unique queries)."""
-    prefix = f"bench:inproc:{secrets.token_hex(4)}"
-    saved = {key: os.environ.get(key) for key in (ENV_REDIS_URL, ENV_KEY_PREFIX)}
-    os.environ[ENV_REDIS_URL], os.environ[ENV_KEY_PREFIX] = redis_url, prefix
     loop = "uvloop" if installed("uvloop") else "asyncio"
-    try:
+    with _bench_redis(redis_url):
         if loop == "uvloop":  # as the servers run (harness.uvicorn_flags)
             import uvloop
 
             results = uvloop.run(_measure_miss(requests))
         else:
             results = asyncio.run(_measure_miss(requests))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        delete_bench_keys(redis_url, prefix)
     return {
         "nocache_us": results["nocache"],
         "miss_us": results["miss"],
@@ -242,11 +233,19 @@ def measure_in_process(
 ) -> dict[str, dict[str, Any]]:
     """Per-request microseconds of each variant in process (fastest batch), with the share its
     response headers cost uvicorn. Uses `redis_url` under a throwaway key prefix."""
+    with _bench_redis(redis_url):
+        return asyncio.run(_measure(names or list(VARIANTS), requests))
+
+
+@contextlib.contextmanager
+def _bench_redis(redis_url: str) -> Iterator[None]:
+    """The apps of compare_apps.py on `redis_url` under a throwaway key prefix, for the block;
+    the environment put back and the keys deleted after it."""
     prefix = f"bench:inproc:{secrets.token_hex(4)}"
     saved = {key: os.environ.get(key) for key in (ENV_REDIS_URL, ENV_KEY_PREFIX)}
     os.environ[ENV_REDIS_URL], os.environ[ENV_KEY_PREFIX] = redis_url, prefix
     try:
-        return asyncio.run(_measure(names or list(VARIANTS), requests))
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
