@@ -31,4 +31,5 @@ def _redraw() -> None:
     _counter = itertools.count()
 
 
-os.register_at_fork(after_in_child=_redraw)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork to guard against
+    os.register_at_fork(after_in_child=_redraw)
