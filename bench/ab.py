@@ -22,7 +22,6 @@ import argparse
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from compare_apps import ENV_KEY_PREFIX, ENV_REDIS_URL
 from harness import (
     REPO_DIR,
+    check_imports,
     delete_bench_keys,
     fetch,
     parse_pin,
@@ -42,6 +42,7 @@ from harness import (
     start_uvicorn,
     stop,
     wait_ready,
+    worktree,
 )
 
 # name -> (factory in compare_apps.py, every request a new query value)
@@ -61,19 +62,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def imported_from(tree: Path, cwd: Path) -> Path:
-    """Where a server started like ours (PYTHONPATH=tree, in cwd) imports cache_middleware from."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import cache_middleware; print(cache_middleware.__file__)"],
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return Path(out).resolve().parent.parent
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("rev", help="the commit to compare against (before)")
@@ -91,30 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     factory, unique = VARIANTS[args.variant]
     prefix = f"bench:ab:{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="cache-middleware-ab-") as scratch:
-        before_tree = Path(scratch) / "before"
         neutral = Path(scratch) / "cwd"  # no checkout here: PYTHONPATH decides the import
         neutral.mkdir()
-        added = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "worktree", "add", "--detach", str(before_tree), args.rev],
-            capture_output=True,
-            text=True,
-        )
-        if added.returncode != 0:
-            raise SystemExit(f"cannot check {args.rev!r} out: {added.stderr.strip()}")
-        try:
-            trees = {"before": before_tree, "after": REPO_DIR}
-            for side, tree in trees.items():
-                got = imported_from(tree, neutral)
-                if got != tree.resolve():
-                    raise SystemExit(f"{side}: cache_middleware comes from {got}, not {tree}")
-            return _run(args, factory, unique, trees, neutral, prefix)
-        finally:
-            subprocess.run(
-                ["git", "-C", str(REPO_DIR), "worktree", "remove", "--force", str(before_tree)],
-                check=False,
-                capture_output=True,
-            )
-            delete_bench_keys(args.redis_url, prefix)
+        with worktree(args.rev, Path(scratch) / "before") as before_tree:
+            try:
+                trees = {"before": before_tree, "after": REPO_DIR}
+                check_imports(trees, neutral)
+                return _run(args, factory, unique, trees, neutral, prefix)
+            finally:
+                delete_bench_keys(args.redis_url, prefix)
 
 
 def _run(

@@ -45,6 +45,9 @@ __all__ = [
 CALLS_PATH = "/bench/calls"
 ENV_REDIS_URL = "BENCH_REDIS_URL"
 ENV_KEY_PREFIX = "BENCH_KEY_PREFIX"
+# Optional: `redis_timeout` of our apps, for a run far slower than real time (`instructions.py`
+# runs them under valgrind, where the default would time round trips out into BYPASSes).
+ENV_REDIS_TIMEOUT = "BENCH_REDIS_TIMEOUT"
 # Longer than a whole run (5 rounds of 14 variants take about 13 minutes): an entry filled at
 # warm-up must not expire under load, or a HIT variant would refill (and fail its check).
 TTL = 3600
@@ -138,6 +141,8 @@ def _ours(routes: dict[str, Any], *, near: bool = False, variant: str) -> Starle
         "key_prefix": _prefix(variant),
         "routes": routes,
     }
+    if os.environ.get(ENV_REDIS_TIMEOUT):
+        config["redis_timeout"] = float(os.environ[ENV_REDIS_TIMEOUT])
     if near:
         config["near_cache"] = {}
     app = nocache_app()

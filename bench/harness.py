@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -500,6 +501,50 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return out or None
+
+
+@contextlib.contextmanager
+def worktree(rev: str, where: Path) -> Iterator[Path]:
+    """REV checked out at `where` (a detached git worktree of this repository) for the block,
+    removed after it however the block ends."""
+    added = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "worktree", "add", "--detach", str(where), rev],
+        capture_output=True,
+        text=True,
+    )
+    if added.returncode != 0:
+        raise SystemExit(f"cannot check {rev!r} out: {added.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO_DIR), "worktree", "remove", "--force", str(where)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def imported_from(tree: Path, cwd: Path) -> Path:
+    """Where a Python started with PYTHONPATH=tree in `cwd` imports cache_middleware from. A
+    process started inside a checkout imports that checkout's, whatever PYTHONPATH says
+    (`python -m` and a script both put their own folder first): A/B tools check it."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import cache_middleware; print(cache_middleware.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Path(out).resolve().parent.parent
+
+
+def check_imports(trees: dict[str, Path], cwd: Path) -> None:
+    """Exit unless each side's Python, started in `cwd`, imports cache_middleware from its tree."""
+    for side, tree in trees.items():
+        got = imported_from(tree, cwd)
+        if got != tree.resolve():
+            raise SystemExit(f"{side}: cache_middleware comes from {got}, not {tree}")
 
 
 def redis_version(redis_url: str) -> str | None:

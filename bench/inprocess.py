@@ -109,7 +109,7 @@ class Exchange:
             self.body = message.get("body", b"")
 
 
-async def _batch(app: Any, exchange: Exchange, requests: int) -> float:
+async def run_batch(app: Any, exchange: Exchange, requests: int) -> float:
     scope, receive, send = exchange.scope, exchange.receive, exchange.send
     started = time.perf_counter()
     for _ in range(requests):
@@ -137,17 +137,17 @@ async def _measure(names: list[str], requests: int) -> dict[str, dict[str, Any]]
         while True:
             await apps[name](exchanges[name].scope(), exchanges[name].receive, exchanges[name].send)
             state = dict(exchanges[name].headers).get(b"x-cache")
-            if name != "near" or (state == b"HIT" and _near_hits() > 0):
+            if name != "near" or (state == b"HIT" and near_hits() > 0):
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"{name}: no near-cache HIT within 10 s (got {state!r})")
             await asyncio.sleep(0.05)
-        await _batch(apps[name], exchanges[name], 500)  # warm the memos
+        await run_batch(apps[name], exchanges[name], 500)  # warm the memos
     runs: dict[str, list[float]] = {name: [] for name in names}
     for batch in range(BATCHES):
         order = names if batch % 2 == 0 else names[::-1]
         for name in order:
-            runs[name].append(await _batch(apps[name], exchanges[name], requests))
+            runs[name].append(await run_batch(apps[name], exchanges[name], requests))
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         headers = exchanges[name].headers
@@ -163,7 +163,7 @@ async def _measure(names: list[str], requests: int) -> dict[str, dict[str, Any]]
     return results
 
 
-def _near_hits() -> int:
+def near_hits() -> int:
     """HITs served by this process's near-caches so far."""
     from cache_middleware.storage import tracking
 
@@ -173,11 +173,13 @@ def _near_hits() -> int:
 MISS_CONCURRENCY = 64
 
 
-async def _miss_batch(app: Any, run: str, requests: int) -> float:
+async def run_miss_batch(
+    app: Any, run: str, requests: int, exchange_type: type[Exchange] = Exchange
+) -> float:
     """CPU microseconds per request of `requests` unique-query GETs, MISS_CONCURRENCY at once."""
 
     async def client(number: int) -> None:
-        exchange = Exchange()
+        exchange = exchange_type()
         for i in range(requests // MISS_CONCURRENCY):
             scope = exchange.scope()
             scope["query_string"] = f"n={run}-{number}-{i}".encode()
@@ -193,12 +195,12 @@ async def _measure_miss(requests: int) -> dict[str, float]:
     apps = {"nocache": nocache_app(), "miss": cached_miss_app()}
     run = secrets.token_hex(4)
     for app in apps.values():
-        await _miss_batch(app, f"{run}w", 2 * MISS_CONCURRENCY * 10)  # connect, warm the memos
+        await run_miss_batch(app, f"{run}w", 2 * MISS_CONCURRENCY * 10)  # connect, warm the memos
     runs: dict[str, list[float]] = {name: [] for name in apps}
     for batch in range(5):
         order = list(apps) if batch % 2 == 0 else list(apps)[::-1]
         for name in order:
-            runs[name].append(await _miss_batch(apps[name], f"{run}b{batch}", requests))
+            runs[name].append(await run_miss_batch(apps[name], f"{run}b{batch}", requests))
     exchange = Exchange()
     scope = exchange.scope()
     scope["query_string"] = f"n={run}-check".encode()
