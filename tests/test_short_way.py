@@ -137,6 +137,9 @@ async def test_a_plain_hit_is_one_get_and_no_plan(
         assert hits[-1].headers[name] == full.headers[name]
     snapshot = h.middleware.stats.snapshot()
     assert (snapshot["hits"], snapshot["misses"], snapshot["stores"]) == (6, 1, 1)
+    # Counted per route as the full way counts: the short way's HITs included.
+    (route,) = h.middleware.book.routes.values()
+    assert (route.hits, route.misses) == (6, 1)
     await h.aclose()
 
 

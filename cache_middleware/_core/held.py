@@ -90,6 +90,6 @@ def _replay(
         return None  # a Vary record: the full path follows it
     if policy.freshness(entry, now) != "fresh":
         return None  # stale or expired: the full path knows what to do
-    book.bump("hits", rule.route)
+    book.hit(rule.route)
     trend.found(rule.route)
     return entry.status, policy.plain_hit_headers(rule, key_header, entry, now), entry.body

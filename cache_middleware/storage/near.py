@@ -193,17 +193,18 @@ class NearAsyncStore:
     """An `AsyncStore` that reads through a `NearCache`; everything else goes to `inner`, and
     this process's own writes and deletions drop the copies they touch."""
 
+    # The near-cache's copy, without a coroutine; None: ask `get` (Redis may have it). The
+    # near-cache's own method, bound once: a near-cache HIT makes no call in between.
+    local_get: Callable[[str], bytes | None]
+
     def __init__(self, inner: AsyncStore, near: NearCache) -> None:
         self.inner = inner
         self.near = near
+        self.local_get = near.get
 
     def __getattr__(self, name: str) -> Any:
         # Housekeeping, figures and anything a concrete store adds (breaker, monitor...).
         return getattr(self.inner, name)
-
-    def local_get(self, key: str) -> bytes | None:
-        """The near-cache's copy, without a coroutine; None: ask `get` (Redis may have it)."""
-        return self.near.get(key)
 
     async def get(self, key: str) -> bytes | None:
         value = self.near.get(key)
@@ -299,16 +300,15 @@ class NearAsyncStore:
 class NearSyncStore:
     """`NearAsyncStore` for the sync side (WSGI)."""
 
+    local_get: Callable[[str], bytes | None]  # as NearAsyncStore's
+
     def __init__(self, inner: SyncStore, near: NearCache) -> None:
         self.inner = inner
         self.near = near
+        self.local_get = near.get
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-    def local_get(self, key: str) -> bytes | None:
-        """The near-cache's copy; None: ask `get` (Redis may have it)."""
-        return self.near.get(key)
 
     def get(self, key: str) -> bytes | None:
         value = self.near.get(key)
