@@ -435,24 +435,12 @@ def render_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    docs = compare.DOCS_FILE
-    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    marker = "\n## Cluster\n"
-    if marker in text:
-        head, body = text.split(marker, 1)
-        nxt = body.find("\n## ")
-        tail = "" if nxt < 0 else body[nxt:]
-    else:
-        head, tail = text.rstrip("\n"), ""
-    docs.write_text(f"{head.rstrip()}\n{marker}\n{section}\n{tail}".rstrip("\n") + "\n")
-    print(f"wrote the ## Cluster section of {docs.relative_to(compare.REPO_DIR)}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.docs_from:
-        write_section(render_section(json.loads(args.docs_from.read_text())))
+        compare.write_section(
+            compare.CLUSTER_TITLE, render_section(json.loads(args.docs_from.read_text()))
+        )
         return 0
     if not require_wrk():
         return 2
@@ -471,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     dump_json(args.json, report)
     print(f"\nwrote {args.json}")
     if not args.no_docs:
-        write_section(render_section(report))
+        compare.write_section(compare.CLUSTER_TITLE, render_section(report))
     return 0
 
 

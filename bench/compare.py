@@ -90,6 +90,10 @@ PACKAGES = [
     "hiredis",
     "msgpack",
 ]
+INSTRUCTIONS_PLACEHOLDER = (
+    "Instruction counts are added by `python bench/instructions.py --docs`: it counts, under "
+    "valgrind, what each variant's request costs in process and writes this section."
+)
 CLUSTER_PLACEHOLDER = (
     "Cluster figures are added by the cluster benchmark (`python bench/cluster.py`): it starts "
     "a local Redis Cluster and writes this section."
@@ -1084,9 +1088,13 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         "",
         *shortfalls(report),
         "",
-        "## Cluster",
+        f"## {INSTRUCTIONS_TITLE}",
         "",
-        cluster_section(existing),
+        kept_section(existing, INSTRUCTIONS_TITLE, INSTRUCTIONS_PLACEHOLDER),
+        "",
+        f"## {CLUSTER_TITLE}",
+        "",
+        kept_section(existing, CLUSTER_TITLE, CLUSTER_PLACEHOLDER),
         "",
     ]
     return "\n".join(lines)
@@ -1278,15 +1286,41 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cluster_section(existing: str | None) -> str:
-    """Keep what the cluster benchmark wrote under `## Cluster`; else the placeholder."""
-    if existing and "\n## Cluster\n" in existing:
-        body = existing.split("\n## Cluster\n", 1)[1]
+# Sections of docs/benchmarks.md that another script writes; compare.py keeps them as they are.
+INSTRUCTIONS_TITLE = "Instructions per request"
+CLUSTER_TITLE = "Cluster"
+
+
+def kept_section(existing: str | None, title: str, placeholder: str) -> str:
+    """What another script wrote under `## title` (`cluster.py`, `instructions.py`), to keep
+    when this one rewrites the file; else the placeholder."""
+    marker = f"\n## {title}\n"
+    if existing and marker in existing:
+        body = existing.split(marker, 1)[1]
         nxt = body.find("\n## ")
         body = (body if nxt < 0 else body[:nxt]).strip()
         if body:
             return body
-    return CLUSTER_PLACEHOLDER
+    return placeholder
+
+
+def write_section(title: str, section: str, before: str | None = None) -> None:
+    """Replace the `## title` section of docs/benchmarks.md, leaving the rest as is; a new one
+    goes in before the `## before` section if there is one, else at the end."""
+    text = DOCS_FILE.read_text() if DOCS_FILE.exists() else "# Benchmarks\n"
+    marker = f"\n## {title}\n"
+    following = f"\n## {before}\n" if before else None
+    if marker in text:
+        head, body = text.split(marker, 1)
+        nxt = body.find("\n## ")
+        tail = "" if nxt < 0 else body[nxt:]
+    elif following and following in text:
+        head, rest = text.split(following, 1)
+        tail = following + rest
+    else:
+        head, tail = text.rstrip("\n"), ""
+    DOCS_FILE.write_text(f"{head.rstrip()}\n{marker}\n{section}\n{tail}".rstrip("\n") + "\n")
+    print(f"wrote the ## {title} section of {DOCS_FILE.relative_to(REPO_DIR)}")
 
 
 COLOURS = {"baseline": "#9aa0a6", "ours": "#1a73e8", "peer": "#e8710a", "overhead": "#12b5cb"}

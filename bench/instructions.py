@@ -1,6 +1,7 @@
 """Instructions per request, counted by valgrind: a change's cost without the machine's noise.
 
     python bench/instructions.py [REV] [--variant miss] [--requests 640]
+    python bench/instructions.py --docs     # every variant; writes its docs/benchmarks.md section
 
 Runs one variant's requests in process (the ASGI apps of `compare_apps.py`, called as
 `inprocess.py` calls them: one after another for a HIT, 64 at once with unique queries for a
@@ -8,7 +9,9 @@ MISS, against the real Redis) under `valgrind --tool=callgrind`, which counts th
 the process executes. Each side runs twice, with N and with 2N measured requests after the same
 warm-up; the difference divided by N is the instructions one request costs, with start-up,
 imports and warm-up taken out. With REV, the same for REV (a temporary git worktree) and this
-checkout, and the ratio after/before.
+checkout, and the ratio after/before. With --docs, every variant for this checkout, beside its
+baseline, written to the `## Instructions per request` section of docs/benchmarks.md (which
+`compare.py` keeps when it rewrites the rest).
 
 Why a script: on the shared 2-core VMs, wrk's req/s and even a server's CPU time per request
 move by 10% or more from round to round (`ab.py`), more than most changes to the hot path.
@@ -31,11 +34,14 @@ import argparse
 import asyncio
 import collections
 import os
+import platform
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +51,7 @@ from typing import Any, ClassVar
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from apps import static_app
+from compare import CLUSTER_TITLE, INSTRUCTIONS_TITLE, write_section
 from compare_apps import (
     ENV_KEY_PREFIX,
     ENV_REDIS_TIMEOUT,
@@ -56,19 +63,27 @@ from compare_apps import (
     cached_unmatched_app,
     nocache_app,
 )
-from harness import REPO_DIR, check_imports, delete_bench_keys, installed, worktree
+from harness import (
+    REPO_DIR,
+    check_imports,
+    cpu_model,
+    delete_bench_keys,
+    git_commit,
+    installed,
+    worktree,
+)
 from inprocess import Exchange, near_hits, run_batch, run_miss_batch
 
 # name -> (factory, X-Cache every measured answer carries, under the unique-query MISS load)
 VARIANTS: dict[str, tuple[Callable[[], Any], bytes | None, bool]] = {
-    "miss": (cached_miss_app, b"MISS", True),
-    "nocache-q": (nocache_app, None, True),
+    "static": (static_app, None, False),
+    "hit-ceiling": (asgi_hit_ceiling_app, b"HIT", False),
     "near": (cached_near_app, b"HIT", False),
     "redis": (cached_hit_app, b"HIT", False),
-    "hit-ceiling": (asgi_hit_ceiling_app, b"HIT", False),
-    "static": (static_app, None, False),
     "nocache": (nocache_app, None, False),
     "unmatched": (cached_unmatched_app, None, False),
+    "nocache-q": (nocache_app, None, True),
+    "miss": (cached_miss_app, b"MISS", True),
 }
 DEFAULT_REQUESTS = {"miss": 640, "nocache-q": 640}  # the others: 2000
 COLLECTED = re.compile(r"Collected : (\d+)")
@@ -150,27 +165,127 @@ def _count(
     return int(found.group(1))
 
 
+def _served(variant: str, requests: int) -> int:
+    return requests // 64 * 64 if VARIANTS[variant][2] else requests
+
+
 def measure(
-    trees: dict[str, Path], cwd: Path, variant: str, requests: int, env: dict[str, str]
-) -> dict[str, float]:
-    """Instructions per request on each side: (count at 2N - count at N) / N; the runs go in
-    parallel, one per CPU (valgrind runs a process on one)."""
-    jobs = [(side, n) for side in trees for n in (requests, 2 * requests)]
+    trees: dict[str, Path], cwd: Path, variants: dict[str, int], env: dict[str, str]
+) -> dict[tuple[str, str], float]:
+    """Instructions per request of each variant (name -> N) on each side: (count at 2N - count
+    at N) / N. The runs go in parallel, one per CPU (valgrind runs a process on one)."""
+    jobs = [
+        (side, variant, n)
+        for side in trees
+        for variant, requests in variants.items()
+        for n in (requests, 2 * requests)
+    ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         counts = dict(
             zip(
                 jobs,
                 pool.map(
-                    lambda i: _count(trees[jobs[i][0]], cwd, variant, jobs[i][1], env, i),
+                    lambda i: _count(trees[jobs[i][0]], cwd, jobs[i][1], jobs[i][2], env, i),
                     range(len(jobs)),
                 ),
                 strict=True,
             )
         )
-    served = requests // 64 * 64 if VARIANTS[variant][2] else requests
     return {
-        side: (counts[(side, 2 * requests)] - counts[(side, requests)]) / served for side in trees
+        (side, variant): (counts[(side, variant, 2 * n)] - counts[(side, variant, n)])
+        / _served(variant, n)
+        for side in trees
+        for variant, n in variants.items()
     }
+
+
+# variant -> the variant it is compared with in the docs section
+BASELINES = {
+    "hit-ceiling": "static",
+    "near": "static",
+    "redis": "static",
+    "unmatched": "nocache",
+    "miss": "nocache-q",
+}
+LABELS = {
+    "static": "Starlette, fixed bytes (the ASGI ceiling)",
+    "hit-ceiling": "fixed bytes and a HIT's headers, nothing else",
+    "near": "cache-middleware, near-cache HIT",
+    "redis": "cache-middleware, Redis HIT",
+    "nocache": "Starlette view, no cache",
+    "unmatched": "cache-middleware, path matches no route",
+    "nocache-q": "Starlette view, no cache, 64 at once, unique queries",
+    "miss": "cache-middleware, every request a MISS that fills, 64 at once",
+}
+
+
+def render_section(
+    counts: dict[str, float], variants: dict[str, int], facts: dict[str, str]
+) -> str:
+    """The `## Instructions per request` section of docs/benchmarks.md."""
+    lines = [
+        "Generated by `python bench/instructions.py --docs` (rerun it to refresh this section;",
+        "`bench/compare.py` keeps it as it is). Each variant's app called in process, as",
+        "`bench/inprocess.py` calls it (no server, no load generator, the real Redis), under",
+        "`valgrind --tool=callgrind`: (instructions counted at 2N requests - at N) / N, start-up",
+        "and warm-up taken out. Counted, not timed: the same to within about 0.5% from run to run",
+        "whatever else the machine does, where the req/s above move by a tenth or more between",
+        "rounds on a shared VM. Not time either: cache misses, system calls and Redis' own work",
+        "are not in it, nor what uvicorn does around a request (the same for every variant).",
+        "",
+        *textwrap.wrap(
+            f"Run {facts['when']}, commit `{facts['commit']}`, {facts['cpu']}, "
+            f"{facts['python']}, {facts['valgrind']}, event loop {facts['loop']}.",
+            96,
+        ),
+        "",
+        "| variant | what | N | instructions per request | against | difference | ratio |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for name, n in variants.items():
+        value = counts[name]
+        base = BASELINES.get(name)
+        if base is not None and base in counts:
+            diff = value - counts[base]
+            against = f"`{base}` | {diff:+,.0f} | {value / counts[base]:.3f}x"
+        else:
+            against = "- | - | -"
+        lines.append(f"| `{name}` | {LABELS[name]} | {n} | {value:,.0f} | {against} |")
+    notes = []
+    if {"near", "hit-ceiling"} <= counts.keys():
+        own = counts["near"] - counts["hit-ceiling"]
+        notes.append(
+            f"A near-cache HIT does {own:,.0f} instructions of its own beyond the `hit-ceiling` "
+            "middleware, which sends the same bytes and nine headers and does nothing else: "
+            "matching the route, the key from what the process derived before, the near-cache "
+            "read, the freshness check, the counters and the Age."
+        )
+    if {"near", "redis"} <= counts.keys():
+        notes.append(
+            f"A Redis HIT costs {counts['redis'] - counts['near']:,.0f} more than a near-cache "
+            "HIT: its GET's client side (encoding, the await, parsing the reply)."
+        )
+    if {"unmatched", "nocache"} <= counts.keys():
+        diff = counts["unmatched"] - counts["nocache"]
+        notes.append(
+            f"A path no route matches costs {diff:,.0f} instructions more than the bare view "
+            f"({100 * diff / counts['nocache']:.1f}% of the view's in process; a request served "
+            "by uvicorn costs more, so its share there is smaller): the unmatched-route target "
+            "(at most 3%), counted."
+        )
+    if {"miss", "nocache-q"} <= counts.keys():
+        diff = counts["miss"] - counts["nocache-q"]
+        notes.append(
+            f"A MISS that fills costs {diff:,.0f} instructions more than the bare view "
+            f"({diff / counts['nocache-q']:.2f}x the view's own): deriving a new key, the "
+            "lookup that takes the fill lease, recording and encoding the response, the fill "
+            "script, and the garbage collector those allocations set off. The MISS target "
+            "(at most 10% over the view) would allow "
+            f"{0.1 * counts['nocache-q']:,.0f}."
+        )
+    for note in notes:
+        lines += ["", *textwrap.wrap(note, 96, break_on_hyphens=False)]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,11 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rev", nargs="?", help="the commit to compare against (before)")
     parser.add_argument("--variant", default="miss", choices=list(VARIANTS))
     parser.add_argument("--requests", type=int, help="N (default: 640 for a MISS, else 2000)")
+    parser.add_argument(
+        "--docs", action="store_true", help="every variant, this checkout; write the docs section"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    requests = args.requests or DEFAULT_REQUESTS.get(args.variant, 2000)
     if args.child:
+        requests = args.requests or DEFAULT_REQUESTS.get(args.variant, 2000)
         if installed("uvloop"):  # as the servers run (harness.uvicorn_flags)
             import uvloop
 
@@ -190,8 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(_child(args.variant, requests))
         return 0
-    if VARIANTS[args.variant][2] and requests < 64:
-        parser.error("--requests: at least 64 for a MISS variant (64 run at once)")
+    if args.docs and args.rev is not None:
+        parser.error("--docs counts this checkout only: no REV with it")
+    if shutil.which("valgrind") is None:
+        print("valgrind is not on the PATH: apt-get install -y valgrind", file=sys.stderr)
+        return 2
+    names = list(VARIANTS) if args.docs else [args.variant]
+    variants = {name: args.requests or DEFAULT_REQUESTS.get(name, 2000) for name in names}
+    for name, n in variants.items():
+        if VARIANTS[name][2] and n < 64:
+            parser.error(f"--requests: at least 64 for {name} (64 run at once)")
     prefix = f"bench:instr:{secrets.token_hex(4)}"
     env = {
         **os.environ,
@@ -201,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         # The same string hashes on both sides: dict and set layouts, so counts, repeat.
         "PYTHONHASHSEED": "0",
     }
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         with tempfile.TemporaryDirectory(prefix="cache-middleware-instr-") as scratch:
             neutral = Path(scratch) / "cwd"  # no checkout here: PYTHONPATH decides the import
@@ -208,21 +335,41 @@ def main(argv: list[str] | None = None) -> int:
             if args.rev is None:
                 trees = {"this checkout": REPO_DIR}
                 check_imports(trees, neutral)
-                result = measure(trees, neutral, args.variant, requests, env)
+                result = measure(trees, neutral, variants, env)
             else:
                 with worktree(args.rev, Path(scratch) / "before") as before_tree:
                     trees = {"before": before_tree, "after": REPO_DIR}
                     check_imports(trees, neutral)
-                    result = measure(trees, neutral, args.variant, requests, env)
+                    result = measure(trees, neutral, variants, env)
     finally:
         delete_bench_keys(args.redis_url, prefix)
     label = f"{args.rev} (before) against this checkout (after)" if args.rev else "this checkout"
-    print(f"{args.variant}: instructions per request, {label}, N={requests}")
-    for side, value in result.items():
-        print(f"  {side:<14} {value:>12,.0f}")
-    if args.rev is not None:
-        print(f"  after/before {result['after'] / result['before']:.4f}")
+    print(f"instructions per request, {label}")
+    for name, n in variants.items():
+        for side in trees:
+            print(f"  {name:<12} N={n:<5} {side:<14} {result[(side, name)]:>12,.0f}")
+        if args.rev is not None:
+            ratio = result[("after", name)] / result[("before", name)]
+            print(f"  {name:<12} after/before {ratio:.4f}")
+    if args.docs:
+        facts = {
+            "when": when,
+            "commit": git_commit() or "?",
+            "cpu": f"{cpu_model()}, {os.cpu_count()} cores",
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "valgrind": _valgrind_version(),
+            "loop": "uvloop" if installed("uvloop") else "asyncio",
+        }
+        counts = {name: result[("this checkout", name)] for name in variants}
+        write_section(
+            INSTRUCTIONS_TITLE, render_section(counts, variants, facts), before=CLUSTER_TITLE
+        )
     return 0
+
+
+def _valgrind_version() -> str:
+    done = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "valgrind"
 
 
 if __name__ == "__main__":
