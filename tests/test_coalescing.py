@@ -54,7 +54,16 @@ def wsgi_app(calls: list[str], cookie: bool = False) -> Any:
 
 
 def config(url: str, prefix: str, **extra: Any) -> dict[str, Any]:
-    return {"redis_url": url, "key_prefix": prefix, "routes": {"/api": {"ttl": 60}}, **extra}
+    # A generous redis_timeout: these tests count app calls, and on a loaded 2-core CI machine
+    # twelve threads queueing for the GIL once kept a reply past the default 0.1 s; the store
+    # then failed open and the BYPASSed requests called the app (a timeout is not what is tested).
+    return {
+        "redis_url": url,
+        "key_prefix": prefix,
+        "redis_timeout": 2.0,
+        "routes": {"/api": {"ttl": 60}},
+        **extra,
+    }
 
 
 async def asgi_burst(apps: list[Any], n: int, path: str = "/api/events") -> list[httpx.Response]:
