@@ -72,7 +72,7 @@ from harness import (
     installed,
     worktree,
 )
-from inprocess import Exchange, near_hits, run_batch, run_miss_batch
+from inprocess import MISS_CONCURRENCY, Exchange, near_hits, run_batch, run_miss_batch
 
 # name -> (factory, X-Cache every measured answer carries, under the unique-query MISS load)
 VARIANTS: dict[str, tuple[Callable[[], Any], bytes | None, bool]] = {
@@ -108,10 +108,10 @@ async def _child(variant: str, requests: int) -> None:
     app = factory()
     tally = _Tally.seen
     if misses:
-        await run_miss_batch(app, "warmup", 640, _Tally)  # connect, warm the memos
+        await run_miss_batch(app, "warmup", 10 * MISS_CONCURRENCY, _Tally)  # connect, warm up
         tally.clear()
         await run_miss_batch(app, "measured", requests, _Tally)
-        served = requests // 64 * 64
+        served = _served(variant, requests)
     else:
         exchange = _Tally()
         deadline = time.monotonic() + 120
@@ -166,7 +166,10 @@ def _count(
 
 
 def _served(variant: str, requests: int) -> int:
-    return requests // 64 * 64 if VARIANTS[variant][2] else requests
+    """Requests a child serves for `requests`: a MISS variant's clients share them out evenly."""
+    if VARIANTS[variant][2]:
+        return requests // MISS_CONCURRENCY * MISS_CONCURRENCY
+    return requests
 
 
 def measure(
@@ -193,7 +196,7 @@ def measure(
         )
     return {
         (side, variant): (counts[(side, variant, 2 * n)] - counts[(side, variant, n)])
-        / _served(variant, n)
+        / (_served(variant, 2 * n) - _served(variant, n))
         for side in trees
         for variant, n in variants.items()
     }
@@ -316,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(VARIANTS) if args.docs else [args.variant]
     variants = {name: args.requests or DEFAULT_REQUESTS.get(name, 2000) for name in names}
     for name, n in variants.items():
-        if VARIANTS[name][2] and n < 64:
-            parser.error(f"--requests: at least 64 for {name} (64 run at once)")
+        if VARIANTS[name][2] and n < MISS_CONCURRENCY:
+            parser.error(
+                f"--requests: at least {MISS_CONCURRENCY} for {name} (run so many at once)"
+            )
     prefix = f"bench:instr:{secrets.token_hex(4)}"
     env = {
         **os.environ,
