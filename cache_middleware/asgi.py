@@ -28,7 +28,6 @@ from ._core.policy import (
     NotFound,
     RequestView,
 )
-from ._core.rules import Rule
 from ._core.stats import StatsBook
 from ._core.tokens import lease_token
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
@@ -159,7 +158,14 @@ class CacheMiddleware:
         if time.monotonic() >= self._next_flush:
             self._schedule_flush()
         prefetched: PlainRead | None = None
-        plain = self._plain_key(scope)
+        # (rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key`), else None.
+        plain = self.policy.plain_key(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            scope["headers"],
+            scope.get("scheme", "http"),
+        )
         if plain is not None:
             # The short way (`_core/held.py`): what this process holds, else one GET.
             hit = replay_held(
@@ -322,16 +328,6 @@ class CacheMiddleware:
             await _MissRecorder(self, plan, send, None, 0, stale).run(scope, receive)
             return
         await self._fill(plan, scope, receive, send, stale, lease)
-
-    def _plain_key(self, scope: Scope) -> tuple[Rule, str, bytes | None] | None:
-        """(rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key`), else None."""
-        return self.policy.plain_key(
-            scope["method"],
-            scope["path"],
-            scope.get("query_string", b"").decode("latin-1"),
-            scope["headers"],
-            scope.get("scheme", "http"),
-        )
 
     async def _read_plain(self, key: str) -> PlainRead:
         """One GET of a plain key, handed on to the full path if it is not a fresh HIT."""

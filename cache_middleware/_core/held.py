@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .entry import CachedResponse, CorruptEntry
+from .entry import CachedResponse, CorruptEntry, HeldEntry
 from .policy import CachePolicy
 from .rules import Rule
 from .stats import StatsBook
@@ -82,10 +82,13 @@ def _replay(
     if raw is None:
         return None
     rule, key, key_header = plain
-    try:
-        entry = policy.decoded(key, raw)
-    except CorruptEntry:
-        return None  # the full path logs and drops it
+    # What the near-cache holds remembers its decoding: taken here without a call.
+    entry = raw.decoded if type(raw) is HeldEntry else None
+    if entry is None:
+        try:
+            entry = policy.decoded(key, raw)
+        except CorruptEntry:
+            return None  # the full path logs and drops it
     if not isinstance(entry, CachedResponse):
         return None  # a Vary record: the full path follows it
     if policy.freshness(entry, now) != "fresh":
