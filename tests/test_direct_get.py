@@ -18,7 +18,7 @@ from cache_middleware.storage import direct_get
 from cache_middleware.storage.direct_get import DirectGetter
 from cache_middleware.storage.redis_async import _pipelined_params
 from cache_middleware.storage.redis_sync import RedisStore
-from cache_middleware.storage.resp import ReplyError
+from cache_middleware.storage.resp import GET_COMMAND, ReplyError, encode_command
 
 from .redis_process import RedisProcess
 
@@ -287,3 +287,11 @@ def test_fill_scripts_ride_the_lean_sockets_and_survive_a_script_flush(
     assert store._client is None  # no redis-py client was built
     store.close()
     client.close()
+
+
+@pytest.mark.parametrize(
+    "key", [b"", b"k", b"cm:GET:/api/events", b"a\r\n$3\r\nDEL", bytes(range(256))]
+)
+def test_the_get_template_is_the_encoded_command(key: bytes) -> None:
+    # Both lean connections send every HIT's GET from the template: it must be the command.
+    assert GET_COMMAND % (len(key), key) == encode_command(b"GET", key)

@@ -22,7 +22,7 @@ import socket
 import time
 from typing import Any
 
-from .resp import ReplyError, encode_command, handshake_commands, parse_reply
+from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
 
 __all__ = ["DirectGetter"]
 
@@ -135,7 +135,7 @@ class DirectGetter:
         return value
 
     def get(self, key: bytes) -> bytes | None:
-        value = self.call_encoded(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
+        value = self.call_encoded(GET_COMMAND % (len(key), key))
         if value is None or type(value) is bytes:
             return value
         raise ConnectionError(f"unexpected reply to GET: {type(value).__name__}")

@@ -24,7 +24,7 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from .resp import ReplyError, encode_command, handshake_commands, parse_reply
+from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
 
 __all__ = ["PipelinedGetter", "ReplyError"]
 
@@ -191,7 +191,7 @@ class PipelinedGetter:
         return protocol
 
     async def get(self, key: bytes) -> bytes | None:
-        value = await self.call_encoded(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
+        value = await self.call_encoded(GET_COMMAND % (len(key), key))
         if value is None or type(value) is bytes:
             return value
         # GET answers a string or nil: anything else means the replies no longer line up.

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OK", "ReplyError", "encode_arg", "encode_command", "handshake_commands", "parse_reply"]
+__all__ = [
+    "GET_COMMAND",
+    "OK",
+    "ReplyError",
+    "encode_arg",
+    "encode_command",
+    "handshake_commands",
+    "parse_reply",
+]
 
 _MAX_BULK = 512 * 1024 * 1024  # Redis' own proto-max-bulk-len default
 _MAX_ITEMS = 1024 * 1024  # elements of one array reply
@@ -89,6 +97,11 @@ def _length(buf: bytearray, pos: int, end: int) -> int:
         return int(buf[pos + 1 : end])
     except ValueError:
         raise ConnectionError("malformed length from Redis") from None
+
+
+# `encode_command(b"GET", key)` as a template, `GET_COMMAND % (len(key), key)`: every HIT on
+# Redis sends one, and the template spares it the call and the loop.
+GET_COMMAND = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
 
 
 def encode_command(*parts: bytes) -> bytes:
