@@ -321,7 +321,9 @@ class ExpiryReporter:
             self._config_warned = True
         db = client.connection_pool.connection_kwargs.get("db", 0)
         channel = f"__keyevent@{db}__:expired"
-        pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]
+        # redis-py typed pubsub() only in 8.x; Any keeps mypy quiet on every supported release.
+        new_pubsub: Any = client.pubsub
+        pubsub: Any = new_pubsub()
         try:
             pubsub.subscribe(channel)
             deadline = time.monotonic() + max(self.events.connect_timeout, 1.0)

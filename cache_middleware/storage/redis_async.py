@@ -131,7 +131,9 @@ class AsyncRedisStore:
         sentinel = sentinel_parts(self.url)
         if sentinel is not None:
             nodes, service, kwargs = sentinel
-            sentinels = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            # Typed only from redis-py 8: Any keeps mypy clean on every supported release.
+            sentinel_cls: Any = redis.asyncio.sentinel.Sentinel
+            sentinels = sentinel_cls(
                 nodes, sentinel_kwargs=_sentinel_kwargs(self._kwargs, kwargs)
             )
             client: redis.asyncio.Redis = sentinels.master_for(service, **self._kwargs, **kwargs)

@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.retry import Retry as SyncRetry
 
 from .base import (
     EPOCH_KEY,
@@ -101,15 +102,20 @@ def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, kwargs
 
 
+def _one_retry(retry_cls: Any) -> Any:
+    """One retry, after redis-py has refreshed the slot map (a MOVED, a failover): the cluster's
+    own default (3 with backoff) would multiply an outage's cost per request. The asyncio client
+    gets the asyncio Retry: redis-py 7+ converts a sync one with a UserWarning per client."""
+    return retry_cls(NoBackoff(), RETRIES, supported_errors=RETRY_ERRORS)
+
+
 def _cluster_kwargs(
-    timeout: float, url_kwargs: dict[str, Any], extra: dict[str, Any]
+    timeout: float, url_kwargs: dict[str, Any], extra: dict[str, Any], retry: Any
 ) -> dict[str, Any]:
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        # One retry, after redis-py has refreshed the slot map (a MOVED, a failover): the
-        # cluster's own default (3 with backoff) would multiply an outage's cost per request.
-        "retry": Retry(NoBackoff(), RETRIES, supported_errors=RETRY_ERRORS),
+        "retry": retry,
         # A cache serves the slots it can reach: a primary down must not stop the others.
         "require_full_coverage": False,
         "health_check_interval": 0,
@@ -354,7 +360,7 @@ class RedisClusterStore(RedisStore):
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in nodes
             ],
-            **_cluster_kwargs(self.timeout, url_kwargs, extra),
+            **_cluster_kwargs(self.timeout, url_kwargs, extra, _one_retry(SyncRetry)),
         )
 
     def _step(self, step: Step) -> list[Any]:
@@ -472,7 +478,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
         extra = {k: v for k, v in self._kwargs.items() if k not in _STORE_KEYS}
         return redis.asyncio.cluster.RedisCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in nodes],
-            **_cluster_kwargs(self.timeout, url_kwargs, extra),
+            **_cluster_kwargs(self.timeout, url_kwargs, extra, _one_retry(AsyncRetry)),
         )
 
     async def _step(self, step: Step) -> list[Any]:

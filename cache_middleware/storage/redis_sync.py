@@ -327,10 +327,12 @@ def _new_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     sentinel = sentinel_parts(url)
     if sentinel is not None:
         nodes, service, url_kwargs = sentinel
-        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        # Typed only from redis-py 8: Any keeps mypy clean on every supported release.
+        sentinel_cls: Any = redis.sentinel.Sentinel
+        sentinels = sentinel_cls(
             nodes, sentinel_kwargs=_sentinel_kwargs(kwargs, url_kwargs)
         )
-        client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinels.master_for(
             service, **kwargs, **url_kwargs
         )
         return client
