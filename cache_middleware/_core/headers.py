@@ -6,6 +6,9 @@ converts at its edge. Parsing is tolerant: garbage never raises, it only fails t
 
 from __future__ import annotations
 
+import datetime
+import re
+import time
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -134,19 +137,77 @@ def weak_match(a: bytes, b: bytes) -> bool:
     return a.removeprefix(b"W/") == b.removeprefix(b"W/")
 
 
-def parse_http_date(value: bytes | None) -> float | None:
-    """An HTTP-date (RFC 9110 §5.6.7) as a POSIX timestamp, or None when absent or invalid."""
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_LONG_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+# RFC 9110 §5.6.7: the three forms a recipient MUST accept, and nothing else. Names compare
+# case-insensitively (as every published cache does); spacing, separators and digit counts do not
+# bend: `... UTC`, a two-digit year in IMF-fixdate, `18-Aug-2050`, `02.01.18` are invalid.
+_IMF_FIXDATE = re.compile(
+    rb"([A-Za-z]{3}), (\d{2}) ([A-Za-z]{3}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) ([Gg][Mm][Tt])"
+)
+_RFC850_DATE = re.compile(
+    rb"([A-Za-z]{6,9}), (\d{2})-([A-Za-z]{3})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) ([Gg][Mm][Tt])"
+)
+_ASCTIME_DATE = re.compile(
+    rb"([A-Za-z]{3}) ([A-Za-z]{3}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})"
+)
+
+
+def _rfc850_year(two_digits: int, now: float | None) -> int:
+    """RFC 9110 §5.6.7: a two-digit year more than 50 years ahead is the most recent past one."""
+    this_year = time.gmtime(time.time() if now is None else now).tm_year
+    year = this_year - this_year % 100 + two_digits
+    if year > this_year + 50:
+        year -= 100
+    return year
+
+
+def parse_http_date(value: bytes | None, *, now: float | None = None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7) as a POSIX timestamp, or None when absent or invalid.
+
+    Accepts IMF-fixdate, the obsolete RFC 850 form and asctime's; anything else is invalid (an
+    invalid `Expires` means already expired, RFC 9111 §5.3, which the caller decides).
+    """
     if not value:
         return None
-    from email.utils import parsedate_to_datetime
-
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError, OverflowError):
+    text = value.strip()
+    if match := _IMF_FIXDATE.fullmatch(text):
+        weekday, day, month, year, hour, minute, second, _ = match.groups()
+        if weekday.lower().decode() not in _WEEKDAYS:
+            return None
+        year_number = int(year)
+    elif match := _RFC850_DATE.fullmatch(text):
+        weekday, day, month, year, hour, minute, second, _ = match.groups()
+        if weekday.lower().decode() not in _LONG_WEEKDAYS:
+            return None
+        year_number = _rfc850_year(int(year), now)
+    elif match := _ASCTIME_DATE.fullmatch(text):
+        weekday, month, day, hour, minute, second, year = match.groups()
+        if weekday.lower().decode() not in _WEEKDAYS:
+            return None
+        year_number = int(year)
+    else:
         return None
-    if parsed.tzinfo is None:
-        return None  # RFC 9110 dates are always GMT; a date without a zone is not one
-    return parsed.timestamp()
+    month_name = month.lower().decode()
+    if month_name not in _MONTHS:
+        return None
+    fields = (int(day), int(hour), int(minute), int(second))
+    if not (1 <= fields[0] <= 31 and fields[1] < 24 and fields[2] < 60 and fields[3] <= 60):
+        return None
+    try:
+        moment = datetime.datetime(
+            year_number,
+            _MONTHS.index(month_name) + 1,
+            fields[0],
+            fields[1],
+            fields[2],
+            min(fields[3], 59),
+            tzinfo=datetime.timezone.utc,
+        )
+    except ValueError:  # 31 Feb, year 0
+        return None
+    return moment.timestamp()
 
 
 def delta_seconds(value: str | None) -> int | None:
