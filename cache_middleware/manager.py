@@ -4,6 +4,11 @@
 forms as the middleware; None means `CACHE_REDIS_URL`, else the memory store);
 `get_sync_cache_manager` is its twin for threads and WSGI code. Keys are used as given.
 
+Events: with an `events:` section in the config, `invalidate` and `delete` publish
+`cache.invalidated` (reason `manual`, the seed's "cache entry is manually invalidated") through
+the process's event sink (events/process_sink.py), the one the admin app uses too; a manager
+built with `event_sink=` publishes there instead. Without one, they publish nothing.
+
 Failure policy: reads and writes fail open (a `get` returns the default, a `set` returns False,
 `get_or_set` calls the factory) because a cache must never take the caller down; `invalidate`
 and `delete` raise `StoreUnavailable`, because reporting a deletion that did not happen would
@@ -23,6 +28,8 @@ from typing import Any, TypeVar
 from ._core.values import CorruptValue, decode_value, encode_value
 from .config import ConfigSource, Settings, load_config
 from .errors import StoreUnavailable
+from .events.envelope import EventsSettings
+from .events.sink import EventSink
 from .storage import AsyncStore, SyncStore, make_async_store, make_sync_store
 
 __all__ = [
@@ -36,6 +43,19 @@ T = TypeVar("T")
 logger = logging.getLogger("cache_middleware.manager")
 _MISSING: Any = object()
 DEFAULT_TTL = 300
+
+
+def _report(sink: EventSink | None, selector: str, values: list[str], count: int) -> None:
+    """Publish one manual invalidation; a sink never turns a done deletion into an error."""
+    if sink is None or not values:
+        return
+    try:
+        sink.emit(
+            "cache.invalidated",
+            {"reason": "manual", "venue": None, selector: values, "count": count},
+        )
+    except Exception:
+        logger.exception("event sink failed on cache.invalidated")
 
 
 def _check_ttl(ttl: int | None, default: int) -> int:
@@ -52,9 +72,16 @@ class _LeaderCancelled(Exception):
 class CacheManager:
     """Async cache manager. `get_or_set` calls the factory once per key per process at a time."""
 
-    def __init__(self, store: AsyncStore, *, default_ttl: int = DEFAULT_TTL) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        *,
+        default_ttl: int = DEFAULT_TTL,
+        event_sink: EventSink | None = None,
+    ) -> None:
         self.store = store
         self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
+        self.event_sink = event_sink  # where invalidate / delete are reported; None: nowhere
         self._inflight: dict[str, asyncio.Future[Any]] = {}
 
     async def _load(self, key: str) -> Any:
@@ -126,11 +153,16 @@ class CacheManager:
                 del self._inflight[key]
 
     async def delete(self, *keys: str) -> int:
-        return await self.store.delete(*keys)
+        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
+        count = await self.store.delete(*keys)
+        _report(self.event_sink, "keys", list(keys), count)
+        return count
 
     async def invalidate(self, pattern: str) -> int:
         """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
-        return await self.store.delete_matching(pattern)
+        count = await self.store.delete_matching(pattern)
+        _report(self.event_sink, "patterns", [pattern], count)
+        return count
 
     async def aclose(self) -> None:
         await self.store.aclose()
@@ -148,9 +180,16 @@ class _Call:
 class SyncCacheManager:
     """The blocking twin of `CacheManager`, safe to share between threads."""
 
-    def __init__(self, store: SyncStore, *, default_ttl: int = DEFAULT_TTL) -> None:
+    def __init__(
+        self,
+        store: SyncStore,
+        *,
+        default_ttl: int = DEFAULT_TTL,
+        event_sink: EventSink | None = None,
+    ) -> None:
         self.store = store
         self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
+        self.event_sink = event_sink  # where invalidate / delete are reported; None: nowhere
         self._inflight: dict[str, _Call] = {}
         self._lock = threading.Lock()
 
@@ -209,36 +248,56 @@ class SyncCacheManager:
             call.done.set()
 
     def delete(self, *keys: str) -> int:
-        return self.store.delete(*keys)
+        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
+        count = self.store.delete(*keys)
+        _report(self.event_sink, "keys", list(keys), count)
+        return count
 
     def invalidate(self, pattern: str) -> int:
         """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
-        return self.store.delete_matching(pattern)
+        count = self.store.delete_matching(pattern)
+        _report(self.event_sink, "patterns", [pattern], count)
+        return count
 
     def close(self) -> None:
         self.store.close()
 
 
-_async_managers: dict[Settings, CacheManager] = {}
-_sync_managers: dict[Settings, SyncCacheManager] = {}
+# One manager per (cache settings, events settings): the cache's `Settings` do not hold the
+# `events:` section, and two configs that differ only there report to different places.
+_ManagerKey = tuple[Settings, "EventsSettings | None"]
+_async_managers: dict[_ManagerKey, CacheManager] = {}
+_sync_managers: dict[_ManagerKey, SyncCacheManager] = {}
 _managers_lock = threading.Lock()
+
+
+def _settings_and_sink(
+    config: ConfigSource | None,
+) -> tuple[_ManagerKey, EventSink | None]:
+    from .events.process_sink import events_settings_of, sink_for
+
+    settings = load_config(config)
+    events = events_settings_of(config)
+    return (settings, events), (None if events is None else sink_for(events))
 
 
 def get_cache_manager(config: ConfigSource | None = None) -> CacheManager:
     """The shared async manager for `config` (one per distinct configuration per process)."""
-    settings = load_config(config)
+    key, sink = _settings_and_sink(config)
     with _managers_lock:
-        manager = _async_managers.get(settings)
+        manager = _async_managers.get(key)
         if manager is None:
-            manager = _async_managers[settings] = CacheManager(make_async_store(settings))
+            manager = _async_managers[key] = CacheManager(make_async_store(key[0]), event_sink=sink)
         return manager
 
 
 def get_sync_cache_manager(config: ConfigSource | None = None) -> SyncCacheManager:
     """The shared blocking manager for `config` (one per distinct configuration per process)."""
-    settings = load_config(config)
+    key, sink = _settings_and_sink(config)
     with _managers_lock:
-        manager = _sync_managers.get(settings)
+        manager = _sync_managers.get(key)
         if manager is None:
-            manager = _sync_managers[settings] = SyncCacheManager(make_sync_store(settings))
+            manager = _sync_managers[key] = SyncCacheManager(
+                make_sync_store(key[0]), event_sink=sink
+            )
         return manager

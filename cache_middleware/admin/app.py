@@ -3,13 +3,18 @@
 Every endpoint needs `Authorization: Bearer <token>` (401 with `WWW-Authenticate: Bearer`
 otherwise); answers are JSON with `Cache-Control: no-store`. It shares the store and counters of
 the CacheMiddleware (ASGI or WSGI) that runs in the same process with the same key prefix, and
-hands each action's lifecycle event to an EventSink.
+hands each action's lifecycle event to an EventSink: the `event_sink=` given, else the process's
+sink for the config (events/process_sink.py: it publishes to the broker when the YAML has an
+`events:` section, and logs otherwise). Its lifespan shutdown publishes what that sink still
+holds (within 5 s); an atexit hook closes it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -20,7 +25,8 @@ from starlette.routing import Route
 
 from ..config import ConfigSource, Settings, load_config
 from ..errors import ConfigError, StoreUnavailable
-from ..events import EventSink, LoggingSink
+from ..events import EventSink
+from ..events.process_sink import events_settings_of, flush_sink, sink_for
 from ..registry import middlewares_for
 from ..storage import AsyncStore, make_async_store
 from ..wiring import build_policy
@@ -35,6 +41,8 @@ __all__ = ["create_admin_app"]
 logger = logging.getLogger("cache_middleware.admin")
 
 NO_STORE = {"Cache-Control": "no-store"}
+# What a lifespan shutdown waits, at most, for the buffered events to reach the broker.
+SHUTDOWN_FLUSH_TIMEOUT = 5.0
 DASHBOARD_CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src data:"
@@ -76,7 +84,7 @@ def create_admin_app(
             f"{settings.source}: admin: no token: pass token= to create_admin_app or set "
             "admin.token (insecure=True serves the admin API to anyone, for local use only)"
         )
-    sink: EventSink = event_sink or LoggingSink()
+    sink: EventSink = sink_for(events_settings_of(config)) if event_sink is None else event_sink
     policy = build_policy(settings)
     admin_store: AsyncStore = store if store is not None else _shared_store(settings)
     prefix = settings.key_prefix
@@ -191,7 +199,14 @@ def create_admin_app(
     async def openapi(request: Request, principal: Principal) -> Response:
         return _json(OPENAPI)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Shutdown: publish what the sink holds (it stays open: the process may serve again).
+        await asyncio.to_thread(flush_sink, sink, SHUTDOWN_FLUSH_TIMEOUT)
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             # The page itself holds no data and no secret: it asks for the token and sends it
             # with every call, so a browser can open it from the address bar.
@@ -203,7 +218,7 @@ def create_admin_app(
             Route("/optimize", guarded(optimize), methods=["POST"]),
             Route("/metrics", guarded(metrics), methods=["GET"]),
             Route("/openapi.json", guarded(openapi), methods=["GET"]),
-        ]
+        ],
     )
     app.state.settings = settings
     app.state.store = admin_store

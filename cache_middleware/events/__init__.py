@@ -1,5 +1,10 @@
 """Lifecycle events of the cache: the sink the admin sub-app hands them to.
 
+`sink_for(config)` is the one sink of this process for a configuration: a `KombuEventSink`
+when the YAML has an `events:` section (and kombu is installed), else a `LoggingSink`; the admin
+app, the cache manager, the middleware's write invalidation, the worker and the expiry reporter
+all publish through it unless given a sink in code (events/process_sink.py).
+
 The Kombu bridge (publishing to the `coder.events` exchange) plugs in as an `EventSink`:
 `KombuEventSink` (needs the `events` extra: kombu), and `run_consumer` runs the worker that
 invalidates on `data.updated` / `user.updated` (or `maybe_start_in_process` runs it inside the app
@@ -22,6 +27,12 @@ if TYPE_CHECKING:
         maybe_start_in_process,
         start_in_process_consumer,
     )
+    from .process_sink import (
+        flush_events,
+        flush_process_sinks,
+        publish_write_invalidation,
+        sink_for,
+    )
     from .publisher import KombuEventSink
 
 __all__ = [
@@ -34,10 +45,14 @@ __all__ = [
     "LoggingSink",
     "MemorySink",
     "build_envelopes",
+    "flush_events",
+    "flush_process_sinks",
     "load_events_config",
     "load_schema",
     "maybe_start_in_process",
+    "publish_write_invalidation",
     "run_consumer",
+    "sink_for",
     "start_in_process_consumer",
 ]
 
@@ -49,6 +64,10 @@ _LAZY = {
     "InProcessConsumer": ".in_process",
     "maybe_start_in_process": ".in_process",
     "start_in_process_consumer": ".in_process",
+    "sink_for": ".process_sink",
+    "flush_events": ".process_sink",
+    "flush_process_sinks": ".process_sink",
+    "publish_write_invalidation": ".process_sink",
 }
 
 

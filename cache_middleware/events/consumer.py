@@ -27,14 +27,16 @@ dead-letter queue, with the reason in its `x-error` header, then acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,66 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
         self.dead_lettered = 0
+        self.connections = 0  # times consuming started: 1 + the reconnections
+        self._lost = False
+        try:
+            self.broker = str(connection.as_uri())  # the password masked
+        except Exception:
+            self.broker = "<broker>"
+
+    # -- what `cache-middleware events consume` tells on stderr (the CLI sets the level) --------
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        """kombu's loop, with the connection losses reported on our logger (kombu's own says
+        only "Connection to broker lost" on its)."""
+        errors = self.connection.connection_errors + self.connection.channel_errors
+        while not self.should_stop:
+            try:
+                if self.restart_limit.can_consume(_tokens):
+                    for _ in self.consume(limit=None, **kwargs):
+                        pass
+                else:
+                    time.sleep(self.restart_limit.expected_time(_tokens))
+            except errors as exc:
+                if self.should_stop:
+                    break
+                self._lost = True
+                logger.warning(
+                    "lost the connection to %s (%s: %s): reconnecting",
+                    self.broker,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    @contextlib.contextmanager
+    def establish_connection(self) -> Iterator[Any]:
+        # Retries every `reconnect_max` seconds at most (kombu's default backs off to 30 s).
+        with self.create_connection() as conn:
+            conn.ensure_connection(
+                self.on_connection_error,
+                self.connect_max_retries,
+                interval_start=min(0.1, self.events.reconnect_max),
+                interval_step=min(0.5, self.events.reconnect_max),
+                interval_max=self.events.reconnect_max,
+            )
+            yield conn
+
+    def on_connection_error(self, exc: BaseException, interval: float) -> None:
+        logger.warning(
+            "cannot reach %s (%s: %s): retrying in %.1f s",
+            self.broker,
+            type(exc).__name__,
+            exc,
+            interval,
+        )
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kw: Any) -> None:
+        self.connections += 1
+        if self.connections == 1:
+            logger.info("connected to %s, consuming from %s", self.broker, self.queue.name)
+        else:
+            logger.info("reconnected to %s, consuming from %s", self.broker, self.queue.name)
+        self._lost = False
 
     def get_consumers(self, consumer: Any, channel: Any) -> list[Any]:
         self.exchange(channel).declare()
@@ -242,7 +304,15 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
             )
 
     def _dead_letter(self, message: Any, reason: str) -> None:
-        logger.warning("dead-lettering a message: %s", reason)
+        # The reason and where the message came from, never its body (it may be large, or hold
+        # what the log must not).
+        logger.warning(
+            "dead-lettered a message (routing key %s, event id %s) to %s: %s",
+            (message.delivery_info or {}).get("routing_key", "?"),
+            _event_id(message.body),
+            self.dead_letter.name,
+            reason,
+        )
         producer = _kombu.Producer(message.channel)
         producer.publish(
             message.body,
@@ -257,6 +327,16 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         message.ack()
 
 
+def _event_id(body: Any) -> str:
+    """The `id` of a message body when it is an envelope with a short string id, else "?"."""
+    try:
+        envelope = json.loads(body)
+    except (ValueError, TypeError):
+        return "?"
+    event_id = envelope.get("id") if isinstance(envelope, dict) else None
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 100 else "?"
+
+
 def load_consumer_config(config_path: str | os.PathLike[str]) -> tuple[Settings, EventsSettings]:
     """The cache settings and the `events:` settings of one YAML file."""
     from ..config import _read_yaml, _Validator
@@ -268,13 +348,20 @@ def load_consumer_config(config_path: str | os.PathLike[str]) -> tuple[Settings,
     return _Validator(path.name).settings(rest), events
 
 
-def run_consumer(config_path: str | os.PathLike[str]) -> None:
+def run_consumer(
+    config_path: str | os.PathLike[str], *, stop: threading.Event | None = None
+) -> None:
     """Run the invalidation worker of a config file until interrupted (Ctrl-C / SIGTERM as
-    KeyboardInterrupt). The invalidations it does are published as `cache.invalidated`; with
-    `events.report_expired` it also reports the entries Redis expires (events/expiry.py)."""
+    KeyboardInterrupt), or until `stop` is set. The invalidations it does are published as
+    `cache.invalidated` through the process's sink (events/process_sink.py); with
+    `events.report_expired` it also reports the entries Redis expires (events/expiry.py).
+
+    It logs on `cache_middleware.events`: "connected to <broker>" (INFO), each connection loss
+    and failed attempt (WARNING), each reconnection (INFO) and each dead-lettered message
+    (WARNING, with its reason)."""
     from ..storage.factory import make_sync_store
     from .expiry import ExpiryReporter
-    from .publisher import KombuEventSink
+    from .process_sink import flush_process_sinks, sink_for
 
     settings, events = load_consumer_config(config_path)
     if not settings.uses_redis:
@@ -285,16 +372,29 @@ def run_consumer(config_path: str | os.PathLike[str]) -> None:
             settings.source,
         )
     store = make_sync_store(settings)
-    sink = KombuEventSink(events)
+    sink = sink_for(events)
     reporter = ExpiryReporter(settings, events, sink).start() if events.report_expired else None
-    with _kombu.Connection(events.broker_url, heartbeat=30) as connection:
+    connection = _kombu.Connection(
+        events.broker_url, heartbeat=30, connect_timeout=events.connect_timeout
+    )
+    try:
         worker = InvalidationWorker(connection, events, settings, store, sink)
-        try:
-            worker.run()
-        except KeyboardInterrupt:
-            logger.info("invalidation worker stopping")
-        finally:
-            if reporter is not None:
-                reporter.stop(2)
-            sink.close(5)
-            store.close()
+        if stop is not None:
+            threading.Thread(
+                target=_stop_when_set, args=(stop, worker), name="consumer-stop", daemon=True
+            ).start()
+        logger.info("invalidation worker: connecting to %s", worker.broker)
+        worker.run(safety_interval=0.25 if stop is not None else 1)
+    except KeyboardInterrupt:
+        logger.info("invalidation worker stopping")
+    finally:
+        if reporter is not None:
+            reporter.stop(2)
+        flush_process_sinks(5)
+        store.close()
+        connection.release()
+
+
+def _stop_when_set(stop: threading.Event, worker: InvalidationWorker) -> None:
+    stop.wait()
+    worker.should_stop = True

@@ -46,7 +46,8 @@ VERSION = "1.0"
 SOURCE_SERVICE = "cache-management"
 DEFAULT_EXCHANGE = "coder.events"
 EVENT_TYPES = ("cache.invalidated", "cache.warmed", "cache.cleared", "cache.optimized")
-INVALIDATION_REASONS = ("manual", "data_updated", "user_updated", "expired")
+# `write`: a successful POST/PUT/PATCH/DELETE on a cached route dropped the path's entries.
+INVALIDATION_REASONS = ("manual", "data_updated", "user_updated", "expired", "write")
 SELECTOR_KINDS = ("patterns", "paths", "tags", "keys")
 # The `cacheKey` of one selector: a key glob and an exact key are given as they are, a path glob
 # and a tag with a prefix saying what they are.

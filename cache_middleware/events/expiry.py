@@ -4,7 +4,8 @@
 worker and in the in-process consumer (`events.consume.in_process`). It subscribes to the Redis
 keyspace notification channel `__keyevent@<db>__:expired` of the cache's database, keeps only
 entry keys (`{key_prefix}:GET:...`: not fill locks, indexes, tags or statistics), batches them
-(one batch per `interval`, 1 s, per venue) and hands each batch to the event sink as one
+(one batch per `interval`, 1 s, per venue) and hands each batch to the event sink (by default
+the process's sink for the `events:` section, events/process_sink.py) as one
 invalidation whose selectors are the expired keys, so the sink's flood control applies: at most
 `max_events_per_invalidation` events per batch, the rest in one summary event.
 
@@ -141,7 +142,7 @@ class ExpiryReporter:
         self,
         settings: Settings,
         events: EventsSettings,
-        sink: EventSink,
+        sink: EventSink | None = None,
         *,
         interval: float = 1.0,
         lease_ttl: float = 10.0,
@@ -149,6 +150,10 @@ class ExpiryReporter:
     ) -> None:
         self.settings = settings
         self.events = events
+        if sink is None:  # the process's sink for these events, shared with every other source
+            from .process_sink import sink_for
+
+            sink = sink_for(events)
         self.sink = sink
         self.interval = interval
         self.lease_ttl = lease_ttl

@@ -18,7 +18,8 @@ the app process with a sync store of its own (`make_sync_store(settings)`), so n
   started in the child: threads do not survive a fork, and a child's memory store is its own.
 * One consumer per process and configuration: asking again returns the running one.
 * The invalidations are published as `cache.invalidated` (reason `data_updated` /
-  `user_updated`) through `sink`, by default a `KombuEventSink` of the consumer's own; on the
+  `user_updated`) through `sink`, by default the process's sink for the configuration
+  (`process_sink.sink_for`: the one the admin app and the cache manager use too); on the
   memory store each process reports its own invalidation. With `events.report_expired` the
   consumer also runs the expiry reporter (events/expiry.py; one process reports, by lease).
 """
@@ -35,13 +36,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from ..config import ConfigSource, Settings
-from ..errors import ConfigError
-from .envelope import EventsSettings, load_events_config
+from .envelope import EventsSettings
+from .process_sink import events_settings_of, flush_sink, sink_for
 from .sink import EventSink
 
 __all__ = [
@@ -52,28 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cache_middleware.events")
-
-
-def events_settings_of(config: ConfigSource | None) -> EventsSettings | None:
-    """The `events:` settings of the config the middleware was given, or None when it has none.
-
-    A path is read again (the cache's `Settings` do not keep the `events:` section); a dict
-    counts when it has an `events` key; a `Settings` object carries no events section: None."""
-    if config is None or isinstance(config, Settings):
-        return None
-    if isinstance(config, Mapping):
-        if "events" not in config:
-            return None
-        return load_events_config({"events": config["events"]})
-    if isinstance(config, (str, os.PathLike)):
-        from ..config import _read_yaml
-
-        path = Path(config)
-        data = _read_yaml(path)
-        if not isinstance(data, Mapping) or data.get("events") is None:
-            return None
-        return load_events_config(path)
-    raise ConfigError(f"config must be a path, a dict or Settings, got {type(config).__name__}")
 
 
 def _queue_name(events: EventsSettings) -> str:
@@ -113,13 +91,11 @@ class InProcessConsumer:
 
         kombu: Any = importlib.import_module("kombu")
         self.pid = os.getpid()
+        # The process's sink for these events (events/process_sink.py) unless one was given:
+        # shared with the admin app and the manager, so flushed at stop, closed at exit.
         self._own_sink = self._given_sink is None
-        if self._given_sink is None:
-            from .publisher import KombuEventSink
-
-            self.sink: EventSink = KombuEventSink(self.events)
-        else:
-            self.sink = self._given_sink
+        given = self._given_sink
+        self.sink: EventSink = sink_for(self.events) if given is None else given
         self.store = make_sync_store(self.settings)
         self.queue_name = self.events.consume.queue if self.shared else _queue_name(self.events)
         self._stop_event = threading.Event()
@@ -196,9 +172,7 @@ class InProcessConsumer:
         if self.reporter is not None:
             self.reporter.stop(max(0.1, deadline - time.monotonic()))
         if self._own_sink:
-            closer = getattr(self.sink, "close", None)
-            if closer is not None:
-                closer(max(0.1, deadline - time.monotonic()))
+            flush_sink(self.sink, max(0.1, deadline - time.monotonic()))
         if self.shared:
             with contextlib.suppress(Exception):
                 self.store.close()

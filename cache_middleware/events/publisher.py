@@ -52,7 +52,8 @@ class KombuEventSink:
         # (routing key, JSON body) in publishing order
         self._buffer: deque[tuple[str, str]] = deque()
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)  # the thread: work to do, or try now
+        self._drained = threading.Condition(self._lock)  # flush(): an event left the buffer
         self._closing = False
         self._deadline: float | None = None
         self._connection: Any = None
@@ -60,11 +61,12 @@ class KombuEventSink:
         self.published = 0
         self.dropped = 0
         self._burst_dropped = 0
-        self._thread = threading.Thread(
-            target=self._run, name="cache-middleware-events", daemon=True
-        )
+        self._thread = self._new_thread()
         if start:
             self._thread.start()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="cache-middleware-events", daemon=True)
 
     # -- the caller's side: never blocks, never raises --------------------------------------------
 
@@ -102,6 +104,20 @@ class KombuEventSink:
         with self._lock:
             return len(self._buffer)
 
+    def flush(self, timeout: float = 5.0) -> int:
+        """Publish what is buffered, for at most `timeout` seconds, and stay open (a lifespan
+        shutdown: the process may serve again). A thread waiting out a backoff tries at once.
+        Returns how many events are still buffered."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            self._wake.notify_all()
+            while self._buffer and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._drained.wait(remaining)
+            return len(self._buffer)
+
     def close(self, timeout: float = 5.0) -> int:
         """Publish what is buffered, for at most `timeout` seconds; return how many events were
         left unpublished (0 when everything went out)."""
@@ -131,6 +147,7 @@ class KombuEventSink:
                 while not self._buffer and not self._closing:
                     self._wake.wait()
                 if not self._buffer or self._past_deadline():
+                    self._drained.notify_all()
                     return
                 routing_key, body = self._buffer[0]
             try:
@@ -158,6 +175,7 @@ class KombuEventSink:
                 if self._buffer and self._buffer[0] == (routing_key, body):
                     self._buffer.popleft()
                 self.published += 1
+                self._drained.notify_all()
                 if not self._buffer and self._burst_dropped:
                     logger.warning(
                         "event buffer drained: %d events were dropped while it was full",
@@ -201,6 +219,22 @@ class KombuEventSink:
             retry=True,
             retry_policy=self.settings.retry.as_kombu(),
         )
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked after the thread started: the thread is not here, and the lock,
+        the connection and the buffered events are the parent's (it publishes those). Build
+        this process's own and start again. The inherited connection is dropped, not closed:
+        closing it would say goodbye to the broker on the parent's socket."""
+        was_running = self._thread.ident is not None and not self._closing
+        self._connection = self._producer = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        self._buffer = deque()
+        self._burst_dropped = 0
+        self._thread = self._new_thread()
+        if was_running:
+            self._thread.start()
 
     def _disconnect(self) -> None:
         connection, self._connection, self._producer = self._connection, None, None
