@@ -455,13 +455,7 @@ class _Validator:
             venue_tokens=tuple(venue_tokens),
         )
 
-        redis_url = self.string("redis_url", data.get("redis_url"))
-        env_url = os.environ.get("CACHE_REDIS_URL")
-        if env_url:
-            redis_url = env_url
-        if redis_url is not None and not redis_url.startswith(REDIS_SCHEMES):
-            schemes = ", ".join(REDIS_SCHEMES[:-1]) + f" or {REDIS_SCHEMES[-1]}"
-            raise self.fail("redis_url", f"must be a {schemes} URL, got {redis_url!r}")
+        redis_url = self.redis_url(data.get("redis_url"))
         prefix = self.string("key_prefix", data.get("key_prefix", DEFAULT_PREFIX), optional=False)
         assert prefix is not None
         if any(c in prefix for c in "*?[]\\") or any(ord(c) < 0x21 for c in prefix):
@@ -509,6 +503,29 @@ class _Validator:
             source=self.source,
         )
 
+    def redis_url(self, raw: Any) -> str | None:
+        """The file's `redis_url`, or CACHE_REDIS_URL when set, checked as the stores will read
+        it (storage/urls.py): a URL that passes builds a client. The message says where the
+        URL came from, since an environment variable is easy to forget."""
+        url = self.string("redis_url", raw)
+        where = "redis_url"
+        env_url = os.environ.get("CACHE_REDIS_URL")
+        if env_url:
+            url, where = env_url, "redis_url (from the environment variable CACHE_REDIS_URL)"
+        if url is None:
+            return None
+        if not url.startswith(REDIS_SCHEMES):
+            schemes = ", ".join(REDIS_SCHEMES[:-1]) + f" or {REDIS_SCHEMES[-1]}"
+            raise self.fail(where, f"must be a {schemes} URL, got {_without_password(url)!r}")
+        if not url.startswith("memory://"):
+            from .storage.urls import check_redis_url  # imports redis: only for Redis URLs
+
+            try:
+                check_redis_url(url)
+            except ValueError as exc:
+                raise self.fail(where, f"{exc} in {_without_password(url)!r}") from exc
+        return url
+
     def near_cache(self, raw: Any) -> NearCacheSettings | None:
         if raw is None or raw is False:
             return None
@@ -525,6 +542,15 @@ class _Validator:
                 "near_cache.max_age", raw.get("max_age", DEFAULT_NEAR_MAX_AGE), high=3600
             ),
         )
+
+
+def _without_password(url: str) -> str:
+    """A URL fit for an error message: the credentials masked."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{tail}"
 
 
 def load_config(config: ConfigSource | None = None) -> Settings:

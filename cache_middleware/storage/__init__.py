@@ -4,7 +4,8 @@ Every backend honours the same contract (tests/test_storage_contract.py runs one
 `get(key) -> bytes | None`, `set(key, value, ttl)`, `delete(*keys) -> int`,
 `delete_matching(pattern) -> int` (Redis glob; SCAN + UNLINK in batches, never KEYS),
 `ping()`, plus the invalidation epoch, fill leases and indexes described in base.py.
-Failures to reach the backend raise `StoreUnavailable`; callers decide whether to fail open.
+Failures to reach the backend raise `StoreUnavailable`, and so does any other exception
+raised while building or using a Redis client; callers decide whether to fail open.
 The Redis stores fail fast through a circuit breaker while Redis is down (health.py). Async
 backends mirror the sync ones method for method. Sentinel URLs use the Redis stores on the
 master Sentinel names; Cluster URLs use redis_cluster.py (docs/deployment.md).

@@ -43,7 +43,10 @@ logger = logging.getLogger("cache_middleware.storage")
 # messages above (which carry the cause); both fire once per outage, never per request.
 breaker_logger = logging.getLogger("cache_middleware.storage.breaker")
 
-# What a Redis call can raise when the server is down, slow, full or refusing.
+# What a Redis call can raise when the server is down, slow, full or refusing. The stores
+# translate these and any other exception alike (a client that cannot be built from its URL,
+# a bug of ours) into StoreUnavailable, which callers fail open on: the app never sees a 500
+# because of the cache. This list only decides which outages are logged with a traceback.
 FOREIGN_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisError,
     # redis-py's Cluster client raises this (not a RedisError) when it cannot map the slots:
@@ -246,6 +249,9 @@ class OutageMonitor:
                 self.name,
                 exc.__class__.__name__,
                 exc,
+                # Not a network failure (a client that cannot be built, a bug): the traceback,
+                # once per outage, is what finding it takes.
+                exc_info=None if isinstance(exc, FOREIGN_ERRORS) else exc,
             )
         return StoreUnavailable(f"{self.name}: {exc.__class__.__name__}: {exc}")
 

@@ -43,7 +43,6 @@ from .base import (
     literal_head,
 )
 from .health import (
-    FOREIGN_ERRORS,
     RETRIES,
     RETRY_ERRORS,
     CircuitBreaker,
@@ -145,7 +144,7 @@ class AsyncRedisStore:
         probe = self.breaker.admit()
         try:
             result = await op()
-        except FOREIGN_ERRORS as exc:
+        except Exception as exc:  # FOREIGN_ERRORS, and whatever building the client raised
             self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
         except BaseException:
@@ -166,7 +165,7 @@ class AsyncRedisStore:
                 value = await self._getter.get(key.encode())
             else:
                 value = await self.client.get(key)  # type: ignore[assignment]
-        except FOREIGN_ERRORS as exc:
+        except Exception as exc:  # see _run: never an error of ours reaching the app
             if is_wrong_type(exc):
                 breaker.succeeded(probe)  # Redis answered: reachable
                 return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
@@ -445,7 +444,7 @@ def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]
         )
     service = unquote(parts[0])
     if len(parts) == 2:
-        kwargs["db"] = int(parts[1])
+        kwargs["db"] = database_number(parts[1])
     if scheme.startswith("rediss"):
         kwargs["ssl"] = True
     return nodes, service, kwargs
@@ -473,7 +472,22 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
         port = port.lstrip(":")
     else:
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
-    return unquote(host) or "localhost", int(port) if port else default_port
+    return unquote(host) or "localhost", port_number(port, text) if port else default_port
+
+
+def port_number(text: str, where: str) -> int:
+    """A TCP port from a URL, or a ValueError that says which part of the URL is wrong."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"port {text!r} (in {where!r}) is not a number from 1 to 65535")
+    return int(text)
+
+
+def database_number(text: str) -> int:
+    """A Redis database number from a URL's path: redis-py would silently use database 0 for
+    `/notadb`, and a cache on the wrong database serves and invalidates the wrong entries."""
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"the database {text!r} is not a number (0, 1, 2...)")
+    return int(text)
 
 
 def _sentinel_kwargs(store_kwargs: dict[str, Any], url_kwargs: dict[str, Any]) -> dict[str, Any]:

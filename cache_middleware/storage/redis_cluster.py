@@ -89,14 +89,18 @@ Plan = Generator[Step, list[Any], T]
 
 
 def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """`redis+cluster://[user:password@]host:port[,host:port...][/]` -> (seed nodes, kwargs)."""
+    """`redis+cluster://[user:password@]host:port[,host:port...][/0]` -> (seed nodes, kwargs)."""
     if not url.startswith(CLUSTER_SCHEMES):
         raise ValueError(f"not a Redis Cluster URL: {url!r}")
     scheme, _, rest = url.partition("://")
-    netloc, kwargs = split_credentials(rest.split("?", 1)[0].split("/", 1)[0])
+    netloc, _, path = rest.split("?", 1)[0].partition("/")
+    netloc, kwargs = split_credentials(netloc)
     nodes = [_host_port(part, 6379) for part in netloc.split(",") if part]
     if not nodes:
         raise ValueError(f"{scheme}:// URLs read {scheme}://host:port[,host:port...]")
+    if path.strip("/") not in ("", "0"):
+        # A Cluster has database 0 only: a number here would be silently ignored.
+        raise ValueError(f"a Redis Cluster has database 0 only, got {path.strip('/')!r}")
     if scheme.startswith("rediss"):
         kwargs["ssl"] = True
     return nodes, kwargs

@@ -34,7 +34,6 @@ from .base import (
 )
 from .direct_get import DirectGetter
 from .health import (
-    FOREIGN_ERRORS,
     RETRIES,
     RETRY_ERRORS,
     CircuitBreaker,
@@ -119,7 +118,7 @@ class RedisStore:
         probe = self.breaker.admit()
         try:
             result = op()
-        except FOREIGN_ERRORS as exc:
+        except Exception as exc:  # FOREIGN_ERRORS, and whatever building the client raised
             self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
         except BaseException:
@@ -137,7 +136,7 @@ class RedisStore:
             value: bytes | None = (
                 direct.get(key.encode()) if direct is not None else self.client.get(key)
             )
-        except FOREIGN_ERRORS as exc:
+        except Exception as exc:  # see _run: never an error of ours reaching the app
             if is_wrong_type(exc):
                 breaker.succeeded(probe)  # Redis answered: reachable
                 return b""  # not an entry: the caller reads it as corrupt, deletes it, MISSes
