@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -672,3 +673,20 @@ def test_route_table_printed_by_check_is_the_documented_one(
     with redirect_stdout(out):
         assert cli_main(["check", "cache.yaml"]) == 0
     assert out.getvalue().splitlines() == lines[2:]
+
+
+def test_the_sample_search_route_does_what_its_comments_say() -> None:
+    """sample_apps/cache.yaml: a parameter outside vary_by is not cached (it once said such
+    parameters were ignored), and an ignore_params one is not keyed."""
+    from starlette.testclient import TestClient
+
+    from sample_apps.starlette_app import create_app
+
+    q = uuid.uuid4().hex  # the sample's memory store is shared by the whole test process
+    with TestClient(create_app()) as client:
+        unlisted = client.get(f"/api/search?q={q}&page=2")
+        first = client.get(f"/api/search?q={q}&utm_source=a")
+        second = client.get(f"/api/search?q={q}&utm_source=b")
+    assert unlisted.headers["x-cache"] == "BYPASS"
+    assert "detail=unlisted-param" in unlisted.headers["cache-status"]
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
