@@ -62,6 +62,10 @@ class BadEvent(ValueError):
     """A message that can never be handled: it goes to the dead-letter queue."""
 
 
+class _Stopped(Exception):
+    """`should_stop` was set while the worker was waiting for the broker."""
+
+
 def _value(data: Mapping[str, Any], name: str) -> str:
     for candidate in _ALIASES.get(name, (name,)):
         value = data.get(candidate)
@@ -199,6 +203,8 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
                         pass
                 else:
                     time.sleep(self.restart_limit.expected_time(_tokens))
+            except _Stopped:
+                break
             except errors as exc:
                 if self.should_stop:
                     break
@@ -212,7 +218,8 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
 
     @contextlib.contextmanager
     def establish_connection(self) -> Iterator[Any]:
-        # Retries every `reconnect_max` seconds at most (kombu's default backs off to 30 s).
+        # Retries every `reconnect_max` seconds at most (kombu's default backs off to 30 s),
+        # and gives up between attempts once `should_stop` is set.
         with self.create_connection() as conn:
             conn.ensure_connection(
                 self.on_connection_error,
@@ -220,8 +227,13 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
                 interval_start=min(0.1, self.events.reconnect_max),
                 interval_step=min(0.5, self.events.reconnect_max),
                 interval_max=self.events.reconnect_max,
+                callback=self._unless_stopping,
             )
             yield conn
+
+    def _unless_stopping(self) -> None:
+        if self.should_stop:
+            raise _Stopped
 
     def on_connection_error(self, exc: BaseException, interval: float) -> None:
         logger.warning(
