@@ -5,7 +5,11 @@ never blocks on the broker and never raises. One background thread publishes the
 (routing key = event type, JSON, persistent, with publisher confirms so an event leaves the
 buffer only once the broker has it). With the broker down the events wait in the buffer and are
 flushed when it answers again; when the buffer is full the oldest events are dropped, counted
-and logged once per burst. `close(timeout)` flushes what it can within the time limit.
+and logged once per burst. `flush(timeout)` publishes what is buffered within the time limit
+and stays open (a lifespan shutdown); `close(timeout)` does the same and stops the thread.
+
+Most code does not build one: `process_sink.sink_for(config)` returns the process's sink for a
+configuration, shared by every source of events.
 """
 
 from __future__ import annotations
