@@ -27,7 +27,7 @@ from .redis_async import (
 from .redis_cluster import CLUSTER_SCHEMES, AsyncRedisClusterStore, cluster_parts
 from .redis_sync import RedisStore
 
-__all__ = ["check_redis_url"]
+__all__ = ["check_redis_url", "database_of"]
 
 
 def check_redis_url(url: str) -> None:
@@ -90,3 +90,13 @@ def _build(*builders: Callable[[], Any]) -> None:
                 pool.make_connection()
         except Exception as exc:
             raise ValueError(f"redis-py cannot build a client from it: {exc}") from None
+
+
+def database_of(url: str) -> int:
+    """The database a checked URL's stores use (a Cluster has only database 0)."""
+    if url.startswith(CLUSTER_SCHEMES):
+        return 0
+    sentinel = sentinel_parts(url)
+    if sentinel is not None:
+        return int(sentinel[2].get("db", 0))
+    return int(parse_url(url).get("db", 0))
