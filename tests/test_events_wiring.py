@@ -45,12 +45,14 @@ from cache_middleware import (  # noqa: E402
     create_admin_app,
     get_cache_manager,
     get_sync_cache_manager,
+    load_config,
 )
 from cache_middleware.events import LoggingSink, MemorySink  # noqa: E402
 from cache_middleware.events import process_sink as ps  # noqa: E402
 from cache_middleware.events.consumer import run_consumer  # noqa: E402
 from cache_middleware.events.envelope import load_events_config  # noqa: E402
-from cache_middleware.events.expiry import lease_key  # noqa: E402
+from cache_middleware.events.expiry import ExpiryReporter, lease_key  # noqa: E402
+from cache_middleware.events.in_process import start_in_process_consumer  # noqa: E402
 from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .test_events_envelope import ORG, validate  # noqa: E402
@@ -138,6 +140,14 @@ def test_one_sink_per_process_and_configuration(tmp_path: Path) -> None:
     assert create_admin_app(path).state.event_sink is sink
     assert get_cache_manager(path).event_sink is sink
     assert get_sync_cache_manager(path).event_sink is sink
+    settings = load_config(path)
+    assert ExpiryReporter(settings, load_events_config(events)).sink is sink
+    consumer = start_in_process_consumer(settings, load_events_config(events))
+    try:
+        assert consumer.sink is sink
+    finally:
+        consumer.stop(2)
+    assert sink.pending == 0 and ps.sink_for(path) is sink  # stop() flushed it, not closed it
     # another events section: another sink; none: the logging sink, and no manager events
     other, _ = write_config(tmp_path, "memory://")
     assert ps.sink_for(other) is not sink
