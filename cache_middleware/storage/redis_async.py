@@ -472,13 +472,13 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
         port = port.lstrip(":")
     else:
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
-    return unquote(host) or "localhost", port_number(port, text) if port else default_port
+    return unquote(host) or "localhost", port_number(port) if port else default_port
 
 
-def port_number(text: str, where: str) -> int:
+def port_number(text: str) -> int:
     """A TCP port from a URL, or a ValueError that says which part of the URL is wrong."""
     if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"port {text!r} (in {where!r}) is not a number from 1 to 65535")
+        raise ValueError(f"the port {text!r} is not a number from 1 to 65535")
     return int(text)
 
 

@@ -53,10 +53,10 @@ def _check_single(url: str) -> None:
         if not parts.path:
             raise ValueError("a unix:// URL names the socket: unix:///path/to/redis.sock[?db=N]")
     else:
-        address = parts.netloc.rpartition("@")[2]  # never the credentials, in any message
+        address = parts.netloc.rpartition("@")[2]  # the credentials are not ours to read
         after_host = address.rpartition("]")[2] if address.startswith("[") else address
         if ":" in after_host:
-            port_number(after_host.rpartition(":")[2], address)
+            port_number(after_host.rpartition(":")[2])
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if path:
             database_number(path)
