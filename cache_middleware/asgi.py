@@ -21,6 +21,7 @@ from ._core.entry import CachedResponse
 from ._core.held import PlainRead, reads_plain, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
+    CachePolicy,
     Follow,
     Found,
     Invalidate,
@@ -32,7 +33,7 @@ from ._core.stats import StatsBook
 from ._core.tokens import lease_token
 from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
-from .errors import StoreUnavailable
+from .errors import ConfigError, StoreUnavailable
 from .events.in_process import maybe_start_in_process
 from .registry import register
 from .storage import AsyncStore, make_async_store
@@ -111,6 +112,8 @@ class _AsgiRequest:
 class CacheMiddleware:
     """`app.add_middleware(CacheMiddleware, config="cache.yaml")`."""
 
+    policy: CachePolicy
+
     def __init__(
         self,
         app: ASGIApp,
@@ -121,6 +124,27 @@ class CacheMiddleware:
         store: AsyncStore | None = None,
     ) -> None:
         self.app = app
+        # A bad config is kept, not raised: Starlette and FastAPI build their middleware on the
+        # first call, the lifespan scope, and an exception there makes uvicorn's (and
+        # hypercorn's) "auto" lifespan conclude that lifespan is unsupported and serve 500s.
+        # Kept, it fails the server's startup with its message (or, where the server runs no
+        # lifespan, every request raises it). Invariant 5 of DESIGN.md.
+        self.config_error: ConfigError | None = None
+        try:
+            self._configure(config, user_resolver, venue_resolver, store)
+        except ConfigError as exc:
+            self.config_error = exc
+            # Every request asks `policy.covers` first: this one raises the error, so a
+            # refused config costs a working one nothing on its hot path.
+            self.policy = _RefusedConfig(exc)  # type: ignore[assignment]
+
+    def _configure(
+        self,
+        config: ConfigSource,
+        user_resolver: Callable[[object], str | None] | None,
+        venue_resolver: Callable[[object], str | None] | None,
+        store: AsyncStore | None,
+    ) -> None:
         self.settings = load_config(config)
         self.policy = build_policy(
             self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
@@ -151,6 +175,9 @@ class CacheMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["path"]):
+            if self.config_error is not None:
+                await _refuse(self.config_error, scope, receive, send)
+                return
             if scope["type"] == "lifespan" and self.events_consumer is not None:
                 receive = self._stopping_consumer(receive)
             await self.app(scope, receive, send)
@@ -685,6 +712,33 @@ class _MissRecorder:
                 "lost_leases", self.plan
             )  # invalidated while the app was answering: not written
         return True
+
+
+class _RefusedConfig:
+    """The policy of a middleware whose config was refused: the first question raises it."""
+
+    def __init__(self, error: ConfigError) -> None:
+        self.error = error
+
+    def covers(self, path: str) -> bool:
+        raise _fresh(self.error)
+
+
+async def _refuse(error: ConfigError, scope: Scope, receive: Receive, send: Send) -> None:
+    """A refused config at the server's startup: `lifespan.startup.failed` with its one-line
+    message (uvicorn, hypercorn and gunicorn's uvicorn worker log it and stop), then raised, as
+    Starlette's own lifespan does (its TestClient raises it; servers ignore an error after a
+    failure reported). Any other scope raises it. The app's own startup never runs."""
+    if scope["type"] == "lifespan":
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": str(error)})
+    raise _fresh(error)
+
+
+def _fresh(error: ConfigError) -> ConfigError:
+    # A new instance per raise: the kept one would gather every request's traceback.
+    return type(error)(*error.args)
 
 
 async def _wait(future: asyncio.Future[None], timeout: float) -> None:
