@@ -11,18 +11,31 @@ Wire format: 4 magic bytes, then a msgpack array.
 Anything else under a key (another program's value, a truncated write, an older or newer
 format) decodes to `CorruptEntry`, which the adapters treat as a MISS and delete. Unpacking is
 bounded: no byte string may claim more than the input holds, and lists are capped.
+
+A record is also corrupt when it holds what this cache never writes, since replaying it would
+serve everyone something no route could have stored (someone with write access to the store
+forged it, or another program wrote there): a status outside `STORABLE_STATUSES` (a 101 would
+switch the client's connection to another protocol, a 1xx or 206 is not a whole response); a
+header name that is not a lower-case RFC 9110 token (names are stored lower-cased); a value with
+CR, LF or NUL (response splitting, RFC 9110 §5.5); a hop-by-hop field, `Set-Cookie` or one of
+the headers the cache sets itself; a `Content-Length` other than the body's (the client would
+read the rest of the body as the next response), or any on a 204.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from .headers import HOP_BY_HOP
+
 __all__ = [
     "MAGIC",
+    "STORABLE_STATUSES",
     "CachedResponse",
     "CorruptEntry",
     "HeldEntry",
@@ -35,6 +48,24 @@ __all__ = [
 MAGIC = b"CMR\x02"
 VARY_MAGIC = b"CMY\x01"
 MAX_HEADERS = 256
+# The statuses a route can be configured to store (config's `statuses:` accepts exactly these:
+# RFC 9110 §15.1's heuristically cacheable ones, 206 and 5xx but 501 never). No other status is
+# ever written, so no other is ever replayed.
+STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# Fields a stored record never holds: connection-specific ones (Content-Length is written once,
+# by the cache, from the body), a cookie (a response that sets one is not stored), and the
+# headers the cache sets on every replay.
+_NEVER_STORED = (HOP_BY_HOP - {b"content-length"}) | {
+    b"set-cookie",
+    b"x-cache",
+    b"x-cache-key",
+    b"x-cache-ttl",
+    b"age",
+    b"cache-status",
+    b"cache-tag",
+}
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
+_UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
 
 
 class CorruptEntry(ValueError):
@@ -136,7 +167,8 @@ def _decode(data: bytes) -> CachedResponse | VaryRecord:
         raise CorruptEntry("entry has the wrong shape")
     status, headers, body, stored_at, ttl, swr, sie = raw
     if not (
-        _is_int(status, 100, 999)
+        type(status) is int
+        and status in STORABLE_STATUSES
         and isinstance(body, bytes)
         and type(stored_at) in (int, float)
         and math.isfinite(stored_at)
@@ -147,6 +179,7 @@ def _decode(data: bytes) -> CachedResponse | VaryRecord:
     ):
         raise CorruptEntry("entry fields have the wrong types")
     pairs: list[tuple[bytes, bytes]] = []
+    lengths = 0
     for pair in headers:
         if not (
             isinstance(pair, list)
@@ -155,5 +188,12 @@ def _decode(data: bytes) -> CachedResponse | VaryRecord:
             and isinstance(pair[1], bytes)
         ):
             raise CorruptEntry("header is not a pair of byte strings")
-        pairs.append((pair[0], pair[1]))
+        name, value = pair
+        if name in _NEVER_STORED or not _FIELD_NAME.fullmatch(name) or _UNSAFE_VALUE.search(value):
+            raise CorruptEntry("entry holds a header the cache never stores")
+        if name == b"content-length":
+            lengths += 1
+            if status == 204 or lengths > 1 or value != b"%d" % len(body):
+                raise CorruptEntry("entry's Content-Length is not its body's")
+        pairs.append((name, value))
     return CachedResponse(status, pairs, body, float(stored_at), ttl, swr, sie)
