@@ -98,6 +98,9 @@ class Settings:
     admin: AdminSettings = AdminSettings()
     # The in-process near-cache (L1) in front of Redis; None = off (storage/near.py).
     near_cache: NearCacheSettings | None = None
+    # Key namespaces of the shared cache manager (`events` for `events:42`): with the key
+    # prefix, the only keys the admin API and the command line may delete (admin/operations.py).
+    manager_namespaces: tuple[str, ...] = ()
     # Where the settings came from, for messages; not part of their identity.
     source: str = field(default="<dict>", compare=False)
 
@@ -198,6 +201,7 @@ _TOP_KEYS = {
     "admin",
     "events",  # the event bridge's section, validated by cache_middleware.events
     "near_cache",
+    "manager_namespaces",
 }
 _ROUTE_KEYS = {
     "ttl",
@@ -500,6 +504,7 @@ class _Validator:
             ),
             admin=admin,
             near_cache=self.near_cache(data.get("near_cache")),
+            manager_namespaces=self.namespaces(data.get("manager_namespaces")),
             source=self.source,
         )
 
@@ -525,6 +530,22 @@ class _Validator:
             except ValueError as exc:
                 raise self.fail(where, f"{exc} in {_without_password(url)!r}") from exc
         return url
+
+    def namespaces(self, raw: Any) -> tuple[str, ...]:
+        """`manager_namespaces: [events, user]`: namespace `events` holds the keys `events:...`."""
+        names = self.name_list("manager_namespaces", raw, "namespaces")
+        for name in names:
+            plain = not any(c in "*?[]\\" or ord(c) < 0x21 or ord(c) == 0x7F for c in name)
+            if not plain:
+                raise self.fail(
+                    "manager_namespaces",
+                    f"{name!r}: a namespace is plain text: no glob characters, spaces or controls",
+                )
+            if name.endswith(":"):
+                raise self.fail(
+                    "manager_namespaces", f"{name!r}: write it without the trailing ':'"
+                )
+        return names
 
     def near_cache(self, raw: Any) -> NearCacheSettings | None:
         if raw is None or raw is False:

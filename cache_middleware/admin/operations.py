@@ -1,27 +1,59 @@
 """What the admin endpoints do, over the cache's async store: invalidate, clear, optimize,
 warm, and the figures for stats. Validation (400) and scope checks (403) happen before anything
 is deleted; a store failure raises StoreUnavailable (the endpoint answers 503, never a false
-success)."""
+success).
+
+What an invalidation may reach (docs/security.md, "Admin API abuse"):
+
+* Every key and glob stays inside the cache's own namespaces: the key prefix and the shared
+  manager's `manager_namespaces` from the config. A Redis database may hold other applications'
+  keys (`session:abc`); a glob must start with one of `{namespace}:` as plain text, so a bare `*`
+  or `*:config` is refused (400, `OutsideNamespaces`), and so is a key outside them.
+* A glob costs at most MAX_PATTERN_LENGTH characters and MAX_PATTERN_WILDCARDS wildcards (400).
+* A venue token reaches only its venue's entries. Whether a glob stays in a venue is read from
+  the glob as Redis parses it (`_core.globs.parse_glob`), not from how its text ends: an
+  unbalanced `[` turns `...*[:venue:lisbon` into a class. A glob that ends with the literal
+  `:venue:{venue}` matches only that venue's entries (the last two components of an entry key
+  are always a marker and its value: query parameter names can never be `venue`). A glob for
+  the venue's Vary variants (`...:venue:{venue}:vary:*`) cannot be exact, since a query value
+  may read `venue` (`?a=venue&lisbon=vary`), so each key it matches is parsed
+  (`entry_venue`) and only the venue's own are deleted. Exact keys are parsed the same way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from .._core.globs import compile_glob
-from .._core.keys import in_venue, path_patterns, tag_index_key, venue_patterns
+from .._core.globs import (
+    Token,
+    compile_glob,
+    ends_with_literal,
+    literal_head,
+    parse_glob,
+    wildcard_count,
+)
+from .._core.keys import escape_component, path_patterns, tag_index_key, venue_patterns
 from .._core.stats import summarize
 from ..config import Settings
 from ..storage import AsyncStore
 from ..wiring import stats_key
 from .auth import Principal
-from .requests import InvalidateRequest
+from .requests import BadRequest, InvalidateRequest
 
 __all__ = [
+    "MAX_PATTERN_LENGTH",
+    "MAX_PATTERN_WILDCARDS",
     "Forbidden",
+    "OutsideNamespaces",
+    "check_glob",
+    "check_key_namespace",
+    "check_pattern_namespace",
     "clear",
+    "entry_venue",
     "invalidate",
     "optimize",
     "stats",
@@ -33,79 +65,244 @@ KEYSPACE_LIMIT = 200_000  # keys counted at most; beyond, the figure is a lower 
 HEADER_ALLOWANCE = 8 * 1024  # an entry's record may exceed its body by this much (headers)
 WARM_CONCURRENCY = 4
 HISTORY_POINTS = 120
+# A glob's cost: Redis' matcher, and the memory store's, take up to key length x pattern length
+# per key, over every key of the database.
+MAX_PATTERN_LENGTH = 256
+MAX_PATTERN_WILDCARDS = 16
+DELETE_BATCH = 500
 
 
 class Forbidden(PermissionError):
     """The caller's token does not reach what the request names."""
 
 
-def _escape(text: str) -> str:
-    from .._core.keys import escape_component
-
-    return escape_component(text)
+class OutsideNamespaces(BadRequest):
+    """A key or glob reaches beyond the cache's own namespaces (400; a ValueError to a CLI)."""
 
 
-def _check_venue_pattern(pattern: str, prefix: str, venue: str) -> None:
-    suffix = f":venue:{_escape(venue)}"
-    if not pattern.startswith(f"{prefix}:GET:") or not (
-        pattern.endswith(suffix) or pattern.endswith(f"{suffix}:vary:*")
-    ):
-        raise Forbidden(
-            f"pattern {pattern!r} reaches outside venue {venue!r}: a venue token's patterns "
-            f"start with '{prefix}:GET:' and end with '{suffix}' (or '{suffix}:vary:*')"
+def namespaces(settings: Settings) -> tuple[str, ...]:
+    """The key namespaces that are the cache's: its key prefix, then the manager's."""
+    return (settings.key_prefix, *settings.manager_namespaces)
+
+
+def _namespace_list(settings: Settings) -> str:
+    return ", ".join(f"'{ns}:'" for ns in namespaces(settings))
+
+
+def check_glob(pattern: str, what: str = "pattern") -> tuple[Token, ...]:
+    """The glob's tokens, after bounding its cost: a BadRequest (a ValueError) says why not."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise BadRequest(f"{what}: at most {MAX_PATTERN_LENGTH} characters, got {len(pattern)}")
+    tokens = parse_glob(pattern)
+    wildcards = wildcard_count(tokens)
+    if wildcards > MAX_PATTERN_WILDCARDS:
+        raise BadRequest(
+            f"{what}: at most {MAX_PATTERN_WILDCARDS} wildcards ('*' runs, '?' and [...] "
+            f"classes), got {wildcards}"
         )
+    return tokens
+
+
+def check_pattern_namespace(
+    pattern: str, tokens: tuple[Token, ...], settings: Settings, what: str = "pattern"
+) -> None:
+    """Refuse a glob that could match a key outside the cache's namespaces: its literal head
+    (the text before its first wildcard, as Redis reads it) must start with `{namespace}:`."""
+    head = literal_head(tokens)
+    if any(head.startswith(f"{ns}:".encode()) for ns in namespaces(settings)):
+        return
+    if all(token.kind == "star" for token in tokens):
+        raise OutsideNamespaces(
+            f"{what}: {pattern!r} would delete every key in the Redis database, other "
+            f"applications' included; the cache's keys start with {_namespace_list(settings)}"
+        )
+    raise OutsideNamespaces(
+        f"{what}: {pattern!r} reaches outside the cache's namespaces: a pattern must start with "
+        f"{_namespace_list(settings)} as plain text (add the shared cache manager's namespaces "
+        "to manager_namespaces in the config)"
+    )
+
+
+def check_key_namespace(key: str, settings: Settings, what: str = "key") -> None:
+    if not any(key.startswith(f"{ns}:") for ns in namespaces(settings)):
+        raise OutsideNamespaces(
+            f"{what}: {key!r} is not the cache's: keys start with {_namespace_list(settings)} "
+            "(add the shared cache manager's namespaces to manager_namespaces in the config)"
+        )
+
+
+def entry_venue(key: str, prefix: str) -> str | None:
+    """The venue segment (escaped) of the entry key `{prefix}:GET:...`, or None when it has
+    none or is not an entry key. Components are read in pairs after the path: a name-position
+    `venue` is the identity segment (a query parameter named `venue` is written `%76enue`), a
+    value reading `venue` is not; `vary` in a name position starts the variant's part."""
+    head = f"{prefix}:GET:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head) :].split(":")
+    venue: str | None = None
+    i = 1  # parts[0] is the path
+    while i < len(parts) and parts[i] != "vary":
+        if i + 1 >= len(parts):
+            return None  # a name without a value: not a key this cache builds
+        if parts[i] == "venue":
+            venue = parts[i + 1]
+        i += 2
+    return venue
+
+
+def _literal_run(tokens: tuple[Token, ...], text: bytes, start: int) -> bool:
+    """Whether literal tokens spell `text` somewhere from token `start` on."""
+    for at in range(start, len(tokens) - len(text) + 1):
+        if ends_with_literal(tokens[at : at + len(text)], text):
+            return True
+    return False
+
+
+def _venue_pattern_is_exact(
+    pattern: str, tokens: tuple[Token, ...], prefix: str, venue: str
+) -> bool:
+    """A venue token's glob: True when every key it matches is the venue's entry; False when
+    it names the venue's Vary variants, whose matches must each be checked (`entry_venue`);
+    Forbidden otherwise."""
+    head = f"{prefix}:GET:".encode()
+    suffix = f":venue:{escape_component(venue)}".encode()
+    if literal_head(tokens).startswith(head):
+        if ends_with_literal(tokens, suffix):
+            return True
+        if _literal_run(tokens, suffix + b":vary:", len(head)):
+            return False
+    raise Forbidden(
+        f"pattern {pattern!r} reaches outside venue {venue!r}: a venue token's patterns start "
+        f"with '{prefix}:GET:' and end with '{suffix.decode()}' (or hold "
+        f"'{suffix.decode()}:vary:'), written as plain text: no wildcard or [class] may stand "
+        "for any of it"
+    )
+
+
+def _is_exact_for_venue(pattern: str, venue: str) -> bool:
+    """Whether a glob the cache built itself (paths, clear) ends with the venue's segment."""
+    return ends_with_literal(parse_glob(pattern), f":venue:{escape_component(venue)}".encode())
+
+
+async def _move_epoch(store: AsyncStore, prefix: str) -> None:
+    """Void the fills under way, as `delete_matching` does before its scan: `delete` moves the
+    epoch of the cache a key names even when nothing is there, and `{prefix}:GET:` (the head of
+    every entry key, the entry of no request: a path is never empty) is never there."""
+    await store.delete(f"{prefix}:GET:")
+
+
+async def _delete_keys(store: AsyncStore, keys: list[str]) -> int:
+    count = 0
+    for start in range(0, len(keys), DELETE_BATCH):
+        count += await store.delete(*keys[start : start + DELETE_BATCH])
+    return count
+
+
+class _Selection:
+    """What an invalidation deletes: globs whose every match is in scope, globs whose matches
+    are each checked (a venue's Vary variants), exact keys and tag indexes."""
+
+    def __init__(self) -> None:
+        self.exact: list[str] = []
+        self.checked: list[str] = []
+        self.keys: list[str] = []
+        self.indexes: list[str] = []
+
+    def add_glob(self, pattern: str, exact: bool) -> None:
+        (self.exact if exact else self.checked).append(pattern)
+
+
+def _select(settings: Settings, principal: Principal, request: InvalidateRequest) -> _Selection:
+    """Every item checked before anything is deleted: 400 or 403 for the first bad one."""
+    prefix, venue = settings.key_prefix, principal.venue
+    selection = _Selection()
+    for i, pattern in enumerate(request.patterns):
+        tokens = check_glob(pattern, f"patterns[{i}]")
+        if venue is None:
+            check_pattern_namespace(pattern, tokens, settings, f"patterns[{i}]")
+            selection.add_glob(pattern, True)
+        else:
+            selection.add_glob(pattern, _venue_pattern_is_exact(pattern, tokens, prefix, venue))
+    for i, path in enumerate(request.paths):
+        wildcards = path.count("*") + path.count("?")
+        if wildcards > MAX_PATTERN_WILDCARDS:
+            raise BadRequest(
+                f"paths[{i}]: at most {MAX_PATTERN_WILDCARDS} wildcards ('*' and '?'), "
+                f"got {wildcards}"
+            )
+        for pattern in path_patterns(prefix, path, venue):
+            selection.add_glob(pattern, venue is None or _is_exact_for_venue(pattern, venue))
+    for i, key in enumerate(request.keys):
+        if venue is None:
+            check_key_namespace(key, settings, f"keys[{i}]")
+        elif entry_venue(key, prefix) != escape_component(venue):
+            raise Forbidden(f"key {key!r} is not an entry of venue {venue!r}")
+        selection.keys.append(key)
+    selection.indexes = [tag_index_key(prefix, tag, venue) for tag in request.tags]
+    return selection
+
+
+def _keeper(settings: Settings, principal: Principal) -> Callable[[str], bool]:
+    own = escape_component(principal.venue) if principal.venue is not None else None
+    prefix = settings.key_prefix
+    return lambda key: entry_venue(key, prefix) == own
 
 
 async def invalidate(
     store: AsyncStore, settings: Settings, principal: Principal, request: InvalidateRequest
 ) -> int:
-    prefix, venue = settings.key_prefix, principal.venue
-    patterns: list[str] = []
-    for pattern in request.patterns:
-        if venue is not None:
-            _check_venue_pattern(pattern, prefix, venue)
-        patterns.append(pattern)
-    for path in request.paths:
-        patterns.extend(path_patterns(prefix, path, venue))
-    for key in request.keys:
-        if venue is not None and not (key.startswith(f"{prefix}:GET:") and in_venue(key, venue)):
-            raise Forbidden(f"key {key!r} is not an entry of venue {venue!r}")
-    indexes = [tag_index_key(prefix, tag, venue) for tag in request.tags]
+    selection = _select(settings, principal, request)
+    keep = _keeper(settings, principal)
     if request.dry_run:
         # Each key once, however many selectors reach it: what the deletion would report.
         found: set[str] = set()
-        for pattern in patterns:
+        for pattern in selection.exact:
             found.update(await store.keys_matching(pattern))
-        candidates = list(request.keys)
-        for index in indexes:
+        for pattern in selection.checked:
+            found.update(k for k in await store.keys_matching(pattern) if keep(k))
+        candidates = list(selection.keys)
+        for index in selection.indexes:
             candidates.extend(await store.index_members(index))
         sizes = await store.sizes(candidates)
         found.update(k for k, size in zip(candidates, sizes, strict=True) if size is not None)
         return len(found)
     count = 0
-    for pattern in patterns:
+    for pattern in selection.exact:
         count += await store.delete_matching(pattern)
-    if request.keys:
-        count += await store.delete(*request.keys)
-    for index in indexes:
+    if selection.checked:
+        await _move_epoch(store, settings.key_prefix)
+        for pattern in selection.checked:
+            doomed = [k for k in await store.keys_matching(pattern) if keep(k)]
+            count += await _delete_keys(store, doomed)
+    if selection.keys:
+        count += await store.delete(*selection.keys)
+    for index in selection.indexes:
         count += await store.delete_index(index)
-    if indexes:
+    if selection.indexes:
         # A tag's entries may be filling right now (a Cache-Tag is only known once the answer
         # is in): move the invalidation epoch so no fill that began before this writes.
-        await store.delete(*indexes)
+        await store.delete(*selection.indexes)
     return count
 
 
 async def clear(store: AsyncStore, settings: Settings, principal: Principal) -> int:
-    prefix = settings.key_prefix
-    if principal.venue is not None:
-        patterns = venue_patterns(prefix, principal.venue)
-    else:
+    prefix, venue = settings.key_prefix, principal.venue
+    if venue is None:
         # Entries, indexes and leases; the shared statistics are kept.
         patterns = [f"{prefix}:{kind}:*" for kind in ("GET", "IDX", "TAG", "LOCK")]
+        checked: list[str] = []
+    else:
+        patterns = [p for p in venue_patterns(prefix, venue) if _is_exact_for_venue(p, venue)]
+        checked = [p for p in venue_patterns(prefix, venue) if not _is_exact_for_venue(p, venue)]
     count = 0
     for pattern in patterns:
         count += await store.delete_matching(pattern)
+    keep = _keeper(settings, principal)
+    for pattern in checked:  # the venue's Vary variants: each key's venue read, not guessed
+        count += await _delete_keys(
+            store, [k for k in await store.keys_matching(pattern) if keep(k)]
+        )
     return count
 
 

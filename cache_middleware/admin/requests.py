@@ -1,13 +1,28 @@
-"""Validation of admin request bodies: a clear 400 message, and nothing done, on bad input."""
+"""Validation of admin request bodies: a clear 400 message, and nothing done, on bad input.
+
+`BodyLimit` stops reading a body at MAX_BODY bytes and answers 413: a declared Content-Length
+over the limit is refused before any of the body is read, and a chunked body (no length) or one
+longer than it said is cut off as soon as what arrived passes the limit, so a 64 MiB body costs
+64 KiB of reading, not 64 MiB of memory.
+"""
 
 from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BadRequest", "InvalidateRequest", "parse_clear", "parse_invalidate", "parse_warm"]
+__all__ = [
+    "MAX_BODY",
+    "BadRequest",
+    "BodyLimit",
+    "InvalidateRequest",
+    "parse_clear",
+    "parse_invalidate",
+    "parse_warm",
+]
 
 MAX_ITEMS = 100
 MAX_LENGTH = 256
@@ -101,3 +116,89 @@ def parse_clear(body: bytes) -> None:
     data = _object(body, {"confirm"})
     if data.get("confirm") is not True:
         raise BadRequest('clearing removes every entry: send {"confirm": true}')
+
+
+# -- the body limit -----------------------------------------------------------------------------
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+
+class _TooLarge(Exception):
+    """Raised from `receive` once more than the limit has arrived: unwinds the handler."""
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length, when it has exactly one well-formed value."""
+    values = [v for k, v in headers if k.lower() == b"content-length"]
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None  # absent, repeated or malformed: what arrives is counted all the same
+    return int(values[0])
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413, read no further than that.
+
+    `app.add_middleware(BodyLimit)` on the admin app. The answer has the admin's error shape,
+    `{"success": false, "error": "request body over 65536 bytes"}`, and `Cache-Control:
+    no-store`."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_length(list(scope.get("headers", [])))
+        if declared is not None and declared > self.limit:
+            await self._refuse(send)  # not one byte of the body read
+            return
+        received = 0
+        started = refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    if not started:
+                        refused = True
+                        await self._refuse(send)
+                    raise _TooLarge  # unwinds the endpoint: nothing more is read
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer (an error page from an outer layer is dropped)
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not refused:
+                raise  # an endpoint answered before reading its body: nothing left to say
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {"success": False, "error": f"request body over {self.limit} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
