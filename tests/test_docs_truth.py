@@ -313,7 +313,8 @@ ROUTE_FIELDS = (
 )
 TOP_FIELDS = (
     "admin, breaker_cooldown, breaker_failures, coalesce_wait, events, expose_key_header, "
-    "honor_request_no_cache, key_host, key_prefix, lock_timeout, max_body_bytes, "
+    "honor_request_no_cache, key_host, key_prefix, lock_timeout, manager_namespaces, "
+    "max_body_bytes, "
     "memory_max_bytes, near_cache, redis_timeout, redis_url, routes, trusted_headers, "
     "user_header, venue_header"
 )
@@ -512,6 +513,14 @@ MESSAGES: dict[str, Case] = {
     ),
     "cache.yaml: near_cache.max_bytes: must be a positive integer, got 1.5": Case(
         yaml="near_cache: {max_bytes: 1.5}\n"
+    ),
+    "cache.yaml: manager_namespaces: must be a list of namespaces, got 'events'": Case(
+        yaml="manager_namespaces: events\n"
+    ),
+    "cache.yaml: manager_namespaces: 'ev*': a namespace is plain text: no glob characters, "
+    "spaces or controls": Case(yaml="manager_namespaces: ['ev*']\n"),
+    "cache.yaml: manager_namespaces: 'events:': write it without the trailing ':'": Case(
+        yaml="manager_namespaces: ['events:']\n"
     ),
     "cache.yaml: admin.tokn: unknown field (allowed: token, venue_tokens)": Case(
         yaml="admin: {tokn: x}\n"
