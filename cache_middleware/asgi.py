@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from ._core.entry import CachedResponse
@@ -28,6 +29,7 @@ from ._core.policy import (
     Lookup,
     NotFound,
     RequestView,
+    miss_etag,
 )
 from ._core.stats import StatsBook
 from ._core.tokens import lease_token
@@ -172,6 +174,9 @@ class CacheMiddleware:
             self.store, "local_get", None
         )
         self._background: set[asyncio.Task[None]] = set()
+        # Fills' entry writes and lease releases under way (held here: the loop holds tasks
+        # weakly), apart from `_background`, which bounds the refreshes.
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["path"]):
@@ -460,13 +465,14 @@ class CacheMiddleware:
                 await self._wait_remote(plan)
                 await self._after_wait(plan, scope, receive, send, stale)
                 return
-            recorder = _MissRecorder(self, plan, send, token, epoch, stale)
+            # The waiters are woken as soon as the entry is written, not when this client
+            # has read the last chunk.
+            settled = None if done is None else functools.partial(self._unclaim, plan.key, done)
+            recorder = _MissRecorder(self, plan, send, token, epoch, stale, settled)
             await recorder.run(scope, receive)
         finally:
             if done is not None:
-                if self._fills.get(plan.key) is done:
-                    del self._fills[plan.key]
-                done.set_result(None)
+                self._unclaim(plan.key, done)
 
     async def _fill_alone(
         self,
@@ -565,7 +571,13 @@ class CacheMiddleware:
             ]
             refresh_scope = {**scope, "method": "GET", "headers": headers}
             recorder = _MissRecorder(
-                self, dataclasses.replace(plan, head=False), _discard, token, epoch, None
+                self,
+                dataclasses.replace(plan, head=False),
+                _discard,
+                token,
+                epoch,
+                None,
+                functools.partial(self._unclaim, plan.key, done),
             )
             await recorder.run(refresh_scope, _EmptyRequest())
         except StoreUnavailable:
@@ -578,8 +590,12 @@ class CacheMiddleware:
 
 class _MissRecorder:
     """Runs the app and forwards its response unchanged in timing, keeping a copy of a storable
-    body; with a lease, stores it at the end. With a stale entry, an app error or 5xx is
-    replaced by the stale entry (RFC 5861 §4, stale-if-error)."""
+    body; with a lease, writes the entry as soon as the body is known whole (its last message,
+    or the declared Content-Length reached), alongside handing that last chunk on: a client
+    slow to read it holds neither the key's fill nor the requests waiting for it. A stored MISS
+    whose whole body comes in its first message carries the ETag its HITs will (the start is
+    held until that message). With a stale entry, an app error or 5xx is replaced by the stale
+    entry (RFC 5861 §4, stale-if-error). `on_settled` is called once the lease is settled."""
 
     def __init__(
         self,
@@ -589,6 +605,7 @@ class _MissRecorder:
         token: str | None,
         epoch: int,
         stale: CachedResponse | None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.mw = mw
         self.plan = plan
@@ -596,10 +613,12 @@ class _MissRecorder:
         self.token = token
         self.epoch = epoch
         self.stale = stale
+        self.on_settled = on_settled
         self.started = False  # something was forwarded: the answer can no longer be replaced
         self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
         self.recording = False
-        self.complete = False  # the body's last chunk was seen
+        self.held: Message | None = None  # the start, held until the first body message
+        self.writing: asyncio.Future[None] | None = None  # the entry's write, once whole
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
@@ -608,7 +627,6 @@ class _MissRecorder:
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         mw = self.mw
-        stored = False
         try:
             try:
                 await mw.app(scope, receive, self.send)
@@ -618,22 +636,31 @@ class _MissRecorder:
                 self.suppressed = True  # the app failed before answering: serve stale
             if self.suppressed:
                 assert self.stale is not None
+                self.held = None
                 mw.bump("stale_hits", self.plan)
                 await mw._replay(
                     self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
                 )
                 return
-            if self.recording and self.complete and self.token is not None:
-                stored = await self._store()
+            await self._send_held()  # an app that sent no body message: as it answered
         finally:
-            if self.token is not None and not stored:
-                # In a task of its own: a cancelled request (a timeout, a disconnect) must still
-                # give the lease back, or the key stays blocked for lock_timeout.
-                release = asyncio.ensure_future(self._release(self.token))
-                mw._background.add(release)
-                release.add_done_callback(mw._background.discard)
-                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                    await asyncio.shield(release)
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """However the request ended: the entry's write finished (it settles the lease), or the
+        lease given back. A cancelled request (a timeout, a disconnect) must still do it, or the
+        key stays blocked for lock_timeout: both run in tasks of their own."""
+        if self.writing is None and self.token is not None:
+            self.writing = self._in_task(self._release(self.token))
+        if self.writing is not None:
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await asyncio.shield(self.writing)
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.on_settled is not None:
+            on_settled, self.on_settled = self.on_settled, None
+            on_settled()
 
     async def _release(self, token: str) -> None:
         try:
@@ -644,52 +671,108 @@ class _MissRecorder:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self.status = message["status"]
-            if self.stale is not None and self.status >= 500:
-                self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
-                return
-            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
-            decision = self.mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
-            self.start = decision
-            self.recording = decision.store and self.token is not None
-            if decision.store and self.token is None:
-                # Answered for this request only (a coalesced wait ran out, say): not stored.
-                decision.headers = self.mw.policy.bypass_headers(self.headers, "not-leader")
-                decision.store = False
-            # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
-            if decision.store:
-                self.mw.bump("misses", self.plan)
-            else:
-                self.mw.bump("bypasses", self.plan)
-            message["headers"] = decision.headers
-            self.started = True
-            await self.downstream(message)
+            await self._start(message)
             return
         if self.suppressed:
             return
         if kind != "http.response.body":
             self.recording = False  # pathsend, trailers...: not a body we can replay
+            await self._send_held()
             await self.downstream(message)
             return
-        if self.recording:
-            chunk = message.get("body", b"")
-            self.size += len(chunk)
-            if self.size > self.mw.policy.max_body_bytes:
-                # Too big to keep: stop buffering and let the rest stream through.
-                self.recording = False
-                self.body.clear()
-            elif chunk:
-                self.body.append(bytes(chunk))
+        if not self.recording:
+            await self._send_held()
+            await self.downstream(message)
+            return
+        self._record(message.get("body", b""))
+        if self._whole(message):
+            body = b"".join(self.body)
+            if self.held is not None:
+                # The whole body before the headers left: the ETag its HITs will carry.
+                self._add_etag(body)
+            await self._send_held()
+            # Written alongside the last chunk, not after the client has read it.
+            self.writing = self._in_task(self._write(body))
+        else:
+            await self._send_held()
         await self.downstream(message)
-        if not message.get("more_body", False):
-            # The last chunk went out: the entry is written after the client has its answer.
-            self.complete = True
 
-    async def _store(self) -> bool:
+    def _whole(self, message: Message) -> bool:
+        """Whether the body being recorded is complete with this message (and not written)."""
+        return (
+            self.recording
+            and self.writing is None
+            and (not message.get("more_body", False) or self.size == self.start.content_length)
+        )
+
+    def _in_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
+        self.mw._writes.add(task)
+        task.add_done_callback(self.mw._writes.discard)
+        return task
+
+    async def _start(self, message: Message) -> None:
+        self.status = message["status"]
+        if self.stale is not None and self.status >= 500:
+            self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+            return
+        self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        decision = self.mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
+        self.start = decision
+        self.recording = decision.store and self.token is not None
+        if decision.store and self.token is None:
+            # Answered for this request only (a coalesced wait ran out, say): not stored.
+            decision.headers = self.mw.policy.bypass_headers(self.headers, "not-leader")
+            decision.store = False
+        # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
+        if decision.store:
+            self.mw.bump("misses", self.plan)
+        else:
+            self.mw.bump("bypasses", self.plan)
+        message["headers"] = decision.headers
+        if self.recording and not decision.has_etag:
+            # Held until the first body message: if that is the whole body, the MISS carries
+            # the ETag it is stored with. Most apps send it in the same breath (Starlette's
+            # Response does); a streamed body's headers wait for its first chunk. Only a
+            # storable response is held, so never an event stream.
+            self.held = message
+            return
+        self.started = True
+        await self.downstream(message)
+
+    async def _send_held(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.started = True
+            await self.downstream(held)
+
+    def _add_etag(self, body: bytes) -> None:
+        etag = miss_etag(self.start, body)
+        if etag is not None and self.held is not None:
+            self.held["headers"].append(etag)
+            self.headers.append(etag)  # stored with it: `miss_writes` derives no other
+
+    def _record(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.mw.policy.max_body_bytes:
+            # Too big to keep: stop buffering and let the rest stream through.
+            self.recording = False
+            self.body.clear()
+        elif chunk:
+            self.body.append(bytes(chunk))
+
+    async def _write(self, body: bytes) -> None:
+        """Stores the whole body (or gives the lease back), then wakes the fill's waiters."""
+        assert self.token is not None
+        if not await self._store(body):
+            await self._release(self.token)
+        self._settled()
+
+    async def _store(self, body: bytes) -> bool:
         mw = self.mw
         assert self.token is not None
         writes, lifetime = mw.policy.miss_writes(
-            self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
+            self.plan, self.start, self.status, self.headers, body, time.time()
         )
         if not writes:
             return False  # incomplete body: not stored, and the lease is released

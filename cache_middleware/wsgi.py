@@ -30,6 +30,7 @@ from ._core.policy import (
     NotFound,
     RequestView,
     declares_no_body,
+    miss_etag,
 )
 from ._core.rules import Rule
 from ._core.stats import StatsBook
@@ -588,8 +589,18 @@ def _ignore_start(
 
 class _MissRecorder:
     """Runs the app and passes its response through, keeping a copy of a storable body; with a
-    lease, stores it at the end. With a stale entry, an app error or 5xx is replaced by the
-    stale entry (RFC 5861 §4, stale-if-error)."""
+    lease, stores it as soon as the body is known whole, before its last chunk is handed to the
+    server (whose write to a slow client would otherwise hold the key's fill, and every request
+    waiting for it, for the whole download). With a stale entry, an app error or 5xx is replaced
+    by the stale entry (RFC 5861 §4, stale-if-error).
+
+    A storable body with a declared Content-Length, or one the app handed over as a list, is
+    pulled from the app until whole before any of it goes to the server: it is buffered for
+    storing anyway and bounded by max_body_bytes (a longer declared one is not storable), and
+    the app (not the client) sets the pace, so nothing waits on the network. The headers go
+    with the first chunk (PEP 3333 servers send nothing sooner), so they are held meanwhile and
+    the MISS carries the ETag its HITs will. A streamed body with no length is whole only when
+    the server asks past its last chunk: stored then, as before."""
 
     def __init__(
         self,
@@ -611,6 +622,9 @@ class _MissRecorder:
         self.settled = False
         self.on_done: Callable[[], None] | None = None
         self.recording = False
+        # The app's start_response, not yet passed on (status, headers, exc_info).
+        self.pending: tuple[str, list[tuple[bytes, bytes]], ExcInfo | None] | None = None
+        self.write: Callable[[bytes], object] | None = None  # the server's, once forwarded
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
@@ -642,14 +656,25 @@ class _MissRecorder:
                 mw.bump("misses", self.plan)
             else:
                 mw.bump("bypasses", self.plan)
-        write = self.downstream(status, _to_str(decision.headers), exc_info)
-        self.forwarded = True
+        self.pending = (status, decision.headers, exc_info)
+        if not self.recording or decision.has_etag:
+            self._forward()  # no ETag to add: passed on at once, as the app called it
+        return self._write_through
 
-        def write_through(data: bytes) -> object:
-            self._record(data)
-            return write(data)
+    def _forward(self) -> None:
+        """Passes the app's start_response on to the server, if it is still held."""
+        if self.pending is not None:
+            status, headers, exc_info = self.pending
+            self.pending = None
+            self.write = self.downstream(status, _to_str(headers), exc_info)
+            self.forwarded = True
 
-        return write_through
+    def _write_through(self, data: bytes) -> object:
+        # PEP 3333's write(): the headers must be out before its bytes.
+        self._forward()
+        self._record(data)
+        assert self.write is not None
+        return self.write(data)
 
     def _record(self, chunk: bytes) -> None:
         if not self.recording:
@@ -683,7 +708,6 @@ class _MissRecorder:
 
     def run(self, environ: Environ) -> Iterator[bytes]:
         """The response body; the lease is settled (stored or released) however it ends."""
-        stored = False
         try:
             try:
                 result = self.mw.app(environ, self.start_response)
@@ -693,11 +717,7 @@ class _MissRecorder:
                 self.suppressed = True  # the app failed before answering: serve stale
                 result = []
             try:
-                for chunk in result:
-                    if self.suppressed:
-                        continue
-                    self._record(chunk)
-                    yield chunk
+                yield from self._pass_body(result)
             except Exception:
                 if not self.suppressed:
                     raise
@@ -707,22 +727,70 @@ class _MissRecorder:
                     close()
             if self.suppressed:
                 assert self.stale is not None
+                self.pending = None
                 self.mw.bump("stale_hits", self.plan)
                 yield from self.mw._replay(
                     self.plan, self.stale, time.time(), self.downstream, "stale-if-error"
                 )
-                return
-            # Reached only when the server consumed the whole body (not on a disconnect).
-            if self.recording and self.token is not None:
-                stored = self._store()
         finally:
-            self.settle(stored)
+            self.settle()
 
-    def _store(self) -> bool:
+    def _pass_body(self, result: Iterable[bytes]) -> Iterator[bytes]:
+        """The app's chunks for the server; those of a body that `_pulls_ahead` are kept back
+        until it is whole and stored."""
+        in_memory = isinstance(result, (list, tuple))
+        ahead: list[bytes] = []
+        for chunk in result:
+            if self.suppressed:
+                continue
+            self._record(chunk)
+            if self._pulls_ahead(in_memory):
+                ahead.append(chunk)
+                if self._length_reached():
+                    self._complete()  # the declared length: whole, whatever the iterator says
+                    yield from ahead
+                    ahead.clear()
+                continue
+            self._forward()
+            yield from ahead
+            ahead.clear()
+            yield chunk
+        if not self.suppressed:
+            # Exhausted (reached only when the server asked past the last chunk, or the body
+            # was pulled ahead): whole.
+            self._complete()
+            yield from ahead
+
+    def _pulls_ahead(self, in_memory: bool) -> bool:
+        """Whether the body being stored will be whole without waiting on the client: its
+        length is declared, or the app handed it over in memory."""
+        return (
+            self.recording
+            and not self.settled
+            and (in_memory or self.start.content_length is not None)
+        )
+
+    def _length_reached(self) -> bool:
+        length: int | None = self.start.content_length
+        return length is not None and self.size >= length
+
+    def _complete(self) -> None:
+        """The body is whole: the entry is written (or the lease given back) and the waiters
+        woken, then the headers go, with the ETag the HITs will carry if they had not left."""
+        if self.recording and not self.settled:
+            body = b"".join(self.body)
+            etag = miss_etag(self.start, body) if self.pending is not None else None
+            if etag is not None and self.pending is not None:
+                self.pending[1].append(etag)
+                self.headers.append(etag)  # stored with it: `miss_writes` derives no other
+            self.settle(self._store(body))
+        self._forward()
+
+    def _store(self, body: bytes) -> bool:
         mw = self.mw
         assert self.token is not None
         writes, lifetime = mw.policy.miss_writes(
-            self.plan, self.start, self.status, self.headers, b"".join(self.body), time.time()
+            self.plan, self.start, self.status, self.headers, body, time.time()
         )
         if not writes:
             return False  # incomplete body: not stored, and the lease is released

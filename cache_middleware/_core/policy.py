@@ -68,7 +68,9 @@ __all__ = [
     "RequestSource",
     "RequestView",
     "Resolver",
+    "body_etag",
     "declares_no_body",
+    "miss_etag",
 ]
 
 logger = logging.getLogger("cache_middleware")
@@ -222,6 +224,10 @@ class MissStart:
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
     vary: tuple[str, ...] = field(default=())
+    # The app's declared Content-Length (a whole body is known at that many bytes), and whether
+    # the app sent its own ETag (else the stored entry gets `body_etag`).
+    content_length: int | None = None
+    has_etag: bool = False
 
 
 class CachePolicy:
@@ -739,9 +745,7 @@ class CachePolicy:
         if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
             kept.append((b"content-length", length))
         if not any(name == b"etag" for name, _ in kept):
-            # A strong validator derived from the bytes: the same in every process and restart.
-            digest = hashlib.blake2b(body, digest_size=16).hexdigest()
-            kept.append((b"etag", f'"{digest}"'.encode()))
+            kept.append((b"etag", body_etag(body)))
         entry = CachedResponse(
             status, kept, body, now, start.ttl, start.stale_while_revalidate, start.stale_if_error
         )
@@ -824,6 +828,7 @@ class CachePolicy:
         upstream_age = 0  # RFC 9111 §4.2.3: time it already spent in caches upstream
         expires: bytes | None = None
         date: bytes | None = None
+        has_etag = False
         for name, value in headers:
             lname = name.lower()
             if lname == b"set-cookie":
@@ -840,6 +845,8 @@ class CachePolicy:
                 date = value
             elif lname == b"age":
                 upstream_age = delta_seconds(value.decode("latin-1")) or 0
+            elif lname == b"etag":
+                has_etag = True
         if set_cookie:
             return no("set-cookie")  # one user's session must never be replayed to another
         # RFC 9111 §5.2.2.5 / §5.2.2.7: no-store forbids storage; private forbids a shared cache.
@@ -875,12 +882,14 @@ class CachePolicy:
             names = tuple(sorted({n.decode("latin-1") for n in listed}))
         if content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
             return no("event-stream")
+        declared: int | None = None
         if content_length is not None:
-            try:
-                if int(content_length) > self.max_body_bytes:
-                    return no("too-large")
-            except ValueError:
+            # RFC 9110 §8.6: 1*DIGIT (int() would also take a sign or an underscore).
+            if not content_length.strip().isdigit():
                 return no("bad-length")
+            declared = int(content_length)
+            if declared > self.max_body_bytes:
+                return no("too-large")
         # RFC 9111 §3.5: a response to a request with Authorization is stored by a shared cache
         # only when it says public, s-maxage or must-revalidate. Cookies get the same rule here:
         # a session cookie is a credential, and the response may be that session's own page.
@@ -904,7 +913,21 @@ class CachePolicy:
             or "s-maxage" in cache_control
         ):
             swr = sie = 0
-        return MissStart(True, [], "", ttl, swr, sie, names)
+        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag)
+
+
+def body_etag(body: bytes) -> bytes:
+    """The ETag the cache gives a stored response that has none: a strong validator derived
+    from the bytes (RFC 9110 §8.8.3), the same in every process and restart. A MISS whose body
+    is known whole before its headers leave carries it too (`miss_etag`), so the client's first
+    copy revalidates against the HITs that follow."""
+    return b'"%s"' % hashlib.blake2b(body, digest_size=16).hexdigest().encode()
+
+
+def miss_etag(start: MissStart, body: bytes) -> tuple[bytes, bytes] | None:
+    """The ETag field to add to a stored MISS whose whole `body` is known before its headers
+    are sent, and to the headers it is stored with; None when the app sent its own."""
+    return None if start.has_etag else (b"etag", body_etag(body))
 
 
 def declares_no_body(content_length: str | None) -> bool:
