@@ -180,12 +180,10 @@ class CacheMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["path"]):
-            if self.config_error is not None:
-                await _refuse(self.config_error, scope, receive, send)
-                return
-            if scope["type"] == "lifespan" and self.events_consumer is not None:
-                receive = self._stopping_consumer(receive)
-            await self.app(scope, receive, send)
+            if scope["type"] != "http":
+                await self._not_http(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if time.monotonic() >= self._next_flush:
             self._schedule_flush()
@@ -227,6 +225,16 @@ class CacheMiddleware:
             await self._invalidate(plan, scope, receive, send)
         else:
             await self._bypass(scope, receive, send, plan.reason, plan.rule.route)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Lifespan and websocket scopes: a refused config fails the startup (and raises on a
+        websocket); the in-process event consumer is stopped at shutdown."""
+        if self.config_error is not None:
+            await _refuse(self.config_error, scope, receive, send)
+            return
+        if scope["type"] == "lifespan" and self.events_consumer is not None:
+            receive = self._stopping_consumer(receive)
+        await self.app(scope, receive, send)
 
     def _stopping_consumer(self, receive: Receive) -> Receive:
         """The app's lifespan `receive`, stopping the in-process event consumer at shutdown (it
