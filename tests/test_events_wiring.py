@@ -165,7 +165,9 @@ def test_event_sink_in_code_still_wins(tmp_path: Path) -> None:
     assert app.state.event_sink is mine
     with TestClient(app) as client:
         reply = client.post(
-            "/invalidate", json={"keys": ["k"]}, headers={"Authorization": f"Bearer {TOKEN}"}
+            "/invalidate",
+            json={"paths": [f"{ROUTE}/1"]},
+            headers={"Authorization": f"Bearer {TOKEN}"},
         )
         assert reply.status_code == 200
     assert [name for name, _ in mine.events] == ["cache.invalidated"]
@@ -496,11 +498,14 @@ def test_admin_lifespan_shutdown_flushes_and_keeps_the_sink_open(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for n in (1, 2):  # a second start (the process serves again): the sink was not closed
         with TestClient(app) as client:
-            reply = client.post("/invalidate", json={"keys": [f"k{n}"]}, headers=auth)
+            reply = client.post("/invalidate", json={"paths": [f"{ROUTE}/{n}"]}, headers=auth)
             assert reply.status_code == 200
         assert flushes == [0] * n  # flushed at shutdown, nothing left
         assert sink.pending == 0
-    assert [e["data"]["cacheKey"] for e in received(listener, 2)] == ["k1", "k2"]
+    assert [e["data"]["cacheKey"] for e in received(listener, 2)] == [
+        f"path:{ROUTE}/1",
+        f"path:{ROUTE}/2",
+    ]
 
 
 def test_flush_process_sinks_closes_all_once(tmp_path: Path) -> None:
