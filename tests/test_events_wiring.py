@@ -41,6 +41,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from cache_middleware import (  # noqa: E402
     CacheMiddleware,
+    ConfigError,
     WSGICacheMiddleware,
     create_admin_app,
     get_cache_manager,
@@ -570,3 +571,15 @@ def test_a_forked_child_publishes_through_a_sink_of_its_own(
     sink.emit("cache.cleared", {"prefix": "parent-after", "count": 0})
     prefixes = sorted(e["data"]["prefix"] for e in received(listener, 3))
     assert prefixes == ["child", "parent-after", "parent-before"]
+
+
+def test_a_bad_events_section_fails_at_startup(tmp_path: Path) -> None:
+    """Invariant 5: the admin app and the manager read the `events:` section now; a bad one is
+    a ConfigError naming the file and the field, not a sink that silently never publishes."""
+    path = tmp_path / "cache.yaml"
+    path.write_text(
+        f"admin: {{token: {TOKEN}}}\nevents: {{tenant_id: acme, organization_id: {ORG}}}\n"
+    )
+    for build in (create_admin_app, get_cache_manager, get_sync_cache_manager, ps.sink_for):
+        with pytest.raises(ConfigError, match=r"cache\.yaml: events\.tenant_id: must be a UUID"):
+            build(path)
