@@ -46,6 +46,8 @@ from starlette.routing import Mount, Route
 
 from cache_middleware import CacheMiddleware, create_admin_app
 from cache_middleware.admin.openapi import OPENAPI
+from cache_middleware.admin.operations import check_glob
+from cache_middleware.admin.requests import MAX_LENGTH
 from cache_middleware.registry import middlewares_for
 
 from .conftest import _free_port
@@ -290,7 +292,34 @@ def _strategy(live: Live, path: str, method: str, mode: str, headers: dict[str, 
         # The one rule JSON Schema cannot state (it is in the operation's description): at
         # most 100 items in all, over the four lists.
         strategy = strategy.filter(lambda case: _total_items(case.body) <= 100)
+        # Nor can it state the cache's namespaces (a whole-cache token touches only keys under
+        # the key prefix or a declared manager namespace) or the glob's wildcard budget: the
+        # generated keys and patterns are put under the prefix, and over-budget globs dropped.
+        strategy = strategy.map(lambda case: _under_prefix(case, live.prefix)).filter(
+            _within_glob_budget
+        )
     return strategy
+
+
+def _under_prefix(case: Any, prefix: str) -> Any:
+    if isinstance(case.body, dict):
+        for name in ("keys", "patterns"):
+            if isinstance(case.body.get(name), list):
+                case.body[name] = [f"{prefix}:{item}" for item in case.body[name]]
+    return case
+
+
+def _within_glob_budget(case: Any) -> bool:
+    body = case.body if isinstance(case.body, dict) else {}
+    items = [*body.get("keys", []), *body.get("patterns", [])]
+    if any(len(item) > MAX_LENGTH for item in items):
+        return False
+    try:
+        for pattern in body.get("patterns", []):
+            check_glob(pattern)
+    except ValueError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(("path", "method", "mode"), FUZZED)

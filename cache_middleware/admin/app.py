@@ -34,7 +34,7 @@ from . import operations
 from .auth import Principal, TokenTable
 from .metrics import render_metrics
 from .openapi import OPENAPI
-from .requests import BadRequest, parse_clear, parse_invalidate, parse_warm
+from .requests import BadRequest, BodyLimit, parse_clear, parse_invalidate, parse_warm
 
 __all__ = ["create_admin_app"]
 
@@ -223,6 +223,8 @@ def create_admin_app(
     app.state.settings = settings
     app.state.store = admin_store
     app.state.event_sink = sink
+    # Outermost but _NoStore: a body over the limit is refused before it is read (a 413).
+    app.add_middleware(BodyLimit)
     app.add_middleware(_NoStore)
     return app
 

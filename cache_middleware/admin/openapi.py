@@ -75,6 +75,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Invalid request body (the message says why); nothing was done",
         401: "Missing or wrong bearer token",
         403: "The token's venue does not reach what the request names; nothing was done",
+        413: "Request body over 65536 bytes: refused before more of it was read; nothing was done",
         409: "No CacheMiddleware with this key prefix runs in this process",
         503: "The cache store is unavailable; nothing was done",
     }
@@ -104,7 +105,8 @@ def _post(
             "required": True,
             "content": {"application/json": {"schema": body}},
         }
-    operation["responses"] = {"200": _json(ok, "Done"), **_errors(401, *errors)}
+    # Every POST's body passes admin/requests.BodyLimit first: over the limit is a 413.
+    operation["responses"] = {"200": _json(ok, "Done"), **_errors(401, *errors, 413)}
     return {"post": operation}
 
 
