@@ -326,8 +326,10 @@ def _invalidate(path: str, args: argparse.Namespace) -> int:
             settings,
             lambda store: operations.invalidate(store, settings, Principal(None), request),
         )
-    except operations.Forbidden as exc:
-        raise CommandFailed(str(exc), EXIT_USAGE) from exc
+    except (operations.Forbidden, BadRequest) as exc:
+        # What the operation itself refuses: a glob or key outside the cache's namespaces, a
+        # glob too costly to run (the admin API's 403 and 400, in the same words).
+        raise CommandFailed(_as_flags(str(exc), selectors), EXIT_USAGE) from exc
     _print_json({"invalidated": count, "dry_run": request.dry_run, **selectors})
     if request.dry_run:
         return EXIT_OK

@@ -287,6 +287,18 @@ def test_invalidate_key_and_selector_errors(
     code, out, err = run(capsys, "invalidate", config, "--path", "api/x")
     assert (code, out) == (2, "")
     assert one_line(err) == "error: --path 'api/x': a request path starts with '/'"
+    # What the operation refuses (the admin API's 400s), in one line too, and nothing deleted.
+    for argv, why in (
+        (["--pattern", "*"], "would delete every key in the Redis database"),
+        (["--key", "someone-elses:key"], "is not the cache's"),
+        (["--pattern", "x:*"], "reaches outside the cache's namespaces"),
+    ):
+        code, out, err = run(capsys, "invalidate", config, *argv)
+        assert (code, out) == (2, "")
+        assert one_line(err).startswith(f"error: {argv[0]} {argv[1]!r}: ")
+        assert why in err
+    app.get("/api/venues")
+    assert app.get("/api/venues") == "HIT"
 
 
 def test_invalidate_publishes_the_admin_event_to_the_broker(
