@@ -457,6 +457,12 @@ MESSAGES: dict[str, Case] = {
     f"{SCHEMES} URL, got 'http://x'": Case(
         yaml="redis_url: memory://\n", env={"CACHE_REDIS_URL": "http://x"}
     ),
+    "cache.yaml: redis_url: the port 'notaport' is not a number from 1 to 65535 in "
+    "'redis://127.0.0.1:notaport/0'": Case(yaml="redis_url: redis://127.0.0.1:notaport/0\n"),
+    "cache.yaml: redis_url (from the environment variable CACHE_REDIS_URL): the database "
+    "'notadb' is not a number (0, 1, 2...) in 'redis://127.0.0.1:6379/notadb'": Case(
+        yaml="routes: {}\n", env={"CACHE_REDIS_URL": "redis://127.0.0.1:6379/notadb"}
+    ),
     "cache.yaml: key_prefix: must not contain glob characters, spaces or controls": Case(
         yaml="key_prefix: 'gw:*'\n"
     ),
