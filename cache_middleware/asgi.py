@@ -37,6 +37,7 @@ from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import ConfigError, StoreUnavailable
 from .events.in_process import maybe_start_in_process
+from .events.process_sink import events_of, flush_events, publish_write_invalidation
 from .registry import register
 from .storage import AsyncStore, make_async_store
 from .storage.tracking import with_near_cache_async
@@ -162,6 +163,9 @@ class CacheMiddleware:
         # `events.consume.in_process: true`: invalidate on domain events from this process
         # (a daemon thread; stopped at exit). None when the config does not ask for it.
         self.events_consumer = maybe_start_in_process(config, self.settings)
+        # `events:` in the config: a write that drops entries is published (reason `write`)
+        # through the process's one event sink. None, the usual case, costs a write nothing.
+        self.events = events_of(config)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> done when the entry is (or is not) in.
         self._fills: dict[str, asyncio.Future[None]] = {}
@@ -229,19 +233,24 @@ class CacheMiddleware:
         if self.config_error is not None:
             await _refuse(self.config_error, scope, receive, send)
             return
-        if scope["type"] == "lifespan" and self.events_consumer is not None:
+        if scope["type"] == "lifespan" and (
+            self.events_consumer is not None or self.events is not None
+        ):
             receive = self._stopping_consumer(receive)
         await self.app(scope, receive, send)
 
     def _stopping_consumer(self, receive: Receive) -> Receive:
         """The app's lifespan `receive`, stopping the in-process event consumer at shutdown (it
-        acknowledges what it handled and flushes the events it publishes, within 5 s)."""
-        consumer = self.events_consumer
+        acknowledges what it handled) and the process's event sink flushed, within 5 s each."""
+        consumer, events = self.events_consumer, self.events
 
         async def receive_and_stop() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown" and consumer is not None:
-                await asyncio.to_thread(consumer.stop, 5.0)
+            if message["type"] == "lifespan.shutdown":
+                if consumer is not None:
+                    await asyncio.to_thread(consumer.stop, 5.0)
+                if events is not None:  # what the process's event sink holds, within 5 s
+                    await asyncio.to_thread(flush_events, events, 5.0)
             return message
 
         return receive_and_stop
@@ -292,7 +301,8 @@ class CacheMiddleware:
     ) -> None:
         route = plan.rule.route
         self.book.bump("bypasses", route)
-        policy, store, book = self.policy, self.store, self.book
+        policy, store, book, events = self.policy, self.store, self.book, self.events
+        path = scope["path"]
 
         async def send_invalidating(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -300,10 +310,12 @@ class CacheMiddleware:
                 # before the answer leaves, so a client that reads after writing sees it.
                 if 200 <= message["status"] < 400:
                     try:
-                        await store.delete_index(plan.index_key)
+                        count = await store.delete_index(plan.index_key)
                         book.bump("invalidations", route)
                     except StoreUnavailable:
                         book.bump("errors", route)
+                    else:
+                        publish_write_invalidation(events, path, count)
                 message["headers"] = policy.bypass_headers(message.get("headers", []), "method")
             await send(message)
 

@@ -39,6 +39,7 @@ from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
+from .events.process_sink import events_of, publish_write_invalidation
 from .registry import register
 from .storage import SyncStore, make_sync_store
 from .storage.tracking import with_near_cache_sync
@@ -165,6 +166,9 @@ class WSGICacheMiddleware:
         # `events.consume.in_process: true`: invalidate on domain events from this process
         # (a daemon thread; stopped at exit). None when the config does not ask for it.
         self.events_consumer = maybe_start_in_process(config, self.settings)
+        # `events:` in the config: a write that drops entries is published (reason `write`)
+        # through the process's one event sink. None, the usual case, costs a write nothing.
+        self.events = events_of(config)
         self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
@@ -292,7 +296,8 @@ class WSGICacheMiddleware:
     ) -> Iterable[bytes]:
         route = plan.rule.route
         self.book.bump("bypasses", route)
-        policy, store, book = self.policy, self.store, self.book
+        policy, store, book, events = self.policy, self.store, self.book, self.events
+        path = environ.get("PATH_INFO", "")
 
         def start_invalidating(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -301,10 +306,12 @@ class WSGICacheMiddleware:
             # before the answer leaves, so a client that reads after writing sees it.
             if exc_info is None and 200 <= _status_code(status) < 400:
                 try:
-                    store.delete_index(plan.index_key)
+                    count = store.delete_index(plan.index_key)
                     book.bump("invalidations", route)
                 except StoreUnavailable:
                     book.bump("errors", route)
+                else:
+                    publish_write_invalidation(events, path, count)
             patched = _to_str(policy.bypass_headers(_to_bytes(headers), "method"))
             return start_response(status, patched, exc_info)
 

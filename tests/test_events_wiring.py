@@ -380,17 +380,6 @@ def test_worker_and_expiry_reporter_publish_with_yaml_alone(
 # -- the middleware's write invalidation, end to end --------------------------------------------
 
 
-def _adapters_wired() -> bool:
-    """Whether both adapters call `publish_write_invalidation` (another change brings it)."""
-    import cache_middleware.asgi as asgi
-    import cache_middleware.wsgi as wsgi
-
-    return all(
-        "publish_write_invalidation" in Path(module.__file__ or "").read_text()
-        for module in (asgi, wsgi)
-    )
-
-
 def _asgi_app() -> Starlette:
     async def item(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"{request.method} {request.path_params['n']}")
@@ -403,9 +392,6 @@ def _wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> li
     return [f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}".encode()]
 
 
-@pytest.mark.xfail(
-    not _adapters_wired(), strict=False, reason="adapter hook pending (asgi.py / wsgi.py)"
-)
 @pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
 async def test_a_successful_write_publishes_with_yaml_alone(
     tmp_path: Path,
@@ -426,13 +412,12 @@ async def test_a_successful_write_publishes_with_yaml_alone(
         assert (await client.get(f"{ROUTE}/5")).headers["x-cache"] == "HIT"
         assert (await client.post(f"{ROUTE}/5")).status_code == 200
         assert (await client.get(f"{ROUTE}/5")).headers["x-cache"] == "MISS"
-    (event,) = received(listener, 1, timeout=3 if not _adapters_wired() else WAIT)
+    (event,) = received(listener, 1, timeout=WAIT)
     assert event["data"]["reason"] == "write"
     assert event["data"]["cacheKey"] == f"path:{ROUTE}/5"
     assert event["data"]["count"] >= 1
 
 
-@pytest.mark.xfail(not _adapters_wired(), strict=False, reason="adapter hook pending (asgi.py)")
 def test_the_middleware_lifespan_shutdown_flushes_the_process_sink(
     tmp_path: Path,
     broker: str,
@@ -454,7 +439,7 @@ def test_the_middleware_lifespan_shutdown_flushes_the_process_sink(
         assert client.get(f"{ROUTE}/6").headers["x-cache"] == "MISS"
         assert client.delete(f"{ROUTE}/6").status_code == 200
     assert flushes == [0]  # at shutdown, everything out
-    (event,) = received(listener, 1, timeout=3 if not _adapters_wired() else WAIT)
+    (event,) = received(listener, 1, timeout=WAIT)
     assert event["data"]["reason"] == "write"
 
 
