@@ -64,6 +64,40 @@ _GetOrAcquire = Callable[
 ]
 
 
+# HTTP versions whose request body is announced by Content-Length or Transfer-Encoding (the
+# guards read those); HTTP/2 and HTTP/3 send a body with neither.
+_HEADER_FRAMED = frozenset({"1.0", "1.1"})
+
+
+def _target(scope: Scope) -> str | None:
+    """The raw request-target path (`raw_path`), for the path guard; None when not given."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    return bytes(raw).decode("latin-1").partition("?")[0]
+
+
+class _Peeked:
+    """`receive` with its first message already read, to see whether an HTTP/2 or HTTP/3
+    request has a body (bytes, or more to come); the app still gets every message, that one
+    first. A disconnect has no body and is handed on as it came."""
+
+    __slots__ = ("first", "has_body", "receive")
+
+    def __init__(self, first: Message | None, receive: Receive) -> None:
+        self.first = first
+        self.receive = receive
+        self.has_body = first is not None and bool(
+            first.get("body") or first.get("more_body", False)
+        )
+
+    async def __call__(self) -> Message:
+        if self.first is not None:
+            message, self.first = self.first, None
+            return message
+        return await self.receive()
+
+
 class _AsgiRequest:
     """The `RequestSource` of an ASGI scope (made only for paths a route covers)."""
 
@@ -75,7 +109,9 @@ class _AsgiRequest:
         headers: dict[str, str] = {}
         for key, value in scope["headers"]:
             # ASGI gives bytes; servers lower-case the names, but the spec does not bind all.
-            name = key.decode("latin-1").lower()
+            # `_` read as `-`: uvicorn passes `X_Forwarded_Host` on, and a WSGI bridge (a2wsgi)
+            # or Django's ASGI handler turn it into HTTP_X_FORWARDED_HOST (the guards' name).
+            name = key.decode("latin-1").lower().replace("_", "-")
             text = value.decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
         self._headers = headers
@@ -217,10 +253,20 @@ class CacheMiddleware:
             scope.get("query_string", b"").decode("latin-1"),
             _AsgiRequest(scope),
             scope.get("scheme", "http"),
+            _target(scope),
         )
         if plan is None:
             await self.app(scope, receive, send)
         elif isinstance(plan, Lookup):
+            if scope.get("http_version") not in _HEADER_FRAMED:
+                peeked = _Peeked(await receive(), receive)
+                receive = peeked
+                if peeked.has_body:
+                    # A GET or HEAD with a body is not the request the key names.
+                    await self._bypass(
+                        scope, receive, send, "request-body", plan.rule.route, plan.venue
+                    )
+                    return
             await self._lookup(plan, scope, receive, send, prefetched)
         elif isinstance(plan, Invalidate):
             await self._invalidate(plan, scope, receive, send)

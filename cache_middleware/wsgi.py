@@ -90,6 +90,13 @@ def _request_path(environ: Environ) -> str:
         return str(raw) or "/"
 
 
+def _target(environ: Environ) -> str | None:
+    """The raw request-target path (gunicorn's RAW_URI, else REQUEST_URI: werkzeug, uWSGI and
+    mod_wsgi set it), for the path guard; None when the server gives neither."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return raw.partition("?")[0] if isinstance(raw, str) else None
+
+
 _GetOrAcquire = Callable[[str, str, str, int, "str | None"], tuple[bytes | None, int | None]]
 
 
@@ -215,6 +222,7 @@ class WSGICacheMiddleware:
             environ.get("QUERY_STRING", ""),
             _WsgiRequest(environ),
             environ.get("wsgi.url_scheme", "http"),
+            _target(environ),
         )
         if plan is None:
             return self.app(environ, start_response)

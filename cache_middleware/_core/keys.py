@@ -32,7 +32,9 @@ __all__ = [
     "ABSENT",
     "build_key",
     "display_key",
+    "entry_venue",
     "escape_component",
+    "has_ignored",
     "in_venue",
     "lock_key",
     "origin_of",
@@ -54,7 +56,13 @@ _ESCAPED.update({0xDC80 + i: f"%{0x80 + i:02X}" for i in range(0x80)})
 _ESCAPED.update({i: f"%u{i:04X}" for i in range(0xD800, 0xE000) if not 0xDC80 <= i < 0xDD00})
 
 _RAW_HIGH = {i: f"%{i:02X}" for i in range(0x80, 0x100)}
-_RESERVED_NAMES = {"user": "%75ser", "venue": "%76enue", "vary": "%76ary", "host": "%68ost"}
+_RESERVED_NAMES = {
+    "user": "%75ser",
+    "venue": "%76enue",
+    "vary": "%76ary",
+    "host": "%68ost",
+    "fwd": "%66wd",
+}
 # A request header a response varies on, absent from the request: not producible by escaping.
 ABSENT = "%-"
 
@@ -116,6 +124,15 @@ def query_pairs(
     return [(name, value) for name in vary_by for (got, value) in pairs if got == name]
 
 
+def has_ignored(query_string: str, ignored: Callable[[str], object]) -> bool:
+    """Whether the query holds a parameter `ignored(name)` leaves out of the key."""
+    if not query_string:
+        return False
+    if not query_string.isascii():
+        query_string = query_string.translate(_RAW_HIGH)
+    return any(ignored(name) for name, _ in _split_query(query_string))
+
+
 def build_key(
     prefix: str,
     method: str,
@@ -124,9 +141,11 @@ def build_key(
     user: str | None,
     venue: str | None,
     origin: str | None = None,
+    forwarded: str | None = None,
 ) -> str:
     """Assemble a key; `prefix` is trusted configuration and is used as given. `origin`
-    (`scheme://host`) comes after the query and before the identity segments."""
+    (`scheme://host`) comes after the query, then `forwarded` (the scheme-like forwarded
+    headers, `:fwd:`), then the identity segments."""
     parts = [prefix, method, escape_component(path)]
     for name, value in pairs:
         parts.append(_RESERVED_NAMES.get(name) or escape_component(name))
@@ -134,6 +153,9 @@ def build_key(
     if origin is not None:
         parts.append("host")
         parts.append(escape_component(origin))
+    if forwarded is not None:
+        parts.append("fwd")
+        parts.append(escape_component(forwarded))
     if user is not None:
         parts.append("user")
         parts.append(escape_component(user))
@@ -182,7 +204,10 @@ def path_patterns(prefix: str, path_glob: str, venue: str | None = None) -> list
     literal (escaped the way keys escape it). Without a trailing `*`, the entries of exactly
     those paths are covered: with or without a query, a user, a venue or a Vary variant. With
     `venue`, only that venue's entries (its segment is the key's last, or just before
-    `:vary:`).
+    `:vary:`). As in `venue_patterns`, the `:vary:*` form over-matches and each of its
+    matches must be checked with `in_venue`; the `:*` form without a venue covers more than
+    the path's own entries only where a longer path is spelled the same up to an escaped
+    `:` (never: `:` in a path is written `%3A`).
     """
     parts: list[str] = []
     literal: list[str] = []
@@ -203,7 +228,14 @@ def path_patterns(prefix: str, path_glob: str, venue: str | None = None) -> list
 
 
 def venue_patterns(prefix: str, venue: str) -> list[str]:
-    """Key globs covering every entry of one venue (and its per-venue tag indexes)."""
+    """Key globs covering every entry of one venue (and its per-venue tag indexes).
+
+    The first and last are exact: every component after the path comes in (name, value)
+    pairs, a variant's after its one `vary` marker, and a name reading `venue` is always the
+    marker (a parameter or Vary header named so is written `%76enue`); so a key ending in
+    `:venue:{venue}` is that venue's. The `:venue:{venue}:vary:*` glob over-matches: a query
+    *value* may read `venue` (`?a=venue&lisbon=vary`), so the caller must check each match
+    with `in_venue` / `entry_venue` (admin/operations.py does) before acting on it."""
     suffix = f":venue:{escape_component(venue)}"
     return [
         f"{prefix}:GET:*{suffix}",
@@ -212,10 +244,31 @@ def venue_patterns(prefix: str, venue: str) -> list[str]:
     ]
 
 
-def in_venue(key: str, venue: str) -> bool:
-    """Whether an exact key belongs to `venue` (its venue segment is that venue)."""
-    suffix = f":venue:{escape_component(venue)}"
-    return key.endswith(suffix) or f"{suffix}:vary:" in key
+def entry_venue(key: str, prefix: str) -> str | None:
+    """The venue segment (escaped) of the entry key `{prefix}:GET:...`, or None when it has
+    none or is not an entry key. Components are read in pairs after the path: a name-position
+    `venue` is the identity segment (a query parameter named `venue` is written `%76enue`), a
+    value reading `venue` is not; `vary` in a name position starts the variant's part."""
+    head = f"{prefix}:GET:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head) :].split(":")
+    venue: str | None = None
+    i = 1  # parts[0] is the path
+    while i < len(parts) and parts[i] != "vary":
+        if i + 1 >= len(parts):
+            return None  # a name without a value: not a key this cache builds
+        if parts[i] == "venue":
+            venue = parts[i + 1]
+        i += 2
+    return venue
+
+
+def in_venue(key: str, venue: str, prefix: str) -> bool:
+    """Whether an exact entry key belongs to `venue`: its components read in pairs
+    (`entry_venue`), so a query value reading `venue` (`?a=venue&lisbon=vary`) does not fool
+    it, as a substring test would."""
+    return entry_venue(key, prefix) == escape_component(venue)
 
 
 def origin_of(scheme: str, host: str | None) -> str:

@@ -47,6 +47,7 @@ from .headers import (
 from .keys import (
     build_key,
     display_key,
+    has_ignored,
     lock_key,
     origin_of,
     path_index_key,
@@ -54,7 +55,7 @@ from .keys import (
     tag_index_key,
     variant_key,
 )
-from .rules import RouteTable, Rule
+from .rules import RouteTable, Rule, path_problem
 
 __all__ = [
     "Bypass",
@@ -79,12 +80,53 @@ _PRINTABLE = "".join(chr(i) for i in range(0x21, 0x7F))
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 # RFC 9111 §4.4: a non-error response to an unsafe request invalidates the target URI.
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Requests the origin may answer differently from the plain GET we would key them as.
-_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+# Requests the origin may answer differently from the plain GET we would key them as: the
+# method overrides (Symfony, Rails, Express, Laravel...) and the original method some proxies
+# pass on. Never trusted: a cached GET is a GET.
+_OVERRIDE_HEADERS = (
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+)
 _CREDENTIALS = frozenset({"authorization", "cookie"})
-# Headers that make frameworks (or proxies in front of them) build URLs or route differently;
-# unkeyed, they are the classic cache-poisoning vector.
-_ROUTING_HEADERS = ("x-forwarded-host", "x-original-url", "x-rewrite-url", "forwarded")
+# Headers that make frameworks (or proxies in front of them) rebuild the host, the path prefix
+# or the path itself (werkzeug ProxyFix, Django USE_X_FORWARDED_HOST, Symfony/Laravel trusted
+# proxies, IIS/nginx rewrites, Starlette/uvicorn root_path): unkeyed, the classic cache-poisoning
+# vector. A request carrying one bypasses, unless `trusted_headers` lists it.
+_ROUTING_HEADERS = (
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-host",
+    "x-forwarded-prefix",
+    "x-script-name",
+    "x-forwarded-path",
+    "x-forwarded-uri",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-path",
+    "x-envoy-original-path",
+    "x-rewrite-url",
+)
+# Headers from which frameworks rebuild the scheme (and port) of the URLs they write or the
+# redirects they answer (ProxyFix x_proto/x_port, Django SECURE_PROXY_SSL_HEADER, Rails, IIS):
+# KEYED, their exact values part of the key (`:fwd:`), so a load balancer that always sends
+# `X-Forwarded-Proto: https` costs nothing, and a client's `X-Forwarded-Scheme: http` gets an
+# entry of its own. Exact, not lower-cased: a framework that compares `== "https"` answers
+# `HTTPS` as plain http.
+_SCHEME_HEADERS = (
+    "front-end-https",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-protocol",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+)
+_SCHEME_SET = frozenset(_SCHEME_HEADERS)
 # Request fields a background refresh must not copy: it fetches the full response to store.
 REFRESH_DROPPED = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
@@ -117,8 +159,8 @@ _HEADS_MEMO_BYTES = 8 * 1024 * 1024
 # were read as), at most; and the bytes those keep alive (the record and its decoded body).
 _READS_MEMO_LIMIT = 1_000
 _READS_MEMO_BYTES = 8 * 1024 * 1024
-# (key, X-Cache-Key header value, path index key, lease key)
-_Keys = tuple[str, "bytes | None", str, str]
+# (key, X-Cache-Key header value, path index key, lease key, an ignored parameter present)
+_Keys = tuple[str, "bytes | None", str, str, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +233,9 @@ class Lookup:
     refresh: bool = False  # request no-cache honoured: skip the read, fetch and store anew
     venue: str | None = None
     path_params: Mapping[str, str] = field(default_factory=dict)
+    # The query holds a parameter `ignore_params` leaves out of the key: answered from the
+    # entry if there is one, never stored (the app may read what the key does not hold).
+    cloaked: bool = False
 
 
 # Not frozen, like Lookup: made on every read.
@@ -272,18 +317,28 @@ class CachePolicy:
             | _CREDENTIALS
             | _CONDITIONAL
             | REFRESH_DROPPED
+            | _SCHEME_SET
             | {"cache-control", "pragma"}
             | {h for h in (self._user_header, self._venue_header) if h}
         )
-        self._not_plain = frozenset(name.encode("latin-1") for name in self.not_plain_headers)
+        # Every spelling with `_` for `-` too: uvicorn passes `X_Forwarded_Host` on, and a2wsgi
+        # or Django's ASGI handler make it HTTP_X_FORWARDED_HOST. A set, so the scan costs the
+        # same whatever its size.
+        self._not_plain = frozenset(
+            spelling.encode("latin-1")
+            for name in self.not_plain_headers
+            for spelling in _spellings(name)
+        )
         # With a venue (a header or a resolver) every key depends on more than the URL.
         self._plain_off = venue_header is not None or venue_resolver is not None
         # Primary key -> the request headers its responses vary on, learned from Vary records,
         # so that a varying HIT is still one read once this process has seen the record.
         self._learned_vary: dict[str, tuple[str, ...]] = {}
         self._route_vary: dict[str, tuple[str, ...]] = {}
-        # (route, path, query, user, venue, scheme, host) -> the keys derived from them
-        self._keys: dict[tuple[str, str, str, str | None, str | None, str, str | None], Any] = {}
+        # (route, path, query, user, venue, scheme, host, forwarded scheme headers) -> the keys
+        self._keys: dict[
+            tuple[str, str, str, str | None, str | None, str, str | None, str | None], Any
+        ] = {}
         # (entry id, stale detail, X-Cache-Key, route) -> (entry, its replayed headers without
         # Age and Cache-Status, the age in seconds they were last completed for, all of them)
         self._heads: dict[tuple[int, str, bytes | None, str], Any] = {}
@@ -309,7 +364,10 @@ class CachePolicy:
         query_string: str,
         source: RequestSource,
         scheme: str = "http",
+        target: str | None = None,
     ) -> Bypass | Invalidate | Lookup | None:
+        """`target`: the request target's path as the server received it, before decoding
+        (ASGI `raw_path`, WSGI `REQUEST_URI`/`RAW_URI` up to `?`), when the server gives it."""
         matched = self.table.match_params(path)
         if matched is None:
             return None
@@ -318,7 +376,9 @@ class CachePolicy:
             if method in _UNSAFE_METHODS:
                 return Invalidate(rule, path_index_key(self.key_prefix, path))
             return Bypass(rule, "method")
-        reason = self._unkeyable(source)
+        # DESIGN invariant 7: the path we match and key must be the one the framework routes.
+        # A non-canonical one (`//`, dot segments, an encoded `/`...) is never stored.
+        reason = path_problem(path, target) or self._unkeyable(source)
         if reason:
             return Bypass(rule, reason)
         # User code (conditions, resolvers) that raises costs caching, never the request.
@@ -331,6 +391,13 @@ class CachePolicy:
                 if not user:
                     # A private route without a user is never looked up nor stored.
                     return Bypass(rule, "no-user")
+                credentialed = False
+            else:
+                # Authorization and Cookie identify someone, and so does an identity the cache
+                # resolves itself (scope["user"], REMOTE_USER, user_header, user_resolver): what
+                # is answered to them on a shared route may be personal, so it is stored only
+                # if the response says it is public (RFC 9111 §3.5).
+                credentialed = source.has_any(_CREDENTIALS) or bool(self._resolve_user(source))
             venue = self._resolve_venue(source)
         except Exception:
             # A traceback once per route, not per request: a broken hook must not flood logs.
@@ -339,20 +406,18 @@ class CachePolicy:
                 logger.exception("cache condition or resolver failed for %s; bypassing", rule.route)
             return Bypass(rule, "hook-error")
         host = source.header("host") if self._key_host else None
+        forwarded = _forwarded_scheme(source)
         # The keys are a pure function of these: derived once, then looked up (the HIT path).
-        memo_key = (rule.route, path, query_string, user, venue, scheme, host)
+        memo_key = (rule.route, path, query_string, user, venue, scheme, host, forwarded)
         keys = self._keys.get(memo_key, _UNKNOWN)
         if keys is _UNKNOWN:
-            keys = self._derive_keys(rule, path, query_string, user, venue, scheme, host)
+            keys = self._derive_keys(rule, path, query_string, user, venue, scheme, host, forwarded)
             if len(self._keys) >= _KEY_MEMO_LIMIT:
                 self._keys.clear()  # bounded: arbitrary query strings must not grow it
             self._keys[memo_key] = keys
         if keys is None:
             return Bypass(rule, "unlisted-param")
-        key, key_header, index_key, lease_key = keys
-        # Authorization and Cookie both identify someone: what is answered to them on a shared
-        # route may be personal, so it is stored only if the response says it is public.
-        credentialed = not rule.private and source.has_any(_CREDENTIALS)
+        key, key_header, index_key, lease_key, cloaked = keys
         request_cc = source.header("cache-control")
         directives = parse_cache_control(request_cc.encode("latin-1")) if request_cc else {}
         refresh = self._honor_no_cache and (
@@ -371,6 +436,7 @@ class CachePolicy:
             refresh=refresh,
             venue=venue,
             path_params=path_params,
+            cloaked=cloaked,
         )
 
     def plain_key(
@@ -432,6 +498,7 @@ class CachePolicy:
             None,
             scheme,
             host if self._key_host else None,
+            None,
         )
         keys = self._keys.get(memo_key)
         if keys is None or keys[0] in self._learned_vary:
@@ -447,8 +514,10 @@ class CachePolicy:
         venue: str | None,
         scheme: str,
         host: str | None,
+        forwarded: str | None = None,
     ) -> _Keys | None:
-        """(key, X-Cache-Key value, path index key, lease key); None for an unlisted param."""
+        """(key, X-Cache-Key value, path index key, lease key, whether an ignored parameter
+        is present); None for an unlisted param."""
         pairs = query_pairs(query_string, rule.vary_by, rule.ignored)
         if pairs is None:
             return None
@@ -456,7 +525,7 @@ class CachePolicy:
         # The Host (and scheme) is keyed: an app that builds URLs from it (url_for, redirects)
         # answers each host differently, and a client picks the Host it sends.
         origin = origin_of(scheme, host) if self._key_host else None
-        key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin)
+        key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin, forwarded)
         key_header: bytes | None = None
         if self.expose_key:
             shown = display_key(key)
@@ -465,7 +534,10 @@ class CachePolicy:
                 shown.encode("ascii") if shown.isascii() else quote(shown, safe=_PRINTABLE).encode()
             )
         index_key = path_index_key(self.key_prefix, path)
-        return key, key_header, index_key, lock_key(key, self.key_prefix)
+        # An ignored parameter (`utm_*`) is not in the key, yet the app may read it (and echo
+        # it): such a request may be answered from the entry, never fill it.
+        cloaked = rule.ignored is not None and has_ignored(query_string, rule.ignored)
+        return key, key_header, index_key, lock_key(key, self.key_prefix), cloaked
 
     def _unkeyable(self, source: RequestSource) -> str:
         """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""
@@ -510,7 +582,7 @@ class CachePolicy:
         """Whether this request's answer could fill the entry. One that cannot (HEAD, request
         no-store) goes straight to the app: it must neither lead a fill, which would send every
         waiter to the app, nor wait for one."""
-        return not (lookup.head or lookup.no_store)
+        return not (lookup.head or lookup.no_store or lookup.cloaked)
 
     @staticmethod
     def leads_alone(lookup: Lookup) -> bool:
@@ -816,6 +888,8 @@ class CachePolicy:
             return no("head")  # no body to store; HEAD is only ever answered from a GET entry
         if lookup.no_store:
             return no("request-no-store")  # RFC 9111 §5.2.1.5
+        if lookup.cloaked:
+            return no("ignored-param")  # the app may have read what the key leaves out
         # RFC 9111 §3 / RFC 9110 §15.1: only the statuses the route opted into; the config
         # refuses 206 and 5xx (bar 501), so a partial or an error is never replayed as content.
         if status not in rule.statuses:
@@ -914,6 +988,28 @@ class CachePolicy:
         ):
             swr = sie = 0
         return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag)
+
+
+def _spellings(name: str) -> list[str]:
+    """`x-forwarded-host` and every form with `_` for any of its `-`: the names under which a
+    server may pass the header on, and a gateway or framework read it as the same one."""
+    forms = [""]
+    for part in name.split("-"):
+        forms = [f"{form}{sep}{part}" for form in forms for sep in (("-", "_") if form else ("",))]
+    return forms
+
+
+def _forwarded_scheme(source: RequestSource) -> str | None:
+    """The scheme-like forwarded headers of a request, as one key component (None: none).
+    Exact values, each percent-quoted so the join is injective."""
+    if not source.has_any(_SCHEME_SET):
+        return None
+    parts = []
+    for name in _SCHEME_HEADERS:
+        value = source.header(name)
+        if value is not None:
+            parts.append(f"{name}={quote(value, safe='')}")
+    return ",".join(parts)
 
 
 def body_etag(body: bytes) -> bytes:

@@ -9,12 +9,37 @@ compilation, cost proportional to the number of segments in the path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["RouteTable", "Rule", "split_route"]
+__all__ = ["RouteTable", "Rule", "path_problem", "split_route"]
+
+# In a decoded path: an empty segment (`//`), a dot segment (`/./`, `/../`, a trailing `/.` or
+# `/..`), a backslash, or a control character. Frameworks disagree on these (werkzeug merges
+# `//` and routes `//api/me` to `/api/me`; browsers and some servers fold `\` and dot segments;
+# NUL truncates in C layers), so the route we match may not be the one the app runs.
+_ODD_PATH = re.compile(r"//|/\.\.?(?:/|$)|[\\\x00-\x1f\x7f]")
+# In the raw target: an encoded `/`, `\`, `.` or control character (`%2F`, `%5C`, `%2E`,
+# `%00`-`%1F`, `%7F`), which some layers decode before routing and others after.
+_ODD_ENCODING = re.compile(r"%(?:2[EeFf]|5[Cc]|[01][0-9A-Fa-f]|7[Ff])")
+
+
+def path_problem(path: str, target: str | None = None) -> str:
+    """Why a request path is not canonical (the `detail=` of its BYPASS), or "": `path` is the
+    decoded path the route is matched on, `target` the raw request-target path, when the
+    server gives it. Any oddity bypasses rather than being normalised: never stored, never
+    served from an entry, so no framework's own normalisation can make two requests meet."""
+    if not path.startswith("/") or _ODD_PATH.search(path) is not None:
+        return "path"
+    if target is not None and (
+        not target.startswith("/") or _ODD_ENCODING.search(target) is not None
+    ):
+        return "path"  # absolute-form (`GET http://evil/p`), `*`, or an encoded separator
+    return ""
+
 
 # Distinct paths whose match is remembered, at most (then forgotten all at once).
 _SEEN_LIMIT = 10_000

@@ -36,7 +36,13 @@ from .._core.globs import (
     parse_glob,
     wildcard_count,
 )
-from .._core.keys import escape_component, path_patterns, tag_index_key, venue_patterns
+from .._core.keys import (
+    entry_venue,
+    escape_component,
+    path_patterns,
+    tag_index_key,
+    venue_patterns,
+)
 from .._core.stats import summarize
 from ..config import Settings
 from ..storage import AsyncStore
@@ -129,26 +135,6 @@ def check_key_namespace(key: str, settings: Settings, what: str = "key") -> None
             f"{what}: {key!r} is not the cache's: keys start with {_namespace_list(settings)} "
             "(add the shared cache manager's namespaces to manager_namespaces in the config)"
         )
-
-
-def entry_venue(key: str, prefix: str) -> str | None:
-    """The venue segment (escaped) of the entry key `{prefix}:GET:...`, or None when it has
-    none or is not an entry key. Components are read in pairs after the path: a name-position
-    `venue` is the identity segment (a query parameter named `venue` is written `%76enue`), a
-    value reading `venue` is not; `vary` in a name position starts the variant's part."""
-    head = f"{prefix}:GET:"
-    if not key.startswith(head):
-        return None
-    parts = key[len(head) :].split(":")
-    venue: str | None = None
-    i = 1  # parts[0] is the path
-    while i < len(parts) and parts[i] != "vary":
-        if i + 1 >= len(parts):
-            return None  # a name without a value: not a key this cache builds
-        if parts[i] == "venue":
-            venue = parts[i + 1]
-        i += 2
-    return venue
 
 
 def _literal_run(tokens: tuple[Token, ...], text: bytes, start: int) -> bool:
