@@ -567,6 +567,18 @@ class CachePolicy:
             return source.header(self._user_header)
         return source.default_user()
 
+    def _identified_now(self, lookup: Lookup) -> bool:
+        """Whether the request of a shared route is attributed to a user once the app has run:
+        an authentication middleware inside this one (Starlette's sets scope["user"] in the
+        scope it was given, which is ours; a WSGI one sets REMOTE_USER in our environ) is seen
+        only now. A resolver that fails counts as a user: not stored. The MISS path only."""
+        if lookup.rule.private:
+            return False
+        try:
+            return bool(self._resolve_user(lookup.source))
+        except Exception:
+            return True
+
     def _resolve_venue(self, source: RequestSource) -> str | None:
         if self._venue_resolver is not None:
             venue = self._venue_resolver(source.native())
@@ -967,7 +979,7 @@ class CachePolicy:
         # RFC 9111 §3.5: a response to a request with Authorization is stored by a shared cache
         # only when it says public, s-maxage or must-revalidate. Cookies get the same rule here:
         # a session cookie is a credential, and the response may be that session's own page.
-        if lookup.credentialed and not (
+        if (lookup.credentialed or self._identified_now(lookup)) and not (
             "public" in cache_control
             or "s-maxage" in cache_control
             or "must-revalidate" in cache_control
