@@ -94,6 +94,10 @@ INSTRUCTIONS_PLACEHOLDER = (
     "Instruction counts are added by `python bench/instructions.py --docs`: it counts, under "
     "valgrind, what each variant's request costs in process and writes this section."
 )
+SERVERS_PLACEHOLDER = (
+    "Figures per server (uvicorn, granian, hypercorn, nginx proxy_cache) are added by "
+    "`python bench/servers.py`: it writes this section."
+)
 CLUSTER_PLACEHOLDER = (
     "Cluster figures are added by the cluster benchmark (`python bench/cluster.py`): it starts "
     "a local Redis Cluster and writes this section."
@@ -1096,6 +1100,10 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         "",
         kept_section(existing, CLUSTER_TITLE, CLUSTER_PLACEHOLDER),
         "",
+        f"## {SERVERS_TITLE}",
+        "",
+        kept_section(existing, SERVERS_TITLE, SERVERS_PLACEHOLDER),
+        "",
     ]
     return "\n".join(lines)
 
@@ -1289,6 +1297,7 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
 # Sections of docs/benchmarks.md that another script writes; compare.py keeps them as they are.
 INSTRUCTIONS_TITLE = "Instructions per request"
 CLUSTER_TITLE = "Cluster"
+SERVERS_TITLE = "Servers"
 
 
 def kept_section(existing: str | None, title: str, placeholder: str) -> str:

@@ -1,0 +1,1 @@
+"""Import targets for tests/test_granian.py (granian takes `module:app`, no factory arguments)."""
