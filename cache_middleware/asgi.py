@@ -394,10 +394,10 @@ class CacheMiddleware:
                     found, lease = await self._read_or_lease(plan, self._get_or_acquire)
                 else:
                     found = await self._read(plan)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self.bump("errors", plan)
                 await self._bypass(
-                    scope, receive, send, "store-unavailable", plan.rule.route, plan.venue
+                    scope, receive, send, exc.detail, plan.rule.route, plan.venue
                 )
                 return
             if not isinstance(found, Found):
@@ -517,10 +517,10 @@ class CacheMiddleware:
                         plan.lock_key, token, self._lease_ms, plan.index_key
                     )
                 )
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self.bump("errors", plan)
                 await self._bypass(
-                    scope, receive, send, "store-unavailable", plan.rule.route, plan.venue
+                    scope, receive, send, exc.detail, plan.rule.route, plan.venue
                 )
                 return
             if epoch is None:

@@ -35,6 +35,8 @@ __all__ = [
 DEFAULT_PREFIX = "gateway:response"
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_TIMEOUT = 0.1
+# A store slower than this per round trip makes a HIT cost more than most apps take alone.
+DEFAULT_SLOW_STORE_MS = 50.0
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_COALESCE_WAIT = 5.0
@@ -95,6 +97,8 @@ class Settings:
     coalesce_wait: float = DEFAULT_COALESCE_WAIT
     breaker_failures: int = 5
     breaker_cooldown: float = 5.0
+    # Round trips slower than this (ms), twenty in a row, open the breaker; 0 = never.
+    slow_store_ms: float = DEFAULT_SLOW_STORE_MS
     admin: AdminSettings = AdminSettings()
     # The in-process near-cache (L1) in front of Redis; None = off (storage/near.py).
     near_cache: NearCacheSettings | None = None
@@ -197,6 +201,7 @@ _TOP_KEYS = {
     "coalesce_wait",
     "breaker_failures",
     "breaker_cooldown",
+    "slow_store_ms",
     "routes",
     "admin",
     "events",  # the event bridge's section, validated by cache_middleware.events
@@ -277,6 +282,13 @@ class _Validator:
     def positive_number(self, where: str, value: Any, high: float = 60) -> float:
         if type(value) not in (int, float) or not 0 < value <= high:
             raise self.fail(where, f"must be a number of seconds in (0, {high:g}], got {value!r}")
+        return float(value)
+
+    def milliseconds(self, where: str, value: Any, high: float = 60_000) -> float:
+        if type(value) not in (int, float) or not 0 <= value <= high:
+            raise self.fail(
+                where, f"must be a number of milliseconds in [0, {high:g}] (0: off), got {value!r}"
+            )
         return float(value)
 
     def non_negative_int(self, where: str, value: Any) -> int:
@@ -501,6 +513,9 @@ class _Validator:
             breaker_failures=self.positive_int("breaker_failures", data.get("breaker_failures", 5)),
             breaker_cooldown=self.positive_number(
                 "breaker_cooldown", data.get("breaker_cooldown", 5.0), high=3600
+            ),
+            slow_store_ms=self.milliseconds(
+                "slow_store_ms", data.get("slow_store_ms", DEFAULT_SLOW_STORE_MS)
             ),
             admin=admin,
             near_cache=self.near_cache(data.get("near_cache")),

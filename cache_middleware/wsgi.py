@@ -348,10 +348,10 @@ class WSGICacheMiddleware:
                     found, lease = self._read_or_lease(plan, self._get_or_acquire)
                 else:
                     found = self._read(plan)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self.bump("errors", plan)
                 return self._bypass(
-                    environ, start_response, "store-unavailable", plan.rule.route, plan.venue
+                    environ, start_response, exc.detail, plan.rule.route, plan.venue
                 )
             if not isinstance(found, Found):
                 self.trend.missed(plan.rule.route)
@@ -461,11 +461,11 @@ class WSGICacheMiddleware:
                 if lease is not None
                 else self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             unclaim()
             self.bump("errors", plan)
             return self._bypass(
-                environ, start_response, "store-unavailable", plan.rule.route, plan.venue
+                environ, start_response, exc.detail, plan.rule.route, plan.venue
             )
         if epoch is None:
             # Another process holds the lease: wait (bounded) for its entry.

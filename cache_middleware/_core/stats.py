@@ -18,6 +18,7 @@ class Counters:
     coalesced: int = 0  # requests answered from another request's fill
     invalidations: int = 0  # unsafe-method invalidations that ran
     lost_leases: int = 0  # fills not written because an invalidation came first
+    store_full: int = 0  # writes a full store refused (maxmemory under noeviction)
 
     def snapshot(self) -> dict[str, int | float]:
         data: dict[str, int | float] = dict(asdict(self))

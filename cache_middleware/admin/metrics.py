@@ -16,6 +16,7 @@ _COUNTERS = (
     "invalidations",
     "coalesced",
     "lost_leases",
+    "store_full",
 )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "is_epoch",
     "key_epochs",
     "literal_head",
+    "with_refusals",
 ]
 
 # Keys per SCAN page and per UNLINK call: large enough to be quick, small enough not to block Redis.
@@ -203,6 +204,13 @@ class AsyncStore(Protocol):
     #     "not held here", which may still be in Redis, so the caller then asks get(). Both
     #     middlewares answer a plain GET's HIT through it without building the request's plan
     #     (_core/held.py); the ASGI one also reads through it before awaiting anything.
+
+
+def with_refusals(deltas: dict[str, int], refusals: int) -> dict[str, int]:
+    """A stats batch plus the writes a full store refused (the `store_full` counter, shared
+    like the others: `_core/stats.py`'s flat `scope|name|field` keys)."""
+    key = "total||store_full"
+    return {**deltas, key: deltas.get(key, 0) + refusals}
 
 
 def get_then_acquire(

@@ -9,10 +9,15 @@ opened: a forked worker opens its own), it sends a command and reads its one rep
 twin is pipelined_get.py.
 
 Failure contract: a call ends within `timeout` seconds (connecting, sending and reading each
-get what is left of it). A timeout, a closed connection or any protocol surprise closes the
-socket and raises (the store fails open); a later call opens a new one. An error reply
-(`ReplyError`) leaves the connection usable: the reply was read whole. A GET that answers
-anything but a string or nil is a ConnectionError too (WRONGTYPE comes as an error reply).
+get what is left of it). A timeout or any protocol surprise closes the socket and raises (the
+store fails open); a later call opens a new one. A socket the server closed (an idle timeout in
+redis.conf, a restart, CLIENT KILL, a load balancer) is not a failure: the call is made again,
+at once and once, on a new connection, within the same deadline. A reply that is already in
+the socket when the deadline has passed is still taken: in a worker with many threads, the
+wait for the GIL after a send can outlast the deadline while Redis answered in microseconds.
+An error reply (`ReplyError`) leaves the connection usable: the reply was read whole. A GET
+that answers anything but a string or nil is a ConnectionError too (WRONGTYPE comes as an
+error reply).
 """
 
 from __future__ import annotations
@@ -22,11 +27,17 @@ import socket
 import time
 from typing import Any
 
+from .health import SlowWatch
 from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
 
-__all__ = ["DirectGetter"]
+__all__ = ["DirectGetter", "Dropped"]
 
 _RECV = 65536
+
+
+class Dropped(ConnectionError):
+    """The server closed the connection (end of stream, reset, broken pipe): an idle socket
+    Redis let go, retried on a new one rather than counted as a store failure."""
 
 
 class _Connection:
@@ -48,7 +59,10 @@ class _Connection:
     def call(self, command: bytes, deadline: float) -> Any:
         sock = self.sock
         sock.settimeout(_remaining(deadline))
-        sock.sendall(command)
+        try:
+            sock.sendall(command)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise Dropped(f"connection to Redis closed: {exc}") from exc
         buffer = self.buffer
         while True:
             parsed = parse_reply(buffer) if buffer else None
@@ -61,14 +75,29 @@ class _Connection:
                 if isinstance(value, ReplyError):
                     raise value
                 return value
-            sock.settimeout(_remaining(deadline))
-            chunk = sock.recv(_RECV)
+            chunk = _receive(sock, deadline)
             if not chunk:
-                raise ConnectionError("connection to Redis closed")
+                raise Dropped("connection to Redis closed")
             buffer += chunk
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _receive(sock: socket.socket, deadline: float) -> bytes:
+    left = deadline - time.monotonic()
+    try:
+        if left > 0:
+            sock.settimeout(left)
+            return sock.recv(_RECV)
+        # Late: this thread may have waited for the GIL since it sent, not for Redis. Take a
+        # reply that is already here; wait for nothing more (a dead Redis still costs no more).
+        sock.setblocking(False)
+        return sock.recv(_RECV)
+    except BlockingIOError:
+        raise TimeoutError("Redis did not answer in time") from None
+    except ConnectionResetError as exc:
+        raise Dropped(f"connection to Redis reset: {exc}") from exc
 
 
 def _remaining(deadline: float) -> float:
@@ -94,11 +123,16 @@ class DirectGetter:
         password: str | None = None,
         timeout: float = 0.1,
         max_idle: int = 16,
+        slow: SlowWatch | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.max_idle = max_idle
+        self.dropped = 0  # calls retried because the server had closed the socket
+        # Round trips slower than its bound are reported to it; never when it is None.
+        self.slow = slow
+        self._slow_after = slow.bound if slow is not None else float("inf")
         self._handshake = handshake_commands(db, username, password)
         self._idle: list[_Connection] = []
 
@@ -121,12 +155,38 @@ class DirectGetter:
 
     def call_encoded(self, command: bytes) -> Any:
         """`call` of a command already in RESP (the fill scripts encode theirs in one go)."""
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         conn = self._connection(deadline)
         try:
             value = conn.call(command, deadline)
         except ReplyError:
             self._release(conn)  # the error reply was read whole: the socket is in step
+            raise
+        except Dropped:
+            conn.close()
+            value = self._call_anew(command, deadline)
+        except BaseException:
+            conn.close()
+            raise
+        else:
+            self._release(conn)
+        elapsed = time.monotonic() - started
+        if elapsed > self._slow_after:
+            self.slow.seen(elapsed)  # type: ignore[union-attr]  # finite only with a watch
+        elif self.slow is not None and self.slow.streak:
+            self.slow.streak = 0  # a streak is consecutive slow round trips
+        return value
+
+    def _call_anew(self, command: bytes, deadline: float) -> Any:
+        """The retry of a call whose socket the server had closed: once, on a new connection
+        (the other idle ones may be as dead), within what is left of the same deadline."""
+        self.dropped += 1
+        conn = _Connection(self.host, self.port, _remaining(deadline), self._handshake)
+        try:
+            value = conn.call(command, deadline)
+        except ReplyError:
+            self._release(conn)
             raise
         except BaseException:
             conn.close()
@@ -145,6 +205,10 @@ class DirectGetter:
             self._idle.append(conn)
         else:
             conn.close()  # bounded: a burst of threads leaves at most max_idle sockets open
+
+    def discard_idle(self) -> None:
+        """Close the idle sockets: after an outage they are from before it, likely dead."""
+        self.close()
 
     def close(self) -> None:
         """Close the idle sockets (at shutdown); one in use goes back to the pool after its call."""

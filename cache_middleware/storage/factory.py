@@ -47,6 +47,7 @@ def make_async_store(settings: Settings) -> AsyncStore:
                 timeout=settings.redis_timeout,
                 breaker_failures=settings.breaker_failures,
                 breaker_cooldown=settings.breaker_cooldown,
+                slow_after=settings.slow_store_ms / 1000,
             )
         from .redis_async import AsyncRedisStore
 
@@ -55,6 +56,7 @@ def make_async_store(settings: Settings) -> AsyncStore:
             timeout=settings.redis_timeout,
             breaker_failures=settings.breaker_failures,
             breaker_cooldown=settings.breaker_cooldown,
+            slow_after=settings.slow_store_ms / 1000,
         )
     return AsyncMemoryStore(shared_memory_store(settings))
 
@@ -70,6 +72,7 @@ def make_sync_store(settings: Settings) -> SyncStore:
                 timeout=settings.redis_timeout,
                 breaker_failures=settings.breaker_failures,
                 breaker_cooldown=settings.breaker_cooldown,
+                slow_after=settings.slow_store_ms / 1000,
             )
         from .redis_sync import RedisStore
 
@@ -78,5 +81,6 @@ def make_sync_store(settings: Settings) -> SyncStore:
             timeout=settings.redis_timeout,
             breaker_failures=settings.breaker_failures,
             breaker_cooldown=settings.breaker_cooldown,
+            slow_after=settings.slow_store_ms / 1000,
         )
     return shared_memory_store(settings)

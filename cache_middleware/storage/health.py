@@ -18,8 +18,8 @@ from typing import Literal
 
 import redis.exceptions
 
-from ..errors import StoreUnavailable
-from .pipelined_get import ReplyError
+from ..errors import StoreFull, StoreUnavailable
+from .resp import ReplyError
 
 __all__ = [
     "FOREIGN_ERRORS",
@@ -28,7 +28,10 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "OutageMonitor",
+    "SlowStore",
+    "SlowWatch",
     "is_server_reply",
+    "is_store_full",
     "is_wrong_type",
 ]
 
@@ -84,6 +87,58 @@ def is_server_reply(exc: BaseException) -> bool:
         exc, _TOPOLOGY_ERRORS
     )
 
+
+def is_store_full(exc: BaseException) -> bool:
+    """Redis refused a write because it reached `maxmemory` under `noeviction` (an OOM reply,
+    from a command or from inside a fill script): full, not down; reads still work."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    replied = isinstance(exc, (redis.exceptions.ResponseError, ReplyError))
+    return replied and str(exc).startswith("OOM")
+
+
+class SlowStore(Exception):
+    """Round trips slower than `slow_store_ms`: the reason a breaker opened, never raised."""
+
+
+# How many consecutive round trips over `slow_store_ms` open the breaker. One slow reply is
+# noise (a GIL hand-off in a busy threaded worker, a page fault); twenty in a row is a store
+# that makes every HIT slower than the app would be alone.
+SLOW_STREAK = 20
+
+
+class SlowWatch:
+    """Counts consecutive slow round trips and opens the breaker on a streak.
+
+    The lean connections measure their round trip with the clock read they already make and
+    call `seen()` only when it is over the bound; a fast one resets `streak` (one attribute
+    read per call). `bound` is in seconds; 0 disables the watch."""
+
+    def __init__(self, breaker: CircuitBreaker, bound: float, streak: int = SLOW_STREAK) -> None:
+        self.breaker = breaker
+        self.bound = bound if bound > 0 else float("inf")
+        self.needed = streak
+        self.streak = 0
+        self.trips = 0
+
+    def seen(self, elapsed: float) -> None:
+        self.streak += 1  # racy between threads: a count off by one is harmless here
+        if self.streak >= self.needed:
+            self.streak = 0
+            if self.breaker.trip(
+                SlowStore(
+                    f"{self.needed} consecutive round trips over {self.bound * 1000:.0f} ms"
+                    f" (last {elapsed * 1000:.0f} ms)"
+                )
+            ):
+                self.trips += 1
+
+    def too_slow(self, elapsed: float) -> bool:
+        return elapsed > self.bound
+
+
+# A full store is over when a write succeeds this long after the last refusal.
+FULL_SETTLE = 1.0
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -209,6 +264,27 @@ class CircuitBreaker:
             self.cooldown,
         )
 
+    def trip(self, exc: BaseException) -> bool:
+        """Open now, for a reason that is not a failed operation (a store too slow to be worth
+        asking). True when it opened; False when it was open already or is disabled."""
+        if self.failures == 0:
+            return False
+        with self._lock:
+            if not self._closed:
+                return False
+            self._closed = False
+            self._consecutive = 0
+            self._retry_at = self._clock() + self.cooldown
+            self.opened_count += 1
+        breaker_logger.warning(
+            "cache store %s: circuit breaker open: %s: %s; failing fast, probing every %.1fs",
+            self.name,
+            exc.__class__.__name__,
+            exc,
+            self.cooldown,
+        )
+        return True
+
     def abandoned(self, probe: bool) -> None:
         """The operation ended without an answer either way (cancelled, or a bug of ours)."""
         if probe:
@@ -230,6 +306,10 @@ class OutageMonitor:
         self.name = name
         self.down = False
         self.failures = 0
+        self.full = False  # writes refused (maxmemory under noeviction); reads still served
+        self.full_refusals = 0  # refused writes, all time
+        self._unreported_refusals = 0  # refused writes not yet added to the shared stats
+        self._last_refusal = 0.0
         self.settle = settle
         self._clock = clock
         self._last_failure = 0.0
@@ -254,6 +334,46 @@ class OutageMonitor:
                 exc_info=None if isinstance(exc, FOREIGN_ERRORS) else exc,
             )
         return StoreUnavailable(f"{self.name}: {exc.__class__.__name__}: {exc}")
+
+    def refused(self, exc: BaseException) -> StoreFull:
+        """Record a write Redis refused for lack of memory; return the error to raise. One
+        warning when the store becomes full, none per refusal: a full store refuses every fill."""
+        with self._lock:
+            self.full_refusals += 1
+            self._unreported_refusals += 1
+            self._last_refusal = self._clock()
+            first = not self.full
+            self.full = True
+        if first:
+            logger.warning(
+                "cache store %s full (maxmemory reached): skipping fills, still serving HITs,"
+                " until it accepts writes again: %s: %s",
+                self.name,
+                exc.__class__.__name__,
+                exc,
+            )
+        return StoreFull(f"{self.name}: full: {exc}")
+
+    def wrote(self) -> None:
+        """A write succeeded: the end of a full spell, once no refusal came for FULL_SETTLE s
+        (a store at its limit accepts a small write now and then between refusals)."""
+        if not self.full:
+            return
+        with self._lock:
+            if not self.full or self._clock() - self._last_refusal < FULL_SETTLE:
+                return
+            self.full = False
+        logger.info("cache store %s accepting writes again", self.name)
+
+    def take_refusals(self) -> int:
+        """Refusals since the last call, for the shared stats (`store_full`)."""
+        with self._lock:
+            count, self._unreported_refusals = self._unreported_refusals, 0
+        return count
+
+    def give_back_refusals(self, count: int) -> None:
+        with self._lock:
+            self._unreported_refusals += count
 
     def succeeded(self) -> None:
         # Called on every success: one attribute read unless we are recovering.

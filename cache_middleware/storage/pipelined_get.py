@@ -15,6 +15,11 @@ call reconnects. One timer per connection watches the oldest request waiting (re
 order, so it has the earliest deadline), instead of a timer armed and cancelled per call: that
 cost more than a microsecond per round trip. Replies are length-checked and bounded, so a
 confused server cannot make it allocate without limit.
+
+A connection the server closed (an idle timeout, a restart, CLIENT KILL) is not a failure:
+every request that was waiting on it is sent again, once, on a new connection. The round trip
+is sampled once per batch of replies (one clock read per `data_received`, not per GET) for the
+slow-store watch (health.SlowWatch).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import contextlib
 from collections import deque
 from typing import Any
 
+from .direct_get import Dropped
+from .health import SlowWatch
 from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
 
 __all__ = ["PipelinedGetter", "ReplyError"]
@@ -47,7 +54,8 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        # The server closed it (or the network reset it): requests on it are sent again.
+        self.fail(Dropped(f"connection to Redis lost: {exc or 'closed'}"))
 
     def fail(self, exc: BaseException) -> None:
         """Close the connection and fail everything waiting on it."""
@@ -67,7 +75,8 @@ class _Protocol(asyncio.Protocol):
                 else:
                     # The others share this one failure: marked so the circuit breaker counts
                     # the event once (see CircuitBreaker.failed).
-                    collateral = ConnectionError(f"{exc} (connection shared with a failure)")
+                    kind = Dropped if isinstance(exc, Dropped) else ConnectionError
+                    collateral = kind(f"{exc} (connection shared with a failure)")
                     collateral.collateral = True  # type: ignore[attr-defined]
                     future.set_exception(collateral)
         if self.transport is not None:
@@ -113,6 +122,14 @@ class _Protocol(asyncio.Protocol):
         buf = self.buffer
         buf += data
         pos = 0
+        if self.pending:
+            # One sample per batch: the oldest request's round trip, from its deadline.
+            elapsed = self.loop.time() - self.pending[0][1] + self.timeout
+            owner = self.owner
+            if elapsed > owner.slow_after:
+                owner.slow.seen(elapsed)  # type: ignore[union-attr]  # finite only with a watch
+            elif owner.slow is not None and owner.slow.streak:
+                owner.slow.streak = 0
         while pos < len(buf):
             try:
                 parsed = parse_reply(buf, pos)
@@ -147,10 +164,14 @@ class PipelinedGetter:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 0.1,
+        slow: SlowWatch | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.slow = slow
+        self.slow_after = slow.bound if slow is not None else float("inf")
+        self.dropped = 0  # requests sent again because the server had closed the connection
         self.protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._handshake = handshake_commands(db, username, password)
@@ -210,6 +231,18 @@ class PipelinedGetter:
         if protocol is None or protocol.closed:
             protocol = await self._protocol()
         future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.send(command, future)
+        try:
+            return await future
+        except Dropped:
+            pass
+        # The server closed the connection under it: once more, on a new one. A connection
+        # that cannot be made (Redis down) or a reply that does not come fails as usual.
+        self.dropped += 1
+        protocol = self.protocol  # another request's retry may have reconnected already
+        if protocol is None or protocol.closed:
+            protocol = await self._protocol()
+        future = protocol.loop.create_future()
         protocol.send(command, future)
         return await future
 

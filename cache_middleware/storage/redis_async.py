@@ -41,12 +41,16 @@ from .base import (
     is_epoch,
     key_epochs,
     literal_head,
+    with_refusals,
 )
 from .health import (
     RETRIES,
     RETRY_ERRORS,
     CircuitBreaker,
     OutageMonitor,
+    SlowStore,
+    SlowWatch,
+    is_store_full,
     is_wrong_type,
 )
 from .pipelined_get import PipelinedGetter, ReplyError
@@ -86,6 +90,7 @@ class AsyncRedisStore:
         breaker_failures: int = 5,
         breaker_cooldown: float = 5.0,
         breaker_clock: Callable[[], float] = time.monotonic,
+        slow_after: float = 0.0,
         **redis_kwargs: Any,
     ) -> None:
         self.url = url
@@ -94,6 +99,9 @@ class AsyncRedisStore:
         self.breaker = CircuitBreaker(
             _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
         )
+        # `slow_after` (seconds, 0 = off): round trips slower than this, in a streak, open the
+        # breaker; sampled by the pipelined connection once per batch of replies.
+        self.slow = SlowWatch(self.breaker, slow_after)
         # Plain TCP URLs read through the pipelined GET (the HIT path); the rest use redis-py,
         # as do stores given redis-py options the pipelined connection would not honour.
         self._fast_params = (
@@ -123,7 +131,9 @@ class AsyncRedisStore:
         if self._getter is not None:
             self._getter.close()
         self._client = self._new_client()
-        self._getter = PipelinedGetter(**self._fast_params) if self._fast_params else None
+        self._getter = (
+            PipelinedGetter(**self._fast_params, slow=self.slow) if self._fast_params else None
+        )
         self._loop = loop
 
     def _new_client(self) -> redis.asyncio.Redis:
@@ -139,25 +149,55 @@ class AsyncRedisStore:
             return client
         return redis.asyncio.Redis.from_url(self.url, **self._kwargs)
 
-    async def _run(self, op: Callable[[], Awaitable[T]]) -> T:
-        """One store operation through the breaker, with failures translated and counted."""
+    async def _run(self, op: Callable[[], Awaitable[T]], *, writes: bool = False) -> T:
+        """One store operation through the breaker, with failures translated and counted.
+        `writes`: the operation stores data, so its success ends a full spell."""
         probe = self.breaker.admit()
+        if probe:
+            started = time.monotonic()
         try:
             result = await op()
         except Exception as exc:  # FOREIGN_ERRORS, and whatever building the client raised
+            if is_store_full(exc):
+                self.breaker.succeeded(probe)  # it answered: full is not down
+                if probe:
+                    await self._recovered()
+                raise self.monitor.refused(exc) from exc
             self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
         except BaseException:
             self.breaker.abandoned(probe)  # cancelled: a probe must not hold its slot forever
             raise
-        self.breaker.succeeded(probe)
+        if probe:
+            await self._probe_answered(time.monotonic() - started)
+        else:
+            self.breaker.succeeded(probe)
         self.monitor.succeeded()
+        if writes:
+            self.monitor.wrote()
         return result
+
+    async def _probe_answered(self, elapsed: float) -> None:
+        """The half-open probe got its answer: too slow keeps the breaker open, otherwise it
+        closes and the idle pooled connections from before the outage go."""
+        if self.slow.too_slow(elapsed):
+            self.breaker.failed(SlowStore(f"probe answered in {elapsed * 1000:.0f} ms"), True)
+            return
+        self.breaker.succeeded(True)
+        await self._recovered()
+
+    async def _recovered(self) -> None:
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):  # housekeeping: never fails the request
+                await pool.disconnect(inuse_connections=False)
 
     async def get(self, key: str) -> bytes | None:
         # The HIT path: inline rather than through _run, to spare it a closure per call.
         breaker = self._breaker_for(key)
         probe = breaker.admit()
+        if probe:
+            started = time.monotonic()
         try:
             if self._loop is not asyncio.get_running_loop():
                 self._bind(asyncio.get_running_loop())
@@ -174,7 +214,10 @@ class AsyncRedisStore:
         except BaseException:
             breaker.abandoned(probe)
             raise
-        breaker.succeeded(probe)
+        if probe and breaker is self.breaker:
+            await self._probe_answered(time.monotonic() - started)
+        else:
+            breaker.succeeded(probe)
         self.monitor.succeeded()
         return value
 
@@ -184,7 +227,7 @@ class AsyncRedisStore:
         return self.breaker
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        await self._run(lambda: self.client.set(key, value, ex=ttl))
+        await self._run(lambda: self.client.set(key, value, ex=ttl), writes=True)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
@@ -245,7 +288,7 @@ class AsyncRedisStore:
     ) -> int | None:
         check_fill_ttl(ttl_ms)
         keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
-        epoch = await self._run(lambda: self._eval(ACQUIRE_FILL, keys, args))
+        epoch = await self._run(lambda: self._eval(ACQUIRE_FILL, keys, args), writes=True)
         return None if epoch is None else int(epoch)
 
     async def get_or_acquire(
@@ -273,7 +316,7 @@ class AsyncRedisStore:
     ) -> bool:
         check_writes(writes, index_key, index_ttl)
         keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
-        return bool(await self._run(lambda: self._eval(STORE_FILL, keys, args)))
+        return bool(await self._run(lambda: self._eval(STORE_FILL, keys, args), writes=True))
 
     async def release_fill(self, lock_key: str, token: str) -> None:
         await self._run(lambda: self._eval(RELEASE_FILL, [lock_key], [token]))
@@ -311,7 +354,8 @@ class AsyncRedisStore:
         check_ttl(ttl)
         check_ttl(index_ttl, "index_ttl")
         await self._run(
-            lambda: run_async(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl])
+            lambda: run_async(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl]),
+            writes=True,
         )
 
     async def delete_index(self, index_key: str) -> int:
@@ -392,6 +436,10 @@ class AsyncRedisStore:
     async def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
         """Add counters into a shared hash (HINCRBY), in one pipeline: a batch, not a request."""
 
+        refusals = self.monitor.take_refusals()  # refused writes ride with the batch
+        if refusals:
+            deltas = with_refusals(deltas, refusals)
+
         async def op() -> None:
             pipe = self.client.pipeline(transaction=False)
             for field_name, delta in deltas.items():
@@ -399,7 +447,11 @@ class AsyncRedisStore:
             pipe.expire(hash_key, ttl)
             await pipe.execute()
 
-        await self._run(op)
+        try:
+            await self._run(op, writes=True)
+        except BaseException:
+            self.monitor.give_back_refusals(refusals)
+            raise
 
     async def read_stats(self, hash_key: str) -> dict[str, int]:
         raw: dict[bytes, bytes] = await self._run(lambda: self.client.hgetall(hash_key))  # type: ignore[arg-type,return-value]

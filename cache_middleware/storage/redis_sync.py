@@ -31,6 +31,7 @@ from .base import (
     is_epoch,
     key_epochs,
     literal_head,
+    with_refusals,
 )
 from .direct_get import DirectGetter
 from .health import (
@@ -38,6 +39,9 @@ from .health import (
     RETRY_ERRORS,
     CircuitBreaker,
     OutageMonitor,
+    SlowStore,
+    SlowWatch,
+    is_store_full,
     is_wrong_type,
 )
 from .redis_async import _pipelined_params, _safe_url, _sentinel_kwargs, sentinel_parts
@@ -79,6 +83,7 @@ class RedisStore:
         breaker_failures: int = 5,
         breaker_cooldown: float = 5.0,
         breaker_clock: Callable[[], float] = time.monotonic,
+        slow_after: float = 0.0,
         **redis_kwargs: Any,
     ) -> None:
         self.url = url
@@ -87,6 +92,9 @@ class RedisStore:
         self.breaker = CircuitBreaker(
             _safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
         )
+        # `slow_after` (seconds, 0 = off): round trips slower than this, in a streak, open the
+        # breaker; measured on the lean sockets, with the clock read each call makes anyway.
+        self.slow = SlowWatch(self.breaker, slow_after)
         self._kwargs: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -100,7 +108,7 @@ class RedisStore:
         # redis-py options the lean sockets would not honour (credentials, TLS, keepalive...).
         lean = fast_get and client is None and not redis_kwargs
         params = _pipelined_params(url, timeout) if lean else None
-        self._direct = DirectGetter(**params) if params else None
+        self._direct = DirectGetter(**params, slow=self.slow) if params else None
 
     @property
     def client(self) -> Any:
@@ -113,24 +121,56 @@ class RedisStore:
     def _new_client(self) -> Any:
         return _new_client(self.url, self._kwargs)
 
-    def _run(self, op: Callable[[], T]) -> T:
-        """One store operation through the breaker, with failures translated and counted."""
+    def _run(self, op: Callable[[], T], *, writes: bool = False) -> T:
+        """One store operation through the breaker, with failures translated and counted.
+        `writes`: the operation stores data, so its success ends a full spell."""
         probe = self.breaker.admit()
+        if probe:
+            started = time.monotonic()
         try:
             result = op()
         except Exception as exc:  # FOREIGN_ERRORS, and whatever building the client raised
+            if is_store_full(exc):
+                self.breaker.succeeded(probe)  # it answered: full is not down
+                if probe:
+                    self._recovered()
+                raise self.monitor.refused(exc) from exc
             self.breaker.failed(exc, probe)
             raise self.monitor.failed(exc) from exc
         except BaseException:
             self.breaker.abandoned(probe)
             raise
-        self.breaker.succeeded(probe)
+        if probe:
+            self._probe_answered(time.monotonic() - started)
+        else:
+            self.breaker.succeeded(probe)
         self.monitor.succeeded()
+        if writes:
+            self.monitor.wrote()
         return result
+
+    def _probe_answered(self, elapsed: float) -> None:
+        """The half-open probe got its answer: too slow keeps the breaker open, otherwise it
+        closes and the idle sockets from before the outage go (the server dropped them, or
+        will have: one dead socket per probe kept a worker uncached for half a minute)."""
+        if self.slow.too_slow(elapsed):
+            self.breaker.failed(SlowStore(f"probe answered in {elapsed * 1000:.0f} ms"), True)
+            return
+        self.breaker.succeeded(True)
+        self._recovered()
+
+    def _recovered(self) -> None:
+        if self._direct is not None:
+            self._direct.discard_idle()
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect(inuse_connections=False)
 
     def get(self, key: str) -> bytes | None:
         breaker = self._breaker_for(key)
         probe = breaker.admit()
+        if probe:
+            started = time.monotonic()
         try:
             direct = self._direct
             value: bytes | None = (
@@ -145,7 +185,10 @@ class RedisStore:
         except BaseException:
             breaker.abandoned(probe)
             raise
-        breaker.succeeded(probe)
+        if probe and breaker is self.breaker:
+            self._probe_answered(time.monotonic() - started)
+        else:
+            breaker.succeeded(probe)
         self.monitor.succeeded()
         return value
 
@@ -155,7 +198,7 @@ class RedisStore:
         return self.breaker
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
-        self._run(lambda: self.client.set(key, value, ex=ttl))
+        self._run(lambda: self.client.set(key, value, ex=ttl), writes=True)
 
     def delete(self, *keys: str) -> int:
         if not keys:
@@ -224,7 +267,7 @@ class RedisStore:
     ) -> int | None:
         check_fill_ttl(ttl_ms)
         keys, args = acquire_fill_call(lock_key, token, ttl_ms, index_key)
-        epoch = self._run(lambda: self._eval(ACQUIRE_FILL, keys, args))
+        epoch = self._run(lambda: self._eval(ACQUIRE_FILL, keys, args), writes=True)
         return None if epoch is None else int(epoch)
 
     # Whether `get_or_acquire` may run as one script: the entry, its lease and the epoch on one
@@ -254,7 +297,7 @@ class RedisStore:
     ) -> bool:
         check_writes(writes, index_key, index_ttl)
         keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
-        return bool(self._run(lambda: self._eval(STORE_FILL, keys, args)))
+        return bool(self._run(lambda: self._eval(STORE_FILL, keys, args), writes=True))
 
     def release_fill(self, lock_key: str, token: str) -> None:
         self._run(lambda: self._eval(RELEASE_FILL, [lock_key], [token]))
@@ -290,7 +333,8 @@ class RedisStore:
         check_ttl(ttl)
         check_ttl(index_ttl, "index_ttl")
         self._run(
-            lambda: run_sync(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl])
+            lambda: run_sync(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl]),
+            writes=True,
         )
 
     def delete_index(self, index_key: str) -> int:
@@ -310,7 +354,11 @@ class RedisStore:
         return self._run(op)
 
     def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None:
-        """Add counters into a shared hash (HINCRBY), in one pipeline: a batch, not a request."""
+        """Add counters into a shared hash (HINCRBY), in one pipeline: a batch, not a request.
+        The writes a full store refused since the last batch go with it (`store_full`)."""
+        refusals = self.monitor.take_refusals()
+        if refusals:
+            deltas = with_refusals(deltas, refusals)
 
         def op() -> None:
             pipe = self.client.pipeline(transaction=False)
@@ -319,7 +367,11 @@ class RedisStore:
             pipe.expire(hash_key, ttl)
             pipe.execute()
 
-        self._run(op)
+        try:
+            self._run(op, writes=True)
+        except BaseException:
+            self.monitor.give_back_refusals(refusals)
+            raise
 
 
 def _new_client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
