@@ -98,6 +98,9 @@ SERVERS_PLACEHOLDER = (
     "Figures per server (uvicorn, granian, hypercorn, nginx proxy_cache) are added by "
     "`python bench/servers.py`: it writes this section."
 )
+HEADERS_PLACEHOLDER = (
+    "What each header of a HIT costs each server is added by `python bench/headers.py`."
+)
 CLUSTER_PLACEHOLDER = (
     "Cluster figures are added by the cluster benchmark (`python bench/cluster.py`): it starts "
     "a local Redis Cluster and writes this section."
@@ -1104,6 +1107,10 @@ def render_markdown(report: dict[str, Any], existing: str | None) -> str:
         "",
         kept_section(existing, SERVERS_TITLE, SERVERS_PLACEHOLDER),
         "",
+        f"## {HEADERS_TITLE}",
+        "",
+        kept_section(existing, HEADERS_TITLE, HEADERS_PLACEHOLDER),
+        "",
     ]
     return "\n".join(lines)
 
@@ -1298,6 +1305,7 @@ def shortfalls(report: dict[str, Any]) -> list[str]:
 INSTRUCTIONS_TITLE = "Instructions per request"
 CLUSTER_TITLE = "Cluster"
 SERVERS_TITLE = "Servers"
+HEADERS_TITLE = "Headers of a HIT"
 
 
 def kept_section(existing: str | None, title: str, placeholder: str) -> str:

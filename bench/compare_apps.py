@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 __all__ = [
     "asgi_hit_ceiling_app",
+    "asgi_replay_app",
     "cached_hit_app",
     "cached_miss_app",
     "cached_near_app",
@@ -48,6 +49,8 @@ ENV_KEY_PREFIX = "BENCH_KEY_PREFIX"
 # Optional: `redis_timeout` of our apps, for a run far slower than real time (`instructions.py`
 # runs them under valgrind, where the default would time round trips out into BYPASSes).
 ENV_REDIS_TIMEOUT = "BENCH_REDIS_TIMEOUT"
+# `asgi_replay_app`: the names of the HIT headers it sends.
+ENV_REPLAY_HEADERS = "BENCH_REPLAY_HEADERS"
 # Longer than a whole run (5 rounds of 14 variants take about 13 minutes): an entry filled at
 # warm-up must not expire under load, or a HIT variant would refill (and fail its check).
 TTL = 3600
@@ -154,15 +157,25 @@ class _ReplayHit:
     """An ASGI middleware that answers every request with the body and a HIT's headers and does
     nothing else: no lookup, no key, no clock. No HIT, of any cache, is cheaper on this server."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.app = app
+        self.headers = HIT_HEADERS if headers is None else headers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": list(HIT_HEADERS)})
+        await send({"type": "http.response.start", "status": 200, "headers": list(self.headers)})
         await send({"type": "http.response.body", "body": BODY})
+
+
+def asgi_replay_app() -> Starlette:
+    """`hit-ceiling` replaying only the headers of HIT_HEADERS named in `BENCH_REPLAY_HEADERS`
+    (comma-separated): what each header of a HIT costs the server (`headers.py`)."""
+    keep = set(os.environ.get(ENV_REPLAY_HEADERS, "").split(","))
+    app = static_app()
+    app.add_middleware(_ReplayHit, headers=[(n, v) for n, v in HIT_HEADERS if n.decode() in keep])
+    return app
 
 
 def asgi_hit_ceiling_app() -> Starlette:

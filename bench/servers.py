@@ -140,8 +140,12 @@ NGINX_REFERENCE = "nginx"
 def start_asgi(server: str, variant: str, env: dict[str, str]) -> Server:
     """The variant's app under `server`, on a free port, its output in a log file."""
     factory = SERVERS[BY_NAME[variant].server].factory
+    return start_factory(server, factory, f"{variant}/{server}", env)
+
+
+def start_factory(server: str, factory: str, name: str, env: dict[str, str]) -> Server:
+    """`factory` (module:function in bench/) under `server`, on a free port, logged."""
     port = free_port()
-    name = f"{variant}/{server}"
     if server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", factory, "--factory", "--app-dir"]
         command += [str(BENCH_DIR), "--host", "127.0.0.1", "--port", str(port)]
@@ -155,7 +159,7 @@ def start_asgi(server: str, variant: str, env: dict[str, str]) -> Server:
         command += [*SERVER_FLAGS[server], factory]
     else:
         command += SERVER_FLAGS[server]
-    log = LOG_DIR / f"{variant}-{server}.log"
+    log = LOG_DIR / f"{name.replace('/', '-')}.log"
     return Server(name, port, _spawn(command, env, log, cwd=BENCH_DIR), EVENTS_PATH, log)
 
 
