@@ -17,6 +17,7 @@ the sockets, so the client sees an open connection that never answers.
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import struct
 import threading
@@ -141,23 +142,45 @@ class FaultProxy:
                 ).start()
 
     def _copy(self, link: _Link, source: socket.socket, sink: socket.socket) -> None:
+        """Read from `source`; a writer thread sends each chunk `delay` seconds after it came
+        (latency, not a bandwidth limit: a pipelined client's replies are not queued behind
+        each other's delays)."""
+        chunks: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=self._send, args=(link, chunks, sink), daemon=True)
+        writer.start()
         try:
             while True:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
                 link.last_activity = time.monotonic()
-                self._flowing.wait()
-                if self.delay:
-                    time.sleep(self.delay)
-                if link.closed:
-                    break
-                sink.sendall(data)
-                link.last_activity = time.monotonic()
+                chunks.put((time.monotonic() + self.delay, data))
         except OSError:
             pass
+        chunks.put(None)
+        writer.join()
         # One side ended: end the other, as a real connection would (FIN).
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
         link.close()
+
+    def _send(
+        self, link: _Link, chunks: queue.SimpleQueue[tuple[float, bytes] | None], sink: socket.socket
+    ) -> None:
+        while True:
+            item = chunks.get()
+            if item is None:
+                return
+            due, data = item
+            self._flowing.wait()  # stalled: held here, the connection stays open
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if link.closed:
+                return
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+            link.last_activity = time.monotonic()

@@ -87,8 +87,9 @@ class Load:
     """Sends GET /item/<n> for n in range(paths), `threads` at a time; counts X-Cache values
     and Cache-Status details. Keep-alive connections, one per thread."""
 
-    def __init__(self, port: int, threads: int = 16, paths: int = 20) -> None:
+    def __init__(self, port: int, threads: int = 16, paths: int = 20, first: int = 0) -> None:
         self.port = port
+        self.first = first
         self.threads = threads
         self.paths = paths
         self.counts: collections.Counter[str] = collections.Counter()
@@ -102,7 +103,7 @@ class Load:
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("GET", f"/item/{n % self.paths}")
+            conn.request("GET", f"/item/{self.first + n % self.paths}")
             response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException):
