@@ -26,6 +26,7 @@ import time
 __all__ = ["FaultProxy"]
 
 _CHUNK = 65536
+_Chunks = queue.SimpleQueue[tuple[float, bytes] | None]  # (when to send, bytes); None: end
 
 
 class _Link:
@@ -145,7 +146,7 @@ class FaultProxy:
         """Read from `source`; a writer thread sends each chunk `delay` seconds after it came
         (latency, not a bandwidth limit: a pipelined client's replies are not queued behind
         each other's delays)."""
-        chunks: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
+        chunks: _Chunks = queue.SimpleQueue()
         writer = threading.Thread(target=self._send, args=(link, chunks, sink), daemon=True)
         writer.start()
         try:
@@ -165,9 +166,7 @@ class FaultProxy:
                 self._links.remove(link)
         link.close()
 
-    def _send(
-        self, link: _Link, chunks: queue.SimpleQueue[tuple[float, bytes] | None], sink: socket.socket
-    ) -> None:
+    def _send(self, link: _Link, chunks: _Chunks, sink: socket.socket) -> None:
         while True:
             item = chunks.get()
             if item is None:
