@@ -5,8 +5,13 @@ never blocks on the broker and never raises. One background thread publishes the
 (routing key = event type, JSON, persistent, with publisher confirms so an event leaves the
 buffer only once the broker has it). With the broker down the events wait in the buffer and are
 flushed when it answers again; when the buffer is full the oldest events are dropped, counted
-and logged once per burst. `flush(timeout)` publishes what is buffered within the time limit
-and stays open (a lifespan shutdown); `close(timeout)` does the same and stops the thread.
+and logged once per burst. A broker that stops answering while its connection stays open (a
+stall: a paused node, a network that drops packets silently) is found out too: each publish
+waits for its confirm at most `connect_timeout` seconds, and AMQP heartbeats (every
+HEARTBEAT seconds, checked while idle) end a connection the broker no longer answers on. A
+stall or an outage is logged once when publishing starts failing and once when it works again.
+`flush(timeout)` publishes what is buffered within the time limit and stays open (a lifespan
+shutdown); `close(timeout)` does the same and stops the thread.
 
 Most code does not build one: `process_sink.sink_for(config)` returns the process's sink for a
 configuration, shared by every source of events.
@@ -34,6 +39,10 @@ _kombu: Any = importlib.import_module("kombu")
 Connection: Any = _kombu.Connection
 Exchange: Any = _kombu.Exchange
 Producer: Any = _kombu.Producer
+
+# Seconds between AMQP heartbeats: the broker and this process each give up on a connection
+# silent for two of them. Checked from the publishing thread, which wakes for it while idle.
+HEARTBEAT = 10.0
 
 
 class KombuEventSink:
@@ -64,6 +73,8 @@ class KombuEventSink:
         self._producer: Any = None
         self.published = 0
         self.dropped = 0
+        self.failures = 0  # publish attempts that failed (timeouts, lost connections)
+        self._failing = False  # between the first failure of a stall or outage and its end
         self._burst_dropped = 0
         self._thread = self._new_thread()
         if start:
@@ -149,7 +160,8 @@ class KombuEventSink:
         while True:
             with self._wake:
                 while not self._buffer and not self._closing:
-                    self._wake.wait()
+                    if not self._wake.wait(HEARTBEAT / 2):
+                        self._keep_alive()
                 if not self._buffer or self._past_deadline():
                     self._drained.notify_all()
                     return
@@ -160,13 +172,7 @@ class KombuEventSink:
                 self._disconnect()
                 if self._past_deadline():
                     return
-                logger.warning(
-                    "cannot publish to %s (%s: %s): %d events buffered, retrying",
-                    self._safe_url(),
-                    type(exc).__name__,
-                    exc,
-                    self.pending,
-                )
+                self._publish_failed(exc)
                 with self._wake:
                     wait = backoff
                     if self._deadline is not None:
@@ -175,6 +181,11 @@ class KombuEventSink:
                 backoff = min(backoff * 2, self.settings.reconnect_max)
                 continue
             backoff = 0.05
+            if self._failing:
+                self._failing = False
+                logger.info(
+                    "publishing to %s again (%d events buffered)", self._safe_url(), self.pending
+                )
             with self._wake:
                 if self._buffer and self._buffer[0] == (routing_key, body):
                     self._buffer.popleft()
@@ -186,6 +197,37 @@ class KombuEventSink:
                         self._burst_dropped,
                     )
                     self._burst_dropped = 0
+
+    def _publish_failed(self, exc: BaseException) -> None:
+        """One warning per stall or outage (the first failure), the retries at DEBUG."""
+        self.failures += 1
+        first = not self._failing
+        self._failing = True
+        log = logger.warning if first else logger.debug
+        log(
+            "cannot publish to %s (%s: %s): %d events buffered, retrying until it answers",
+            self._safe_url(),
+            type(exc).__name__,
+            exc or "no answer in time",
+            self.pending,
+        )
+
+    def _keep_alive(self) -> None:
+        """Idle: send and check heartbeats, so a dead connection is found before an event
+        needs it (called with the lock held; a heartbeat is one small frame)."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.heartbeat_check()
+        except Exception as exc:
+            self._disconnect()
+            logger.info(
+                "broker connection to %s lost while idle (%s: %s): reconnecting on the next event",
+                self._safe_url(),
+                type(exc).__name__,
+                exc,
+            )
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -199,7 +241,7 @@ class KombuEventSink:
                 self.broker_url,
                 connect_timeout=timeout,
                 transport_options={"confirm_publish": True},
-                heartbeat=0,
+                heartbeat=HEARTBEAT,
             )
             try:
                 connection.ensure_connection(max_retries=1, timeout=timeout)
@@ -222,6 +264,10 @@ class KombuEventSink:
             delivery_mode=2,  # persistent
             retry=True,
             retry_policy=self.settings.retry.as_kombu(),
+            # A broker that takes the message and never confirms it (a stall) must not hold
+            # this thread, and with it every event behind, until the buffer overflows.
+            timeout=self.settings.connect_timeout,
+            confirm_timeout=self.settings.connect_timeout,
         )
 
     def _after_fork_in_child(self) -> None:
