@@ -58,7 +58,7 @@ def test_a_stalled_broker_is_reported_once_and_the_events_follow(
             for _ in range(3):
                 sink.emit("cache.cleared", ADMIN_DATA["cache.cleared"])
             _until(lambda: sink.failures >= 3)  # timed-out confirms and reconnections
-            assert sink.pending == 3
+            assert sink.pending >= 3  # (the first may be delivered and its confirm stalled)
             proxy.resume()
             proxy.cut()  # the stalled connections: what a broker's heartbeat timeout ends
             envelopes = listener.wait_for(4)
