@@ -55,7 +55,7 @@ from compare import (
     verify,
     write_section,
 )
-from compare_apps import ENV_KEY_PREFIX, ENV_REDIS_URL
+from compare_apps import ENV_KEY_PREFIX, ENV_REDIS_TIMEOUT, ENV_REDIS_URL
 from harness import (
     BENCH_DIR,
     REPO_DIR,
@@ -265,13 +265,14 @@ def plan(variants: list[str], servers: list[str]) -> list[Cell]:
 
 @contextlib.contextmanager
 def running(
-    cells: list[Cell], redis_url: str, prefix: str, scratch: Path
+    cells: list[Cell], redis_url: str, prefix: str, scratch: Path, redis_timeout: float
 ) -> Iterator[dict[str, Server]]:
     """Every cell's server up and answering; all stopped (nginx too) however the block ends."""
     started: dict[str, Server] = {}
     nginxes: list[Server] = []
     env = {
         **os.environ,
+        ENV_REDIS_TIMEOUT: str(redis_timeout),
         ENV_REDIS_URL: redis_url,
         ENV_KEY_PREFIX: prefix,
         "PYTHONPATH": str(BENCH_DIR),
@@ -316,9 +317,10 @@ def measure(cells: list[Cell], args: argparse.Namespace) -> dict[str, Any]:
     notes: dict[str, str] = {}
     calls_during_load: dict[str, int] = {}
     logs: dict[str, list[str]] = {}
+    problems: dict[str, str] = {}
     with (
         tempfile.TemporaryDirectory(prefix="cache-middleware-servers-") as scratch,
-        running(cells, args.redis_url, prefix, Path(scratch)) as servers,
+        running(cells, args.redis_url, prefix, Path(scratch), args.redis_timeout) as servers,
     ):
         trees = {}
         for cell in cells:
@@ -361,12 +363,21 @@ def measure(cells: list[Cell], args: argparse.Namespace) -> dict[str, Any]:
             check(cell, servers[cell.key])
             if cell.key in before:
                 calls_during_load[cell.key] = calls(servers[cell.key]) - before[cell.key]
-                judge_calls(cell, calls_during_load[cell.key], rows)
+                problem = judge_calls(cell, calls_during_load[cell.key], rows)
+                if problem:
+                    problems[cell.key] = problem
+                    print(f"WARNING {cell.key}: {problem}")
             lines = [x for x in log_lines(servers[cell.key]) if not x.endswith(EXPECTED_LOG)]
             if lines:
                 logs[cell.key] = lines[:10]
                 print(f"WARNING {cell.key} logged {len(lines)} line(s), e.g.: {lines[0][:150]}")
-    return {"rows": rows, "notes": notes, "calls_during_load": calls_during_load, "logs": logs}
+    return {
+        "rows": rows,
+        "notes": notes,
+        "calls_during_load": calls_during_load,
+        "logs": logs,
+        "problems": problems,
+    }
 
 
 def load(cell: Cell, server: Server, args: argparse.Namespace, duration: float) -> Any:
@@ -380,14 +391,16 @@ def load(cell: Cell, server: Server, args: argparse.Namespace, duration: float) 
     )
 
 
-def judge_calls(cell: Cell, count: int, rows: list[dict[str, Any]]) -> None:
-    """A HIT variant's view must not have run under load; a MISS variant's, for every request."""
+def judge_calls(cell: Cell, count: int, rows: list[dict[str, Any]]) -> str | None:
+    """A HIT variant's view must not have run under load; a MISS variant's, for every request.
+    What went wrong, if anything: the run keeps its other cells, the report marks this one."""
     kind = BY_NAME[cell.variant].check
     served = sum(r["requests"] for r in rows if r["key"] == cell.key)
     if kind in ("hit", "peer-hit") and count:
-        raise Failed(f"{cell.key}: the view ran {count} times under load: not all HITs")
+        return f"the view ran {count} times in {served} requests: not all HITs"
     if kind == "miss" and count < served:
-        raise Failed(f"{cell.key}: the view ran {count} times for {served} requests")
+        return f"the view ran {count} times for {served} requests: not every one a MISS"
+    return None
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -445,7 +458,8 @@ def render_section(report: dict[str, Any]) -> str:
         f"`{env.get('git_commit')}`; rerun it, do not edit by hand). The CPU each server spends "
         "per request: utime + stime of its whole process tree over the wrk run, divided by the "
         f"requests served; median of {s['rounds']} interleaved rounds of {s['duration']:g} s, "
-        f"`wrk -t{s['threads']} -c{s['connections']}`, pinning {s['pin'] or 'none'}. "
+        f"`wrk -t{s['threads']} -c{s['connections']}`, pinning {s['pin'] or 'none'}, "
+        f"`redis_timeout: {s.get('redis_timeout', 0.1):g}`. "
         "Lower is better. See [servers.md](servers.md) for which server to run.",
         "",
         "![CPU per request of a HIT, per server](benchmarks-servers.svg)",
@@ -504,6 +518,9 @@ def render_section(report: dict[str, Any]) -> str:
                 + " | ".join(f"{cells[flavour]['rps']:,.0f}" for _ in servers)
                 + " |"
             )
+    if report.get("problems"):
+        lines += ["", "Cells whose check failed (their figures are not what the row says):", ""]
+        lines += [f"- `{key}`: {why}" for key, why in report["problems"].items()]
     if report.get("logs"):
         lines += ["", "What servers logged during the run (a store outage means BYPASSes):", ""]
         lines += [f"- `{key}`: {found[0][:160]}" for key, found in report["logs"].items()]
@@ -636,6 +653,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--pin", default="auto", help="as compare.py's --pin")
+    # The default 0.1 s times round trips out into BYPASSes when the shared machine is busy
+    # (seen with a load average of 9); the timeout does not change what a HIT costs.
+    parser.add_argument("--redis-timeout", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="1 round x 2 s, no docs")
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--docs-from", type=Path, help="write the docs from a results file")
@@ -702,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(cells)} cells, {args.rounds} rounds x {args.duration:g} s, pinning {pinning}")
     try:
         outcome = measure(cells, args)
-    except Failed as exc:
+    except Failed as exc:  # a cell answering wrongly before or after the load
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -719,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "threads": args.threads,
             "pin": pinning,
+            "redis_timeout": args.redis_timeout,
             "flags": SERVER_FLAGS,
             "nginx": NGINX_FLAVOURS,
         },
@@ -731,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.only and not args.quick
     if args.docs or (args.docs is None and full):
         write_docs(report)
-    return 0
+    return 1 if report["problems"] else 0
 
 
 def print_summary(report: dict[str, Any]) -> None:
