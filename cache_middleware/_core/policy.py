@@ -55,7 +55,7 @@ from .keys import (
     tag_index_key,
     variant_key,
 )
-from .rules import RouteTable, Rule, path_problem
+from .rules import RouteTable, Rule, odd_path, odd_target
 
 __all__ = [
     "Bypass",
@@ -343,6 +343,8 @@ class CachePolicy:
         # Age and Cache-Status, the age in seconds they were last completed for, all of them)
         self._heads: dict[tuple[int, str, bytes | None, str], Any] = {}
         self._heads_bytes = 0
+        # path -> whether it is not canonical (`odd_path`)
+        self._odd_paths: dict[str, bool] = {}
         # key -> (the bytes last read under it, what they decode to): see `decoded`.
         self._reads: dict[str, tuple[bytes, CachedResponse]] = {}
         self._reads_bytes = 0
@@ -378,7 +380,9 @@ class CachePolicy:
             return Bypass(rule, "method")
         # DESIGN invariant 7: the path we match and key must be the one the framework routes.
         # A non-canonical one (`//`, dot segments, an encoded `/`...) is never stored.
-        reason = path_problem(path, target) or self._unkeyable(source)
+        if self._odd_path(path) or (target is not None and target != path and odd_target(target)):
+            return Bypass(rule, "path")
+        reason = self._unkeyable(source)
         if reason:
             return Bypass(rule, reason)
         # User code (conditions, resolvers) that raises costs caching, never the request.
@@ -538,6 +542,17 @@ class CachePolicy:
         # it): such a request may be answered from the entry, never fill it.
         cloaked = rule.ignored is not None and has_ignored(query_string, rule.ignored)
         return key, key_header, index_key, lock_key(key, self.key_prefix), cloaked
+
+    def _odd_path(self, path: str) -> bool:
+        """`odd_path`, remembered per path (a MISS on a route keyed by its query sees one path
+        many times); bounded as the other memos."""
+        odd = self._odd_paths.get(path)
+        if odd is None:
+            odd = odd_path(path)
+            if len(self._odd_paths) >= _KEY_MEMO_LIMIT:
+                self._odd_paths.clear()
+            self._odd_paths[path] = odd
+        return odd
 
     def _unkeyable(self, source: RequestSource) -> str:
         """Why a GET/HEAD cannot be keyed safely (cache poisoning guards), or ""."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["RouteTable", "Rule", "path_problem", "split_route"]
+__all__ = ["RouteTable", "Rule", "odd_path", "odd_target", "path_problem", "split_route"]
 
 # In a decoded path: an empty segment (`//`), a dot segment (`/./`, `/../`, a trailing `/.` or
 # `/..`), a backslash, or a control character. Frameworks disagree on these (werkzeug merges
@@ -32,13 +32,20 @@ def path_problem(path: str, target: str | None = None) -> str:
     decoded path the route is matched on, `target` the raw request-target path, when the
     server gives it. Any oddity bypasses rather than being normalised: never stored, never
     served from an entry, so no framework's own normalisation can make two requests meet."""
-    if not path.startswith("/") or _ODD_PATH.search(path) is not None:
-        return "path"
-    if target is not None and (
-        not target.startswith("/") or _ODD_ENCODING.search(target) is not None
-    ):
-        return "path"  # absolute-form (`GET http://evil/p`), `*`, or an encoded separator
-    return ""
+    return "path" if odd_path(path) or (target is not None and odd_target(target)) else ""
+
+
+def odd_path(path: str) -> bool:
+    """A decoded path that is not canonical (see `_ODD_PATH`), or not absolute."""
+    return not path.startswith("/") or _ODD_PATH.search(path) is not None
+
+
+def odd_target(target: str) -> bool:
+    """A raw target in absolute form (`GET http://evil/p`), `*`, or with an encoded separator,
+    dot or control character. Most targets hold no `%`: one scan tells."""
+    return not target.startswith("/") or (
+        "%" in target and _ODD_ENCODING.search(target) is not None
+    )
 
 
 # Distinct paths whose match is remembered, at most (then forgotten all at once).
