@@ -315,8 +315,8 @@ TOP_FIELDS = (
     "admin, breaker_cooldown, breaker_failures, coalesce_wait, events, expose_key_header, "
     "honor_request_no_cache, key_host, key_prefix, lock_timeout, manager_namespaces, "
     "max_body_bytes, "
-    "memory_max_bytes, near_cache, redis_timeout, redis_url, routes, trusted_headers, "
-    "user_header, venue_header"
+    "memory_max_bytes, near_cache, redis_timeout, redis_url, routes, slow_store_ms, "
+    "trusted_headers, user_header, venue_header"
 )
 STATUSES = "200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501"
 SCHEMES = (

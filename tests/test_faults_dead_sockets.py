@@ -47,7 +47,7 @@ def test_client_kill_between_bursts(
             killed = redis_process.client().execute_command(
                 "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
             )
-            assert killed >= 2  # both workers' sockets were there to kill
+            assert killed >= 1  # the sockets of the workers that served were there to kill
             assert load.run(100)["HIT"] == 100
         _assert_no_outage(server, load)
 
