@@ -173,7 +173,7 @@ class AsyncRedisStore:
         else:
             self.breaker.succeeded(probe)
         self.monitor.succeeded()
-        if writes:
+        if writes and self.monitor.full:  # one attribute read per write otherwise
             self.monitor.wrote()
         return result
 

@@ -145,7 +145,7 @@ class RedisStore:
         else:
             self.breaker.succeeded(probe)
         self.monitor.succeeded()
-        if writes:
+        if writes and self.monitor.full:  # one attribute read per write otherwise
             self.monitor.wrote()
         return result
 
