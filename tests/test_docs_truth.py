@@ -505,6 +505,8 @@ MESSAGES: dict[str, Case] = {
     "cache.yaml: breaker_failures: must be a positive integer, got 0": Case(
         yaml="breaker_failures: 0\n"
     ),
+    "cache.yaml: slow_store_ms: must be a number of milliseconds in [0, 60000] (0: off), "
+    "got -1": Case(yaml="slow_store_ms: -1\n"),
     "cache.yaml: breaker_cooldown: must be a number of seconds in (0, 3600], got 0": Case(
         yaml="breaker_cooldown: 0\n"
     ),
