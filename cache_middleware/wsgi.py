@@ -100,6 +100,63 @@ def _target(environ: Environ) -> str | None:
 _GetOrAcquire = Callable[[str, str, str, int, "str | None"], tuple[bytes | None, int | None]]
 
 
+# HTTP/2 and HTTP/3 frame a body by the stream, not by Content-Length or Transfer-Encoding: a
+# bridge (a2wsgi) passes such a body in wsgi.input with no CONTENT_LENGTH at all.
+_STREAM_FRAMED = frozenset({"HTTP/2", "HTTP/2.0", "HTTP/3", "HTTP/3.0"})
+
+
+def _has_unframed_body(environ: Environ) -> bool:
+    """Whether an HTTP/2 or HTTP/3 request without a Content-Length has body bytes. One byte is
+    read to know; it is put back in front of the rest, so the app still reads the whole body.
+    The stream's own end frames the input (no wait beyond the request), unlike HTTP/1.x, where
+    only the headers are read."""
+    if environ.get("CONTENT_LENGTH"):
+        return False  # a declared length is checked with the other headers by plan()
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return False
+    first = stream.read(1)
+    if not first:
+        return False
+    environ["wsgi.input"] = _Prefixed(first, stream)
+    return True
+
+
+class _Prefixed:
+    """A wsgi.input whose first byte was read already: it comes back first."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = head
+        self._rest = rest
+
+    def _take_head(self) -> bytes:
+        head, self._head = self._head, b""
+        return head
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._head:
+            return bytes(self._rest.read() if size is None else self._rest.read(size))
+        if size == 0:
+            return b""
+        head = self._take_head()
+        more = -1 if size is None or size < 0 else size - len(head)
+        return head + bytes(self._rest.read(more) if more != 0 else b"")
+
+    def readline(self, size: int = -1) -> bytes:
+        if not self._head:
+            return bytes(self._rest.readline(size))
+        head = self._take_head()
+        if head.endswith(b"\n") or size == len(head):
+            return head
+        return head + bytes(self._rest.readline(size - len(head) if size > 0 else -1))
+
+    def __iter__(self) -> Iterator[bytes]:
+        line = self.readline()
+        while line:
+            yield line
+            line = self.readline()
+
+
 class _WsgiRequest:
     __slots__ = ("environ",)
 
@@ -227,6 +284,11 @@ class WSGICacheMiddleware:
         if plan is None:
             return self.app(environ, start_response)
         if isinstance(plan, Lookup):
+            if environ.get("SERVER_PROTOCOL") in _STREAM_FRAMED and _has_unframed_body(environ):
+                # A GET or HEAD with a body is not the request the key names.
+                return self._bypass(
+                    environ, start_response, "request-body", plan.rule.route, plan.venue
+                )
             return self._lookup(plan, environ, start_response, prefetched)
         if isinstance(plan, Invalidate):
             return self._invalidate(plan, environ, start_response)
