@@ -77,7 +77,16 @@ def test_client_kill_under_traffic(
             done.set()
             thread.join()
         assert kills >= 3
-        _assert_no_outage(server, load)
+        # A kill every 100 ms can also land on the fresh connection a killed request retried
+        # on (its thread descheduled for that long on a loaded machine): two drops in one
+        # call are a server dropping connections, and that one request is served uncached.
+        # Nothing else may fail: no other error, no breaker, at most that rare double.
+        unavailable = server.lines("unavailable")
+        assert all("Dropped" in line for line in unavailable), unavailable
+        assert load.counts["BYPASS"] <= 2, (load.counts, unavailable)
+        assert set(load.details) <= {"store-unavailable"}, load.details
+        assert set(load.statuses) == {200}, load.statuses
+        assert server.lines("circuit breaker open") == []
 
 
 @pytest.mark.parametrize("kind", ["gunicorn-gthread", "uvicorn"])
