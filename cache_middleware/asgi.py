@@ -356,6 +356,8 @@ class CacheMiddleware:
                 if 200 <= message["status"] < 400:
                     try:
                         count = await store.delete_index(plan.index_key)
+                        for index_key in plan.also:  # a non-canonical path's canonical forms
+                            count += await store.delete_index(index_key)
                         book.bump("invalidations", route)
                     except StoreUnavailable:
                         book.bump("errors", route)

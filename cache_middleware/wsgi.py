@@ -377,6 +377,8 @@ class WSGICacheMiddleware:
             if exc_info is None and 200 <= _status_code(status) < 400:
                 try:
                     count = store.delete_index(plan.index_key)
+                    for index_key in plan.also:  # a non-canonical path's canonical forms
+                        count += store.delete_index(index_key)
                     book.bump("invalidations", route)
                 except StoreUnavailable:
                     book.bump("errors", route)

@@ -426,6 +426,59 @@ def test_an_encoded_slash_bypasses_in_the_asgi_adapter(cache: dict[str, Any]) ->
     assert "detail=path" in headers["cache-status"]
 
 
+# An unsafe method on a non-canonical path: the framework may have run the canonical one.
+UNSAFE_ODD = ["//items/1", "/items//1", "/./items/1", "/x/../items/1", "/items\\1"]
+ITEM_ROUTES = {"/items": {"ttl": 60}}
+
+
+def normalising_wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A framework that normalises before routing (as werkzeug merges `//`): answers any path."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{environ['REQUEST_METHOD']} item".encode()]
+
+
+async def normalising_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": f"{scope['method']} item".encode()})
+
+
+@pytest.mark.parametrize("odd", UNSAFE_ODD)
+def test_a_write_to_a_non_canonical_path_invalidates_the_canonical_entry_wsgi(
+    cache: dict[str, Any], odd: str
+) -> None:
+    app = WSGICacheMiddleware(normalising_wsgi_app, config={**cache, "routes": ITEM_ROUTES})
+    client = Flask(__name__).test_client()
+    client.application.wsgi_app = app  # type: ignore[method-assign]
+    assert x_cache(client.get("/items/1")) == "MISS"
+    assert x_cache(client.get("/items/1")) == "HIT"
+    client.post("/", environ_overrides={"PATH_INFO": odd, "REQUEST_URI": odd})
+    assert x_cache(client.get("/items/1")) == "MISS"
+
+
+@pytest.mark.parametrize("odd", UNSAFE_ODD)
+def test_a_write_to_a_non_canonical_path_invalidates_the_canonical_entry_asgi(
+    cache: dict[str, Any], odd: str
+) -> None:
+    app = CacheMiddleware(normalising_asgi_app, config={**cache, "routes": ITEM_ROUTES})
+
+    async def server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """What a server hands over for the odd target (httpx would normalise it away)."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            scope = {**scope, "path": odd, "raw_path": odd.encode()}
+        await app(scope, receive, send)
+
+    with TestClient(server) as client:
+        assert x_cache(client.get("/items/1")) == "MISS"
+        assert x_cache(client.get("/items/1")) == "HIT"
+        assert client.post("/items/1").status_code == 200
+        assert x_cache(client.get("/items/1")) == "MISS"
+
+
 # -- 5: a GET body over HTTP/2 and HTTP/3 ---------------------------------------------------------
 
 

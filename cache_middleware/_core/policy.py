@@ -55,7 +55,7 @@ from .keys import (
     tag_index_key,
     variant_key,
 )
-from .rules import RouteTable, Rule, odd_path, odd_target
+from .rules import RouteTable, Rule, canonical_forms, odd_path, odd_target
 
 __all__ = [
     "Bypass",
@@ -215,6 +215,9 @@ class Invalidate:
 
     rule: Rule
     index_key: str
+    # A non-canonical path's canonical forms' index keys (`rules.canonical_forms`): the app
+    # may have routed the request to any of them, so they are dropped as well.
+    also: tuple[str, ...] = ()
 
 
 # Not frozen: a frozen dataclass's __init__ costs microseconds a HIT cannot spare (one
@@ -345,6 +348,8 @@ class CachePolicy:
         self._heads_bytes = 0
         # path -> whether it is not canonical (`odd_path`)
         self._odd_paths: dict[str, bool] = {}
+        # uncovered path -> whether a canonical form of it is covered (`_canonical_covered`)
+        self._canonical_covers: dict[str, bool] = {}
         # key -> (the bytes last read under it, what they decode to): see `decoded`.
         self._reads: dict[str, tuple[bytes, CachedResponse]] = {}
         self._reads_bytes = 0
@@ -357,7 +362,7 @@ class CachePolicy:
     def covers(self, path: str) -> bool:
         """Whether any route matches: the adapters' first question, so a path the config does
         not cache costs one remembered lookup and nothing else."""
-        return self.table.match_params(path) is not None
+        return self.table.match_params(path) is not None or self._canonical_covered(path)
 
     def plan(
         self,
@@ -371,12 +376,12 @@ class CachePolicy:
         """`target`: the request target's path as the server received it, before decoding
         (ASGI `raw_path`, WSGI `REQUEST_URI`/`RAW_URI` up to `?`), when the server gives it."""
         matched = self.table.match_params(path)
+        if method in _UNSAFE_METHODS:
+            return self._invalidation(path, matched)
         if matched is None:
             return None
         rule, path_params = matched
         if method not in _CACHEABLE_METHODS:
-            if method in _UNSAFE_METHODS:
-                return Invalidate(rule, path_index_key(self.key_prefix, path))
             return Bypass(rule, "method")
         # DESIGN invariant 7: the path we match and key must be the one the framework routes.
         # A non-canonical one (`//`, dot segments, an encoded `/`...) is never stored.
@@ -542,6 +547,36 @@ class CachePolicy:
         # it): such a request may be answered from the entry, never fill it.
         cloaked = rule.ignored is not None and has_ignored(query_string, rule.ignored)
         return key, key_header, index_key, lock_key(key, self.key_prefix), cloaked
+
+    def _invalidation(
+        self, path: str, matched: tuple[Rule, Mapping[str, str]] | None
+    ) -> Invalidate | None:
+        """An unsafe method's plan: the path's index, and on a non-canonical path those of its
+        canonical forms too (the app may have run any of them: werkzeug routes `//api/x` to
+        `/api/x`), whether or not the odd path itself matches a route."""
+        prefix = self.key_prefix
+        also: tuple[str, ...] = ()
+        if self._odd_path(path):
+            forms = [form for form in canonical_forms(path) if self.table.match(form)]
+            also = tuple(path_index_key(prefix, form) for form in forms)
+            if matched is None and forms:
+                matched = self.table.match_params(forms[0])
+        if matched is None:
+            return None
+        return Invalidate(matched[0], path_index_key(prefix, path), also)
+
+    def _canonical_covered(self, path: str) -> bool:
+        """Whether an uncovered non-canonical path has a covered canonical form (an unsafe
+        method on it must invalidate that form), remembered per path as `_odd_path` is."""
+        covered = self._canonical_covers.get(path)
+        if covered is None:
+            covered = self._odd_path(path) and any(
+                self.table.match(form) is not None for form in canonical_forms(path)
+            )
+            if len(self._canonical_covers) >= _KEY_MEMO_LIMIT:
+                self._canonical_covers.clear()
+            self._canonical_covers[path] = covered
+        return covered
 
     def _odd_path(self, path: str) -> bool:
         """`odd_path`, remembered per path (a MISS on a route keyed by its query sees one path

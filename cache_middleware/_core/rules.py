@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["RouteTable", "Rule", "odd_path", "odd_target", "path_problem", "split_route"]
+__all__ = [
+    "RouteTable",
+    "Rule",
+    "canonical_forms",
+    "odd_path",
+    "odd_target",
+    "path_problem",
+    "split_route",
+]
 
 # In a decoded path: an empty segment (`//`), a dot segment (`/./`, `/../`, a trailing `/.` or
 # `/..`), a backslash, or a control character. Frameworks disagree on these (werkzeug merges
@@ -46,6 +54,48 @@ def odd_target(target: str) -> bool:
     return not target.startswith("/") or (
         "%" in target and _ODD_ENCODING.search(target) is not None
     )
+
+
+def canonical_forms(path: str) -> list[str]:
+    """The canonical paths a framework may route a non-canonical `path` to: slashes merged (as
+    werkzeug does), dot segments removed (RFC 3986 §5.2.4, as clients and some servers do), a
+    backslash read as `/`, and their combinations; `path` itself excluded. An unsafe method on
+    `//api/x` may change `/api/x`, so its entries go too: the cache never guesses which one
+    the app ran, it drops every candidate's (a few index deletions, on an unusual request)."""
+    forms: list[str] = []
+    for folded in dict.fromkeys((path, path.replace("\\", "/"))):
+        for candidate in (
+            _merge_slashes(folded),
+            _remove_dot_segments(folded),
+            _remove_dot_segments(_merge_slashes(folded)),
+        ):
+            if candidate != path and candidate not in forms and not odd_path(candidate):
+                forms.append(candidate)
+    return forms
+
+
+def _merge_slashes(path: str) -> str:
+    return re.sub(r"/{2,}", "/", path)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 on an absolute path: `.` segments dropped, `..` drops its parent."""
+    out: list[str] = []
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    result = "/".join(out)
+    return result if result.startswith("/") else "/" + result
 
 
 # Distinct paths whose match is remembered, at most (then forgotten all at once).
