@@ -55,7 +55,7 @@ from .keys import (
     tag_index_key,
     variant_key,
 )
-from .rules import RouteTable, Rule, canonical_forms, odd_path, odd_target
+from .rules import CACHE_HEADERS, RouteTable, Rule, canonical_forms, odd_path, odd_target
 
 __all__ = [
     "Bypass",
@@ -293,11 +293,14 @@ class CachePolicy:
         trusted_headers: tuple[str, ...] = (),
         honor_request_no_cache: bool = False,
         key_host: bool = True,
+        cache_headers: frozenset[str] = CACHE_HEADERS,
     ) -> None:
         self.table = RouteTable(rules)
         self.key_prefix = key_prefix
         self.max_body_bytes = max_body_bytes
         self.expose_key = expose_key
+        # The global `cache_headers`, for a BYPASS whose adapter does not name its route.
+        self._bypass_shows = ("x-cache" in cache_headers, "cache-status" in cache_headers)
         self._venue_header = venue_header.lower() if venue_header else None
         self._user_header = user_header.lower() if user_header else None
         self._user_resolver = user_resolver
@@ -536,7 +539,7 @@ class CachePolicy:
         origin = origin_of(scheme, host) if self._key_host else None
         key = build_key(self.key_prefix, "GET", path, pairs, user, venue, origin, forwarded)
         key_header: bytes | None = None
-        if self.expose_key:
+        if self.expose_key and rule.shows_key:
             shown = display_key(key)
             # Escaped keys hold no spaces or controls: only non-ASCII needs quoting for a header.
             key_header = (
@@ -767,7 +770,7 @@ class CachePolicy:
             self._decorate(
                 headers, lookup.rule, lookup.key_header, b"STALE" if stale else b"HIT", entry.ttl
             )
-            headers.extend(_age_fields(entry, age, stale))
+            headers.extend(_age_fields(entry, age, stale, lookup.rule.shows_status))
             return 304, headers, b""
         headers = self._replayed(entry, lookup.rule, lookup.key_header, age, stale)
         return status, headers, b"" if lookup.head else entry.body
@@ -803,7 +806,7 @@ class CachePolicy:
             ):
                 self._heads.clear()
                 self._heads_bytes = 0
-        full = (*base, *_age_fields(entry, age, stale))
+        full = (*base, *_age_fields(entry, age, stale, rule.shows_status))
         # One tuple, replaced whole: a thread reading it meanwhile sees one age or the other.
         # The entry is held by the memo, so its id stays its own while the memo has it.
         self._heads[memo_key] = (entry, base, age, full)
@@ -828,23 +831,32 @@ class CachePolicy:
         modified = parse_http_date(get_header(stored, b"last-modified"))
         return modified is not None and modified <= since
 
-    def bypass_headers(self, headers: HeaderList, reason: str = "") -> list[tuple[bytes, bytes]]:
-        detail = f"; detail={reason}" if reason else ""
-        return [
-            *_without_ours(headers),
-            (b"x-cache", b"BYPASS"),
-            (b"cache-status", _cache_status(f"fwd=bypass{detail}")),
-        ]
+    def bypass_headers(
+        self, headers: HeaderList, reason: str = "", rule: Rule | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The app's headers less ours, with X-Cache: BYPASS and its Cache-Status as `rule`'s
+        `cache_headers` say (without a rule, as the global setting says)."""
+        state, status = (
+            (rule.shows_state, rule.shows_status) if rule is not None else self._bypass_shows
+        )
+        out = _without_ours(headers)
+        if state:
+            out.append((b"x-cache", b"BYPASS"))
+        if status:
+            detail = f"; detail={reason}" if reason else ""
+            out.append((b"cache-status", _cache_status(f"fwd=bypass{detail}")))
+        return out
 
     def start_miss(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
         start = self._storable(lookup, status, headers, now)
         if not start.store:
-            start.headers = self.bypass_headers(headers, start.reason)
+            start.headers = self.bypass_headers(headers, start.reason, lookup.rule)
             return start
         out = _without_ours(headers)
         self._decorate(out, lookup.rule, lookup.key_header, b"MISS", start.ttl)
-        fwd = "request" if lookup.refresh else "uri-miss"
-        out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
+        if lookup.rule.shows_status:
+            fwd = "request" if lookup.refresh else "uri-miss"
+            out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
         start.headers = out
         return start
 
@@ -934,10 +946,15 @@ class CachePolicy:
             else:
                 scope = b"private" if rule.private else b"public"
                 headers.append((b"cache-control", b"%s, max-age=%d" % (scope, max(ttl, 0))))
-        headers.append((b"x-cache", state))
-        if key_header is not None:
+        # The informational headers the route's `cache_headers` chose (Age, Cache-Status: the
+        # callers). A HIT's are built once per entry (`_replayed`): leaving some out saves the
+        # server their bytes on every response, never a per-request check.
+        if rule.shows_state:
+            headers.append((b"x-cache", state))
+        if key_header is not None and rule.shows_key:
             headers.append((b"x-cache-key", key_header))
-        headers.append((b"x-cache-ttl", rule.ttl_header))
+        if rule.shows_ttl:
+            headers.append((b"x-cache-ttl", rule.ttl_header))
 
     def _storable(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
         """Whether and for how long a response may be stored (DESIGN invariant 2)."""
@@ -1106,8 +1123,13 @@ def _encode(value: str | None) -> bytes | None:
     return value.encode("latin-1") if value is not None else None
 
 
-def _age_fields(entry: CachedResponse, age: int, stale: str) -> tuple[tuple[bytes, bytes], ...]:
-    """Age (RFC 9111 §5.1) and Cache-Status (RFC 9211) of a replayed entry."""
+def _age_fields(
+    entry: CachedResponse, age: int, stale: str, status: bool
+) -> tuple[tuple[bytes, bytes], ...]:
+    """Age (RFC 9111 §5.1), always, and Cache-Status (RFC 9211) when `status`, of a replayed
+    entry."""
+    if not status:
+        return ((b"age", str(age).encode()),)
     detail = f"; fwd=stale; detail={stale}" if stale else ""
     return (
         (b"age", str(age).encode()),

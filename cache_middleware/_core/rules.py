@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CACHE_HEADERS",
     "RouteTable",
     "Rule",
     "canonical_forms",
@@ -100,6 +101,9 @@ def _remove_dot_segments(path: str) -> str:
 
 # Distinct paths whose match is remembered, at most (then forgotten all at once).
 _SEEN_LIMIT = 10_000
+# The cache's informational headers a route may leave out (`cache_headers:`), lower-case. Age,
+# ETag and Cache-Control are protocol fields a client or a downstream cache acts on: always sent.
+CACHE_HEADERS = frozenset({"x-cache", "x-cache-key", "x-cache-ttl", "cache-status"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +123,27 @@ class Rule:
     ignored: Callable[[str], object] | None = None
     # Surrogate keys for invalidation, e.g. "event:{event_id}", filled from the path.
     tags: tuple[str, ...] = ()
+    # Which of `CACHE_HEADERS` its responses carry (lower-case): all of them unless configured.
+    cache_headers: frozenset[str] = CACHE_HEADERS
     # Placeholder names in route order, e.g. ("event_id",) for /api/events/{event_id}.
     params: tuple[str, ...] = field(init=False)
     ttl_header: bytes = field(init=False)
     cache_control: bytes = field(init=False)
+    # `cache_headers` as one flag each, read when a response's headers are built (a HIT's once
+    # per entry: the policy remembers them), so leaving a header out costs nothing per request.
+    shows_state: bool = field(init=False)  # X-Cache
+    shows_key: bool = field(init=False)  # X-Cache-Key
+    shows_ttl: bool = field(init=False)  # X-Cache-TTL
+    shows_status: bool = field(init=False)  # Cache-Status
 
     def __post_init__(self) -> None:
+        unknown = self.cache_headers - CACHE_HEADERS
+        if unknown:
+            raise ValueError(f"not a cache header: {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "shows_state", "x-cache" in self.cache_headers)
+        object.__setattr__(self, "shows_key", "x-cache-key" in self.cache_headers)
+        object.__setattr__(self, "shows_ttl", "x-cache-ttl" in self.cache_headers)
+        object.__setattr__(self, "shows_status", "cache-status" in self.cache_headers)
         names = tuple(seg[1:-1] for seg in split_route(self.route) if is_placeholder(seg))
         object.__setattr__(self, "params", names)
         object.__setattr__(self, "ttl_header", str(self.ttl).encode())
