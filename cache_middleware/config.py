@@ -42,6 +42,10 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_COALESCE_WAIT = 5.0
 DEFAULT_NEAR_BYTES = 32 * 1024 * 1024
 DEFAULT_NEAR_MAX_AGE = 60.0
+# `cache_headers:` names as settings and messages spell them (a file may write any case), in the
+# order responses carry them: the default, every one of `rules.CACHE_HEADERS`.
+ALL_CACHE_HEADERS = ("X-Cache", "X-Cache-Key", "X-Cache-TTL", "Cache-Status")
+_CACHE_HEADER_NAMES = {name.lower(): name for name in ALL_CACHE_HEADERS}
 # RFC 9110 §15.1 heuristically cacheable statuses a route may opt into; 206 and 5xx (but 501,
 # which says the method is not implemented at all) never.
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -61,6 +65,9 @@ class RouteSettings:
     stale_if_error: int = 0
     ignore_params: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # The cache headers its responses get: the route's `cache_headers`, else the global one,
+    # else all of them (less X-Cache-Key with expose_key_header: false).
+    cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class Settings:
     redis_timeout: float = DEFAULT_TIMEOUT
     memory_max_bytes: int = DEFAULT_MEMORY_BYTES
     expose_key_header: bool = True
+    # The global `cache_headers`: what a route without its own gets.
+    cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
     trusted_headers: tuple[str, ...] = ()
     honor_request_no_cache: bool = False
     key_host: bool = True
@@ -194,6 +203,7 @@ _TOP_KEYS = {
     "redis_timeout",
     "memory_max_bytes",
     "expose_key_header",
+    "cache_headers",
     "trusted_headers",
     "honor_request_no_cache",
     "key_host",
@@ -219,6 +229,7 @@ _ROUTE_KEYS = {
     "stale_if_error",
     "ignore_params",
     "tags",
+    "cache_headers",
 }
 _ADMIN_KEYS = {"token", "venue_tokens"}
 _NEAR_KEYS = {"max_bytes", "max_age"}
@@ -305,6 +316,41 @@ class _Validator:
             raise self.fail(where, f"lists a {what[:-1]} twice")
         return tuple(value)
 
+    def cache_headers(self, where: str, value: Any, expose_key: bool | None) -> tuple[str, ...]:
+        """A `cache_headers:` list: which of the cache's informational headers to add, in any
+        case. `expose_key`: expose_key_header as the file sets it (None: not set); a list
+        that contradicts it is refused rather than one of the two silently winning."""
+        allowed = ", ".join(ALL_CACHE_HEADERS)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise self.fail(
+                where,
+                f"must be a list of header names among {allowed} ([] for none), got {value!r}",
+            )
+        chosen: set[str] = set()
+        for name in value:
+            lowered = name.lower()
+            if lowered not in _CACHE_HEADER_NAMES:
+                raise self.fail(
+                    where,
+                    f"{name!r} is not a cache header (allowed: {allowed}; Age, ETag and "
+                    "Cache-Control are always sent)",
+                )
+            if lowered in chosen:
+                raise self.fail(where, f"lists {_CACHE_HEADER_NAMES[lowered]} twice")
+            chosen.add(lowered)
+        if expose_key is False and "x-cache-key" in chosen:
+            raise self.fail(
+                where,
+                "lists X-Cache-Key, which expose_key_header: false leaves out; keep one of the two",
+            )
+        if expose_key is True and "x-cache-key" not in chosen:
+            raise self.fail(
+                where,
+                "leaves out X-Cache-Key, which expose_key_header: true asks for; "
+                "keep one of the two",
+            )
+        return tuple(name for name in ALL_CACHE_HEADERS if name.lower() in chosen)
+
     def boolean(self, where: str, value: Any) -> bool:
         if type(value) is not bool:
             raise self.fail(where, f"must be true or false, got {value!r}")
@@ -353,7 +399,15 @@ class _Validator:
             raise self.fail(where, f"{text!r} is not callable")
         return text, target
 
-    def route(self, path: str, spec: Any) -> RouteSettings:
+    def route(
+        self,
+        path: str,
+        spec: Any,
+        cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS,
+        expose_key: bool | None = None,
+    ) -> RouteSettings:
+        """`cache_headers`: the global setting, which the route's own replaces; `expose_key`:
+        expose_key_header when `false` (a route may not list X-Cache-Key then)."""
         where = f"routes.{path}"
         if not isinstance(spec, Mapping):
             raise self.fail(where, f"must be a mapping like {{ttl: 60}}, got {spec!r}")
@@ -403,6 +457,10 @@ class _Validator:
         sie = self.non_negative_int(f"{where}.stale_if_error", spec.get("stale_if_error", 0))
         ignore = self.name_list(f"{where}.ignore_params", spec.get("ignore_params"), "globs")
         tags = self.name_list(f"{where}.tags", spec.get("tags"), "tags")
+        if "cache_headers" in spec:
+            cache_headers = self.cache_headers(
+                f"{where}.cache_headers", spec["cache_headers"], expose_key
+            )
         params = {seg[1:-1] for seg in split_route(path) if is_placeholder(seg)}
         for tag in tags:
             if _TAG_PLACEHOLDER.sub("", tag).count("{") or _TAG_PLACEHOLDER.sub("", tag).count("}"):
@@ -427,6 +485,7 @@ class _Validator:
             stale_if_error=sie,
             ignore_params=ignore,
             tags=tags,
+            cache_headers=cache_headers,
         )
 
     def settings(self, data: Any) -> Settings:
@@ -435,11 +494,28 @@ class _Validator:
         if not isinstance(data, Mapping):
             raise self.fail("", f"the top level must be a mapping, got {type(data).__name__}")
         self.check_keys("", data, _TOP_KEYS)
+        expose_key = self.boolean("expose_key_header", data.get("expose_key_header", True))
+        explicit_expose = expose_key if "expose_key_header" in data else None
+        if "cache_headers" in data:
+            cache_headers = self.cache_headers(
+                "cache_headers", data["cache_headers"], explicit_expose
+            )
+        else:
+            cache_headers = tuple(
+                name for name in ALL_CACHE_HEADERS if expose_key or name != "X-Cache-Key"
+            )
         routes_raw = data.get("routes") or {}
         if not isinstance(routes_raw, Mapping):
             raise self.fail("routes", "must be a mapping of path -> {ttl: ...}")
         routes = tuple(
-            self.route(self.route_path(f"routes.{path}", path), spec)
+            self.route(
+                self.route_path(f"routes.{path}", path),
+                spec,
+                cache_headers,
+                # A route's own list may leave X-Cache-Key out whatever the global setting, but
+                # may not bring it back when expose_key_header: false says never.
+                False if explicit_expose is False else None,
+            )
             for path, spec in routes_raw.items()
         )
         seen: dict[tuple[str, ...], str] = {}
@@ -491,9 +567,8 @@ class _Validator:
             memory_max_bytes=self.positive_int(
                 "memory_max_bytes", data.get("memory_max_bytes", DEFAULT_MEMORY_BYTES)
             ),
-            expose_key_header=self.boolean(
-                "expose_key_header", data.get("expose_key_header", True)
-            ),
+            expose_key_header=expose_key,
+            cache_headers=cache_headers,
             trusted_headers=tuple(
                 self.header_name("trusted_headers", name) or ""
                 for name in self.name_list(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
@@ -55,7 +55,15 @@ from .keys import (
     tag_index_key,
     variant_key,
 )
-from .rules import CACHE_HEADERS, RouteTable, Rule, canonical_forms, odd_path, odd_target
+from .rules import (
+    CACHE_HEADERS,
+    RouteTable,
+    Rule,
+    cache_header_set,
+    canonical_forms,
+    odd_path,
+    odd_target,
+)
 
 __all__ = [
     "Bypass",
@@ -293,14 +301,15 @@ class CachePolicy:
         trusted_headers: tuple[str, ...] = (),
         honor_request_no_cache: bool = False,
         key_host: bool = True,
-        cache_headers: frozenset[str] = CACHE_HEADERS,
+        cache_headers: Collection[str] = CACHE_HEADERS,
     ) -> None:
         self.table = RouteTable(rules)
         self.key_prefix = key_prefix
         self.max_body_bytes = max_body_bytes
         self.expose_key = expose_key
         # The global `cache_headers`, for a BYPASS whose adapter does not name its route.
-        self._bypass_shows = ("x-cache" in cache_headers, "cache-status" in cache_headers)
+        shown = cache_header_set(cache_headers)
+        self._bypass_shows = ("x-cache" in shown, "cache-status" in shown)
         self._venue_header = venue_header.lower() if venue_header else None
         self._user_header = user_header.lower() if user_header else None
         self._user_resolver = user_resolver

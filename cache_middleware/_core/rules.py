@@ -10,7 +10,7 @@ compilation, cost proportional to the number of segments in the path.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +19,7 @@ __all__ = [
     "CACHE_HEADERS",
     "RouteTable",
     "Rule",
+    "cache_header_set",
     "canonical_forms",
     "odd_path",
     "odd_target",
@@ -123,8 +124,9 @@ class Rule:
     ignored: Callable[[str], object] | None = None
     # Surrogate keys for invalidation, e.g. "event:{event_id}", filled from the path.
     tags: tuple[str, ...] = ()
-    # Which of `CACHE_HEADERS` its responses carry (lower-case): all of them unless configured.
-    cache_headers: frozenset[str] = CACHE_HEADERS
+    # Which of `CACHE_HEADERS` its responses carry, in any case (kept as a lower-case frozenset):
+    # all of them unless configured.
+    cache_headers: Collection[str] = CACHE_HEADERS
     # Placeholder names in route order, e.g. ("event_id",) for /api/events/{event_id}.
     params: tuple[str, ...] = field(init=False)
     ttl_header: bytes = field(init=False)
@@ -137,18 +139,27 @@ class Rule:
     shows_status: bool = field(init=False)  # Cache-Status
 
     def __post_init__(self) -> None:
-        unknown = self.cache_headers - CACHE_HEADERS
-        if unknown:
-            raise ValueError(f"not a cache header: {', '.join(sorted(unknown))}")
-        object.__setattr__(self, "shows_state", "x-cache" in self.cache_headers)
-        object.__setattr__(self, "shows_key", "x-cache-key" in self.cache_headers)
-        object.__setattr__(self, "shows_ttl", "x-cache-ttl" in self.cache_headers)
-        object.__setattr__(self, "shows_status", "cache-status" in self.cache_headers)
+        shown = cache_header_set(self.cache_headers)
+        object.__setattr__(self, "cache_headers", shown)
+        object.__setattr__(self, "shows_state", "x-cache" in shown)
+        object.__setattr__(self, "shows_key", "x-cache-key" in shown)
+        object.__setattr__(self, "shows_ttl", "x-cache-ttl" in shown)
+        object.__setattr__(self, "shows_status", "cache-status" in shown)
         names = tuple(seg[1:-1] for seg in split_route(self.route) if is_placeholder(seg))
         object.__setattr__(self, "params", names)
         object.__setattr__(self, "ttl_header", str(self.ttl).encode())
         scope = b"private" if self.private else b"public"
         object.__setattr__(self, "cache_control", scope + b", max-age=" + self.ttl_header)
+
+
+def cache_header_set(names: Collection[str]) -> frozenset[str]:
+    """`names` (any case) as a lower-case set of `CACHE_HEADERS`; ValueError for another name
+    (config.py refuses those with a ConfigError first)."""
+    shown = frozenset(name.lower() for name in names)
+    unknown = shown - CACHE_HEADERS
+    if unknown:
+        raise ValueError(f"not a cache header: {', '.join(sorted(unknown))}")
+    return shown
 
 
 class _Node:
