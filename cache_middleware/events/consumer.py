@@ -28,11 +28,13 @@ dead-letter queue, with the reason in its `x-error` header, then acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -184,7 +186,10 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         self.handled = 0
         self.dead_lettered = 0
         self.connections = 0  # times consuming started: 1 + the reconnections
-        self._lost = False
+        # When the current broker fault (a loss, a stall, an unreachable broker) began; None
+        # while consuming. Its first line is a WARNING, the retries that follow are DEBUG.
+        self._fault_since: float | None = None
+        self._outage: float | None = None  # how long the fault that just ended lasted
         try:
             self.broker = str(connection.as_uri())  # the password masked
         except Exception:
@@ -194,7 +199,8 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
 
     def run(self, _tokens: int = 1, **kwargs: Any) -> None:
         """kombu's loop, with the connection losses reported on our logger (kombu's own says
-        only "Connection to broker lost" on its)."""
+        only "Connection to broker lost" on its). A stall ends here too: the heartbeats kombu
+        checks while idle stop coming, or a reply does not come within `connect_timeout`."""
         errors = self.connection.connection_errors + self.connection.channel_errors
         while not self.should_stop:
             try:
@@ -208,18 +214,23 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
             except errors as exc:
                 if self.should_stop:
                     break
-                self._lost = True
-                logger.warning(
-                    "lost the connection to %s (%s: %s): reconnecting",
-                    self.broker,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._broker_fault("lost the connection to %s (%s: %s): reconnecting", exc)
+
+    def _broker_fault(self, message: str, exc: BaseException, *args: Any) -> None:
+        """Said once per fault: the first line at WARNING, the rest until consuming again at
+        DEBUG (a broker away for an hour is one warning, not one per attempt)."""
+        first = self._fault_since is None
+        if first:
+            self._fault_since = time.monotonic()
+        log = logger.warning if first else logger.debug
+        log(message, self.broker, type(exc).__name__, exc or "no answer in time", *args)
 
     @contextlib.contextmanager
     def establish_connection(self) -> Iterator[Any]:
         # Retries every `reconnect_max` seconds at most (kombu's default backs off to 30 s),
-        # and gives up between attempts once `should_stop` is set.
+        # and gives up between attempts once `should_stop` is set. Each attempt is bounded by
+        # `connect_timeout`, the AMQP handshake included (a broker that accepts and never
+        # answers).
         with self.create_connection() as conn:
             conn.ensure_connection(
                 self.on_connection_error,
@@ -231,26 +242,57 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
             )
             yield conn
 
+    @contextlib.contextmanager
+    def Consumer(self) -> Iterator[tuple[Any, Any, list[Any]]]:
+        """kombu's, with every wait for the broker bounded: a stalled broker answers nothing,
+        and py-amqp waits for a reply (a declaration, a cancel, a close) on a socket without a
+        timeout. A connection that failed is dropped without the goodbye; a clean stop says it
+        within `connect_timeout`, then drops the connection all the same."""
+        with self.establish_connection() as conn:
+            _bound_waits(conn, self.events.connect_timeout)
+            try:
+                self.on_connection_revived()
+                channel = conn.default_channel
+                make = functools.partial(
+                    _kombu.Consumer, channel, on_decode_error=self.on_decode_error
+                )
+                consumers = self.get_consumers(make, channel)
+                for consumer in consumers:
+                    consumer.consume()
+                self._fault_ended()
+                yield conn, channel, consumers
+            except BaseException:
+                conn.collect()  # close the socket; never wait for a broker that failed
+                raise
+            try:
+                for consumer in consumers:
+                    consumer.cancel()
+                self.on_consume_end(conn, channel)
+            except conn.connection_errors + conn.channel_errors:
+                conn.collect()
+
+    def _fault_ended(self) -> None:
+        since, self._fault_since = self._fault_since, None
+        self._outage = None if since is None else time.monotonic() - since
+
     def _unless_stopping(self) -> None:
         if self.should_stop:
             raise _Stopped
 
     def on_connection_error(self, exc: BaseException, interval: float) -> None:
-        logger.warning(
-            "cannot reach %s (%s: %s): retrying in %.1f s",
-            self.broker,
-            type(exc).__name__,
-            exc,
-            interval,
-        )
+        self._broker_fault("cannot reach %s (%s: %s): retrying in %.1f s", exc, interval)
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kw: Any) -> None:
         self.connections += 1
         if self.connections == 1:
             logger.info("connected to %s, consuming from %s", self.broker, self.queue.name)
         else:
-            logger.info("reconnected to %s, consuming from %s", self.broker, self.queue.name)
-        self._lost = False
+            logger.info(
+                "reconnected to %s, consuming from %s (%.1f s without the broker)",
+                self.broker,
+                self.queue.name,
+                self._outage or 0.0,
+            )
 
     def get_consumers(self, consumer: Any, channel: Any) -> list[Any]:
         self.exchange(channel).declare()
@@ -339,6 +381,17 @@ class InvalidationWorker(_mixin.ConsumerMixin):  # type: ignore[misc]
         message.ack()
 
 
+def _bound_waits(conn: Any, seconds: float) -> None:
+    """Give the AMQP socket a timeout, so a wait for a reply the broker never sends ends with
+    `socket.timeout` (a connection error) after `seconds`. Reads for messages set their own
+    timeout (kombu's `safety_interval`) and restore this one; transports without a socket
+    (`memory://`) have nothing to bound."""
+    transport = getattr(getattr(conn, "connection", None), "transport", None)
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(seconds)
+
+
 def _event_id(body: Any) -> str:
     """The `id` of a message body when it is an envelope with a short string id, else "?"."""
     try:
@@ -387,7 +440,7 @@ def run_consumer(
     sink = sink_for(events)
     reporter = ExpiryReporter(settings, events, sink).start() if events.report_expired else None
     connection = _kombu.Connection(
-        events.broker_url, heartbeat=30, connect_timeout=events.connect_timeout
+        events.broker_url, heartbeat=events.heartbeat, connect_timeout=events.connect_timeout
     )
     try:
         worker = InvalidationWorker(connection, events, settings, store, sink)
@@ -396,7 +449,10 @@ def run_consumer(
                 target=_stop_when_set, args=(stop, worker), name="consumer-stop", daemon=True
             ).start()
         logger.info("invalidation worker: connecting to %s", worker.broker)
-        worker.run(safety_interval=0.25 if stop is not None else 1)
+        # The loop wakes this often while idle to see `stop` and to send and check heartbeats
+        # (twice per heartbeat, so the broker never misses one of ours).
+        wake = min(0.25 if stop is not None else 1.0, events.heartbeat / 2)
+        worker.run(safety_interval=wake)
     except KeyboardInterrupt:
         logger.info("invalidation worker stopping")
     finally:

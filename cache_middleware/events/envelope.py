@@ -113,6 +113,9 @@ class EventsSettings:
     max_events_per_invalidation: int = 20
     connect_timeout: float = 2.0
     reconnect_max: float = 5.0  # seconds between reconnection attempts, at most
+    # Seconds between the invalidation worker's AMQP heartbeats: a broker that stops answering
+    # (a stall) is found within about two of them. Whole seconds: AMQP negotiates an integer.
+    heartbeat: int = 10
     retry: RetryPolicy = RetryPolicy()
     consume: ConsumeSettings = ConsumeSettings()
     # Report entries Redis expired as `cache.invalidated` with reason `expired` (events/expiry.py).
@@ -138,6 +141,7 @@ _TOP = {
     "max_events_per_invalidation",
     "connect_timeout",
     "reconnect_max",
+    "heartbeat",
     "publish_retry",
     "consume",
     "report_expired",
@@ -245,6 +249,11 @@ def _settings(check: _Check, raw: Any) -> EventsSettings:
         kwargs["connect_timeout"] = check.seconds("events.connect_timeout", spec["connect_timeout"])
     if "reconnect_max" in spec:
         kwargs["reconnect_max"] = check.seconds("events.reconnect_max", spec["reconnect_max"])
+    if "heartbeat" in spec:
+        heartbeat = check.positive_int("events.heartbeat", spec["heartbeat"])
+        if heartbeat > 600:
+            raise check.fail("events.heartbeat", f"must be at most 600 seconds, got {heartbeat}")
+        kwargs["heartbeat"] = heartbeat
     if "venues" in spec:
         venues_raw = spec["venues"]
         if not isinstance(venues_raw, Mapping):
