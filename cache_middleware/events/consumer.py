@@ -23,6 +23,12 @@ a store failure requeues it (after a short pause); an event id already handled (
 window of `dedupe_size` ids) is acknowledged without doing it twice; a message that cannot be
 handled (not JSON, not an envelope, a placeholder missing from its data) is published to the
 dead-letter queue, with the reason in its `x-error` header, then acknowledged.
+
+Broker faults: AMQP heartbeats every `events.heartbeat` seconds (checked while idle) find a
+broker that stopped answering with its connection open (a stall); every other wait for a reply
+is bounded by `connect_timeout`. A failed connection is dropped without waiting for the
+broker's goodbye, and the worker reconnects (every `reconnect_max` seconds at most); a message
+it had not acknowledged is redelivered by the broker.
 """
 
 from __future__ import annotations
@@ -421,9 +427,11 @@ def run_consumer(
     `cache.invalidated` through the process's sink (events/process_sink.py); with
     `events.report_expired` it also reports the entries Redis expires (events/expiry.py).
 
-    It logs on `cache_middleware.events`: "connected to <broker>" (INFO), each connection loss
-    and failed attempt (WARNING), each reconnection (INFO) and each dead-lettered message
-    (WARNING, with its reason)."""
+    It logs on `cache_middleware.events`: "connected to <broker>" (INFO); each broker fault (a
+    lost or dropped connection, a stall found by the `events.heartbeat` heartbeats or by a
+    reply not coming within `connect_timeout`, an unreachable broker) once, at WARNING, its
+    retries at DEBUG, and "reconnected to <broker>" (INFO) when it consumes again; each
+    dead-lettered message (WARNING, with its reason)."""
     from ..storage.factory import make_sync_store
     from .expiry import ExpiryReporter
     from .process_sink import flush_process_sinks, sink_for
