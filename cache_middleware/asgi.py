@@ -19,21 +19,34 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._core.entry import CachedResponse
+from ._core.flow import (
+    Acquire,
+    Claim,
+    Forget,
+    Get,
+    GetOrAcquire,
+    Outcome,
+    PassOn,
+    Release,
+    Serve,
+    Step,
+    WaitLocal,
+    WaitRemote,
+    lookup_flow,
+)
 from ._core.held import PlainRead, reads_plain, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
     CachePolicy,
-    Follow,
     Found,
     Invalidate,
     Lookup,
-    NotFound,
     RequestView,
-    miss_etag,
 )
+from ._core.recording import MissRecording
 from ._core.stats import StatsBook
 from ._core.tokens import lease_token
-from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
+from ._core.trend import MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import ConfigError, StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -376,52 +389,102 @@ class CacheMiddleware:
         send: Send,
         prefetched: PlainRead | None = None,
     ) -> None:
-        stale: CachedResponse | None = None
-        lease: Lease | None = None
-        if prefetched is not None and prefetched.key != self.policy.first_key(plan):
-            prefetched = None  # a Vary learned meanwhile: the variant is read first now
-        if not plan.refresh:
-            local = None if prefetched is not None else self._found_locally(plan)
-            try:
-                if prefetched is not None:
-                    if prefetched.error is not None:
-                        raise prefetched.error
-                    found: Found | NotFound = await self._read(plan, prefetched.raw)
-                elif local is not None:
-                    found = local
-                elif self._get_or_acquire is not None and lookup_takes_lease(
-                    self.trend, plan, self._fills
-                ):
-                    found, lease = await self._read_or_lease(plan, self._get_or_acquire)
-                else:
-                    found = await self._read(plan)
-            except StoreUnavailable as exc:
-                self.bump("errors", plan)
-                await self._bypass(scope, receive, send, exc.detail, plan.rule.route, plan.venue)
-                return
-            if not isinstance(found, Found):
-                self.trend.missed(plan.rule.route)
-            else:
-                self.trend.found(plan.rule.route)
-                now = time.time()
-                state = self.policy.freshness(found.entry, now)
-                if state == "fresh":
-                    self.bump("hits", plan)
-                    await self._replay(plan, found.entry, now, send)
-                    return
-                if state == "stale-while-revalidate":
-                    # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
-                    self.bump("stale_hits", plan)
-                    await self._replay(plan, found.entry, now, send, stale=state)
+        """Drive `_core/flow.lookup_flow`: perform each step it yields, then do what it ends
+        with. This process's claims on keys it fills are futures in `self._fills`."""
+        local = None
+        if prefetched is None and not plan.refresh:
+            local = self._found_locally(plan)
+        flow = lookup_flow(
+            self.policy,
+            self.trend,
+            self.book,
+            plan,
+            prefetched=prefetched,
+            local=local,
+            takes_lease=self._get_or_acquire is not None
+            and lookup_takes_lease(self.trend, plan, self._fills),
+            clock=time.time,
+        )
+        claim: asyncio.Future[None] | None = None  # this request's claim on plan.key
+        result: Any = None
+        error: StoreUnavailable | None = None
+        try:
+            while True:
+                try:
+                    step = flow.send(result) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    outcome: Outcome = done.value
+                    break
+                result, error = None, None
+                kind = type(step)
+                try:
+                    if kind is Get:
+                        result = await self.store.get(step.key)  # type: ignore[union-attr]
+                    elif kind is Claim:
+                        claim = self._claim(step.key)  # type: ignore[union-attr]
+                        result = claim is not None
+                    elif kind is Release:
+                        if claim is not None:
+                            self._unclaim(plan.key, claim)
+                            claim = None
+                    else:
+                        result = await self._perform(step)
+                except StoreUnavailable as exc:
+                    error = exc
+            if isinstance(outcome, Serve):
+                await self._replay(plan, outcome.entry, outcome.now, send, outcome.stale)
+                if outcome.refresh:
                     self._refresh_in_background(plan, scope)
-                    return
-                if state == "stale-if-error":
-                    stale = found.entry
-        if not self.policy.can_fill(plan):
-            # Its answer cannot be stored: it must not lead a fill, nor wait for one.
-            await _MissRecorder(self, plan, send, None, 0, stale).run(scope, receive)
-            return
-        await self._fill(plan, scope, receive, send, stale, lease)
+            elif isinstance(outcome, PassOn):
+                await self._bypass(
+                    scope, receive, send, outcome.detail, plan.rule.route, plan.venue
+                )
+            else:
+                # The waiters are woken as soon as the entry is written, not when this client
+                # has read the last chunk.
+                settled = (
+                    None if claim is None else functools.partial(self._unclaim, plan.key, claim)
+                )
+                recorder = _MissRecorder(
+                    self, plan, send, outcome.token, outcome.epoch, outcome.stale, settled
+                )
+                await recorder.run(scope, receive)
+        finally:
+            if claim is not None:
+                self._unclaim(plan.key, claim)
+
+    async def _perform(self, step: Step) -> Any:
+        """The store I/O of a flow step other than a plain read or a claim."""
+        store = self.store
+        if isinstance(step, GetOrAcquire):
+            assert self._get_or_acquire is not None  # asked only when the store has it
+            return await self._get_or_acquire(
+                step.key, step.lock_key, step.token, self._lease_ms, step.index_key
+            )
+        if isinstance(step, Acquire):
+            return await store.acquire_fill(
+                step.lock_key, step.token, self._lease_ms, step.index_key
+            )
+        if isinstance(step, Forget):
+            return await store.forget(step.key)
+        if isinstance(step, WaitLocal):
+            pending = self._fills.get(step.key)
+            if pending is not None:
+                await _wait(pending, self.settings.coalesce_wait)
+            return None
+        if isinstance(step, WaitRemote):
+            return await self._wait_remote(step.key, step.lock_key)
+        raise AssertionError(f"unknown flow step {step!r}")
+
+    def _claim(self, key: str) -> asyncio.Future[None] | None:
+        """Become this process's filler of `key` (its future), or None when another request of
+        this event loop is filling it. Another loop's fill is not ours to wait on."""
+        pending = self._fills.get(key)
+        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            return None
+        done = asyncio.get_running_loop().create_future()
+        self._fills[key] = done
+        return done
 
     async def _read_plain(self, key: str) -> PlainRead:
         """One GET of a plain key, handed on to the full path if it is not a fresh HIT."""
@@ -442,36 +505,6 @@ class CacheMiddleware:
             return None
         return self.policy.found_held(key, raw)
 
-    async def _read_or_lease(
-        self, plan: Lookup, get_or_acquire: _GetOrAcquire
-    ) -> tuple[Found | NotFound, Lease | None]:
-        """`_read`, whose first read also takes the fill lease if it finds nothing."""
-        key = self.policy.first_key(plan)
-        if key != plan.key:
-            return await self._read(plan), None  # a known Vary: the variant is read first
-        token = lease_token()
-        raw, epoch = await get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
-        found = await self._read(plan, raw)
-        return found, (Lease(token, epoch) if raw is None else None)
-
-    async def _read(self, plan: Lookup, first_raw: object = UNREAD) -> Found | NotFound:
-        """Read the entry for `plan`, following a Vary record to the request's variant
-        (`first_raw`: the first key's value, when the caller read it already)."""
-        key, first = self.policy.first_key(plan), True
-        while True:
-            if first and first_raw is not UNREAD:
-                raw: bytes | None = first_raw  # type: ignore[assignment]
-            else:
-                raw = await self.store.get(key)
-            step = self.policy.on_read(plan, key, raw, first=first)
-            first = False
-            if isinstance(step, Follow):
-                key = step.key
-                continue
-            if isinstance(step, NotFound) and step.drop is not None:
-                await self.store.forget(step.drop)
-            return step
-
     async def _replay(
         self, plan: Lookup, entry: CachedResponse, now: float, send: Send, stale: str = ""
     ) -> None:
@@ -479,117 +512,16 @@ class CacheMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _fill(
-        self,
-        plan: Lookup,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        stale: CachedResponse | None,
-        lease: Lease | None = None,
-    ) -> None:
-        if self.policy.leads_alone(plan):
-            await self._fill_alone(plan, scope, receive, send, stale)
-            return
-        # A lease taken by the lookup makes this request the filler, even if another request
-        # of this process began first (that one then waits for the lease, so for this fill).
-        leads = lease is not None and lease.epoch is not None
-        pending = self._fills.get(plan.key)
-        if pending is not None and pending.get_loop() is not asyncio.get_running_loop():
-            pending = None  # another event loop's fill: not ours to wait on (and never a 500)
-        if pending is not None and not leads:
-            # Another request of this process is filling the key: wait for its entry.
-            await _wait(pending, self.settings.coalesce_wait)
-            await self._after_wait(plan, scope, receive, send, stale)
-            return
-        done: asyncio.Future[None] | None = None
-        if pending is None:
-            done = asyncio.get_running_loop().create_future()
-            self._fills[plan.key] = done
-        try:
-            token = lease_token() if lease is None else lease.token
-            try:
-                epoch = (
-                    lease.epoch
-                    if lease is not None
-                    else await self.store.acquire_fill(
-                        plan.lock_key, token, self._lease_ms, plan.index_key
-                    )
-                )
-            except StoreUnavailable as exc:
-                self.bump("errors", plan)
-                await self._bypass(scope, receive, send, exc.detail, plan.rule.route, plan.venue)
-                return
-            if epoch is None:
-                # Another process holds the lease: wait (bounded) for its entry.
-                await self._wait_remote(plan)
-                await self._after_wait(plan, scope, receive, send, stale)
-                return
-            # The waiters are woken as soon as the entry is written, not when this client
-            # has read the last chunk.
-            settled = None if done is None else functools.partial(self._unclaim, plan.key, done)
-            recorder = _MissRecorder(self, plan, send, token, epoch, stale, settled)
-            await recorder.run(scope, receive)
-        finally:
-            if done is not None:
-                self._unclaim(plan.key, done)
-
-    async def _fill_alone(
-        self,
-        plan: Lookup,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        stale: CachedResponse | None,
-    ) -> None:
-        """Fill with the lease if it is free, without making anyone wait; else just answer."""
-        token: str | None = lease_token()
-        epoch = 0
-        try:
-            got = await self.store.acquire_fill(
-                plan.lock_key, token or "", self._lease_ms, plan.index_key
-            )
-        except StoreUnavailable:
-            self.bump("errors", plan)
-            got = None
-        if got is None:
-            token = None
-        else:
-            epoch = got
-        await _MissRecorder(self, plan, send, token, epoch, stale).run(scope, receive)
-
-    async def _wait_remote(self, plan: Lookup) -> None:
+    async def _wait_remote(self, key: str, lock_key: str) -> None:
         deadline = time.monotonic() + self.settings.coalesce_wait
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
             try:
-                value, locked = await self.store.peek_fill(plan.key, plan.lock_key)
+                value, locked = await self.store.peek_fill(key, lock_key)
             except StoreUnavailable:
                 return
             if value is not None or not locked:
                 return
-
-    async def _after_wait(
-        self,
-        plan: Lookup,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        stale: CachedResponse | None,
-    ) -> None:
-        """After another request's fill: its entry if it serves this request, else the app."""
-        try:
-            found = await self._read(plan)
-        except StoreUnavailable:
-            found = None
-        if isinstance(found, Found) and self.policy.freshness(found.entry, time.time()) == "fresh":
-            self.bump("coalesced", plan)
-            self.bump("hits", plan)
-            await self._replay(plan, found.entry, time.time(), send)
-            return
-        # Not storable, another variant, or the wait ran out: answer without storing.
-        recorder = _MissRecorder(self, plan, send, None, 0, stale)
-        await recorder.run(scope, receive)
 
     # -- stale-while-revalidate ----------------------------------------------------------------
 
@@ -676,14 +608,9 @@ class _MissRecorder:
         self.on_settled = on_settled
         self.started = False  # something was forwarded: the answer can no longer be replaced
         self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
-        self.recording = False
         self.held: Message | None = None  # the start, held until the first body message
         self.written = False  # the whole body was stored (or not): the lease is settled
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.size = 0
-        self.start: Any = None
+        self.rec = MissRecording(mw.policy, mw.book, plan, token)
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         mw = self.mw
@@ -738,21 +665,24 @@ class _MissRecorder:
             return
         if self.suppressed:
             return
+        rec = self.rec
         if kind != "http.response.body":
-            self.recording = False  # pathsend, trailers...: not a body we can replay
+            rec.recording = False  # pathsend, trailers...: not a body we can replay
             await self._send_held()
             await self.downstream(message)
             return
-        if not self.recording:
+        if not rec.recording:
             await self._send_held()
             await self.downstream(message)
             return
-        self._record(message.get("body", b""))
+        rec.record(message.get("body", b""))
         if self._whole(message):
-            body = b"".join(self.body)
+            body = rec.whole_body()
             if self.held is not None:
                 # The whole body before the headers left: the ETag its HITs will carry.
-                self._add_etag(body)
+                etag = rec.etag(body)
+                if etag is not None:
+                    self.held["headers"].append(etag)
             await self._send_held()
             # Stored before the last chunk is handed on, not after the client has read it:
             # the waiters are woken now. Awaited here rather than in a task alongside the
@@ -766,32 +696,21 @@ class _MissRecorder:
 
     def _whole(self, message: Message) -> bool:
         """Whether the body being recorded is complete with this message (and not written)."""
+        rec = self.rec
         return (
-            self.recording
+            rec.recording
             and not self.written
-            and (not message.get("more_body", False) or self.size == self.start.content_length)
+            and (not message.get("more_body", False) or rec.size == rec.start.content_length)
         )
 
     async def _start(self, message: Message) -> None:
-        self.status = message["status"]
-        if self.stale is not None and self.status >= 500:
+        status = message["status"]
+        if self.stale is not None and status >= 500:
             self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
             return
-        self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
-        decision = self.mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
-        self.start = decision
-        self.recording = decision.store and self.token is not None
-        if decision.store and self.token is None:
-            # Answered for this request only (a coalesced wait ran out, say): not stored.
-            decision.headers = self.mw.policy.bypass_headers(self.headers, "not-leader")
-            decision.store = False
-        # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
-        if decision.store:
-            self.mw.bump("misses", self.plan)
-        else:
-            self.mw.bump("bypasses", self.plan)
-        message["headers"] = decision.headers
-        if self.recording and not decision.has_etag:
+        headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        message["headers"] = self.rec.begin(status, headers, time.time()).headers
+        if self.rec.holds_headers:
             # Held until the first body message: if that is the whole body, the MISS carries
             # the ETag it is stored with. Most apps send it in the same breath (Starlette's
             # Response does); a streamed body's headers wait for its first chunk. Only a
@@ -807,21 +726,6 @@ class _MissRecorder:
             self.started = True
             await self.downstream(held)
 
-    def _add_etag(self, body: bytes) -> None:
-        etag = miss_etag(self.start, body)
-        if etag is not None and self.held is not None:
-            self.held["headers"].append(etag)
-            self.headers.append(etag)  # stored with it: `miss_writes` derives no other
-
-    def _record(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.mw.policy.max_body_bytes:
-            # Too big to keep: stop buffering and let the rest stream through.
-            self.recording = False
-            self.body.clear()
-        elif chunk:
-            self.body.append(bytes(chunk))
-
     async def _write(self, body: bytes) -> None:
         """Stores the whole body (or gives the lease back), then wakes the fill's waiters."""
         assert self.token is not None
@@ -830,31 +734,20 @@ class _MissRecorder:
         self._settled()
 
     async def _store(self, body: bytes) -> bool:
-        mw = self.mw
+        rec = self.rec
         assert self.token is not None
-        writes, lifetime = mw.policy.miss_writes(
-            self.plan, self.start, self.status, self.headers, body, time.time()
-        )
-        if not writes:
+        fill = rec.writes(body, time.time())
+        if fill is None:
             return False  # incomplete body: not stored, and the lease is released
+        writes, index_keys, lifetime = fill
         try:
-            ok = await mw.store.store_fill(
-                self.plan.lock_key,
-                self.token,
-                self.epoch,
-                writes,
-                mw.policy.index_keys(self.plan, self.headers),
-                lifetime,
+            ok = await self.mw.store.store_fill(
+                self.plan.lock_key, self.token, self.epoch, writes, index_keys, lifetime
             )
         except StoreUnavailable:
-            mw.bump("errors", self.plan)
+            self.mw.bump("errors", self.plan)
             return False
-        if ok:
-            mw.bump("stores", self.plan)
-        else:
-            mw.bump(
-                "lost_leases", self.plan
-            )  # invalidated while the app was answering: not written
+        rec.stored(ok)
         return True
 
 

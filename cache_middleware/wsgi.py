@@ -20,22 +20,34 @@ from types import TracebackType
 from typing import Any
 
 from ._core.entry import CachedResponse
+from ._core.flow import (
+    Acquire,
+    Claim,
+    Forget,
+    Get,
+    GetOrAcquire,
+    PassOn,
+    Release,
+    Serve,
+    Step,
+    WaitLocal,
+    WaitRemote,
+    drive_sync,
+    lookup_flow,
+)
 from ._core.held import PlainRead, reads_plain, replay_held, replay_read
 from ._core.policy import (
     REFRESH_DROPPED,
-    Follow,
-    Found,
     Invalidate,
     Lookup,
-    NotFound,
     RequestView,
     declares_no_body,
-    miss_etag,
 )
+from ._core.recording import MissRecording
 from ._core.rules import Rule
 from ._core.stats import StatsBook
 from ._core.tokens import lease_token
-from ._core.trend import UNREAD, Lease, MissTrend, lookup_takes_lease
+from ._core.trend import MissTrend, lookup_takes_lease
 from .config import ConfigSource, load_config
 from .errors import StoreUnavailable
 from .events.in_process import maybe_start_in_process
@@ -396,77 +408,72 @@ class WSGICacheMiddleware:
         start_response: StartResponse,
         prefetched: PlainRead | None = None,
     ) -> Iterable[bytes]:
-        stale: CachedResponse | None = None
-        lease: Lease | None = None
-        if prefetched is not None and prefetched.key != self.policy.first_key(plan):
-            prefetched = None  # a Vary learned meanwhile: the variant is read first now
-        if not plan.refresh:
-            try:
-                if prefetched is not None:
-                    if prefetched.error is not None:
-                        raise prefetched.error
-                    found: Found | NotFound = self._read(plan, prefetched.raw)
-                elif self._get_or_acquire is not None and lookup_takes_lease(
-                    self.trend, plan, self._fills
-                ):
-                    found, lease = self._read_or_lease(plan, self._get_or_acquire)
-                else:
-                    found = self._read(plan)
-            except StoreUnavailable as exc:
-                self.bump("errors", plan)
-                return self._bypass(
-                    environ, start_response, exc.detail, plan.rule.route, plan.venue
+        """Drive `_core/flow.lookup_flow` with blocking I/O, then do what it ends with. This
+        process's claims on keys it fills are events in `self._fills`."""
+        flow = lookup_flow(
+            self.policy,
+            self.trend,
+            self.book,
+            plan,
+            prefetched=prefetched,
+            takes_lease=self._get_or_acquire is not None
+            and lookup_takes_lease(self.trend, plan, self._fills),
+            clock=time.time,
+        )
+        claimed = False
+
+        def perform(step: Step) -> Any:
+            nonlocal claimed
+            if isinstance(step, Get):
+                return self.store.get(step.key)
+            if isinstance(step, Claim):
+                claimed = self._claim(step.key) is None
+                return claimed
+            if isinstance(step, Release):
+                if claimed:
+                    claimed = False
+                    self._release(step.key)
+                return None
+            if isinstance(step, GetOrAcquire):
+                assert self._get_or_acquire is not None  # asked only when the store has it
+                return self._get_or_acquire(
+                    step.key, step.lock_key, step.token, self._lease_ms, step.index_key
                 )
-            if not isinstance(found, Found):
-                self.trend.missed(plan.rule.route)
-            else:
-                self.trend.found(plan.rule.route)
-                now = time.time()
-                state = self.policy.freshness(found.entry, now)
-                if state == "fresh":
-                    self.bump("hits", plan)
-                    return self._replay(plan, found.entry, now, start_response)
-                if state == "stale-while-revalidate":
-                    # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
-                    self.bump("stale_hits", plan)
-                    self._refresh_in_background(plan, environ)
-                    return self._replay(plan, found.entry, now, start_response, state)
-                if state == "stale-if-error":
-                    stale = found.entry
-        if not self.policy.can_fill(plan):
-            # Its answer cannot be stored: it must not lead a fill, nor wait for one.
-            return _MissRecorder(self, plan, start_response, None, 0, stale).response(environ)
-        return self._fill(plan, environ, start_response, stale, lease)
+            if isinstance(step, Acquire):
+                return self.store.acquire_fill(
+                    step.lock_key, step.token, self._lease_ms, step.index_key
+                )
+            if isinstance(step, Forget):
+                return self.store.forget(step.key)
+            if isinstance(step, WaitLocal):
+                event = self._fills.get(step.key)
+                if event is not None:
+                    event.wait(self.settings.coalesce_wait)
+                return None
+            if isinstance(step, WaitRemote):
+                return self._wait_remote(step.key, step.lock_key)
+            raise AssertionError(f"unknown flow step {step!r}")
 
-    def _read_or_lease(
-        self, plan: Lookup, get_or_acquire: _GetOrAcquire
-    ) -> tuple[Found | NotFound, Lease | None]:
-        """`_read`, whose first read also takes the fill lease if it finds nothing."""
-        key = self.policy.first_key(plan)
-        if key != plan.key:
-            return self._read(plan), None  # a known Vary: the variant is read first
-        token = lease_token()
-        raw, epoch = get_or_acquire(key, plan.lock_key, token, self._lease_ms, plan.index_key)
-        found = self._read(plan, raw)
-        return found, (Lease(token, epoch) if raw is None else None)
-
-    def _read(self, plan: Lookup, first_raw: object = UNREAD) -> Found | NotFound:
-        """Read the entry for `plan`, following a Vary record to the request's variant
-        (`first_raw`: the first key's value, when the caller read it already)."""
-        key, first = self.policy.first_key(plan), True
-        while True:
-            if first and first_raw is not UNREAD:
-                raw: bytes | None = first_raw  # type: ignore[assignment]
-            else:
-                raw = self.store.get(key)
-            step = self.policy.on_read(plan, key, raw, first=first)
-            first = False
-            if isinstance(step, Follow):
-                key = step.key
-                continue
-            if isinstance(step, NotFound) and step.drop is not None:
-                self.store.forget(step.drop)
-            return step
+        try:
+            outcome = drive_sync(flow, perform)
+        except BaseException:
+            if claimed:
+                self._release(plan.key)
+            raise
+        if isinstance(outcome, Serve):
+            if outcome.refresh:
+                self._refresh_in_background(plan, environ)
+            return self._replay(plan, outcome.entry, outcome.now, start_response, outcome.stale)
+        if isinstance(outcome, PassOn):
+            return self._bypass(
+                environ, start_response, outcome.detail, plan.rule.route, plan.venue
+            )
+        recorder = _MissRecorder(
+            self, plan, start_response, outcome.token, outcome.epoch, outcome.stale
+        )
+        if not claimed:
+            return recorder.response(environ)
+        return recorder.response(environ, on_done=functools.partial(self._release, plan.key))
 
     def _replay(
         self,
@@ -494,107 +501,16 @@ class WSGICacheMiddleware:
         if event is not None:
             event.set()
 
-    def _fill(
-        self,
-        plan: Lookup,
-        environ: Environ,
-        start_response: StartResponse,
-        stale: CachedResponse | None,
-        lease: Lease | None = None,
-    ) -> Iterable[bytes]:
-        if self.policy.leads_alone(plan):
-            return self._fill_alone(plan, environ, start_response, stale)
-        # A lease taken by the lookup makes this request the filler, even if another thread
-        # of this process claimed the key first (it then waits for the lease, so for this fill).
-        leads = lease is not None and lease.epoch is not None
-        pending = self._claim(plan.key)
-        if pending is not None and not leads:
-            # Another thread of this process is filling the key: wait for its entry.
-            pending.wait(self.settings.coalesce_wait)
-            return self._after_wait(plan, environ, start_response, stale)
-        mine = pending is None  # this request holds the process's claim on the key
-
-        def unclaim() -> None:
-            if mine:
-                self._release(plan.key)
-
-        token = lease_token() if lease is None else lease.token
-        try:
-            epoch = (
-                lease.epoch
-                if lease is not None
-                else self.store.acquire_fill(plan.lock_key, token, self._lease_ms, plan.index_key)
-            )
-        except StoreUnavailable as exc:
-            unclaim()
-            self.bump("errors", plan)
-            return self._bypass(
-                environ, start_response, exc.detail, plan.rule.route, plan.venue
-            )
-        if epoch is None:
-            # Another process holds the lease: wait (bounded) for its entry.
-            try:
-                self._wait_remote(plan)
-            finally:
-                unclaim()
-            return self._after_wait(plan, environ, start_response, stale)
-        recorder = _MissRecorder(self, plan, start_response, token, epoch, stale)
-        return recorder.response(environ, on_done=unclaim)
-
-    def _fill_alone(
-        self,
-        plan: Lookup,
-        environ: Environ,
-        start_response: StartResponse,
-        stale: CachedResponse | None,
-    ) -> Iterable[bytes]:
-        """Fill with the lease if it is free, without making anyone wait; else just answer."""
-        token: str | None = lease_token()
-        epoch = 0
-        try:
-            got = self.store.acquire_fill(
-                plan.lock_key, token or "", self._lease_ms, plan.index_key
-            )
-        except StoreUnavailable:
-            self.bump("errors", plan)
-            got = None
-        if got is None:
-            token = None
-        else:
-            epoch = got
-        return _MissRecorder(self, plan, start_response, token, epoch, stale).response(environ)
-
-    def _wait_remote(self, plan: Lookup) -> None:
+    def _wait_remote(self, key: str, lock_key: str) -> None:
         deadline = time.monotonic() + self.settings.coalesce_wait
         while time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL)
             try:
-                value, locked = self.store.peek_fill(plan.key, plan.lock_key)
+                value, locked = self.store.peek_fill(key, lock_key)
             except StoreUnavailable:
                 return
             if value is not None or not locked:
                 return
-
-    def _after_wait(
-        self,
-        plan: Lookup,
-        environ: Environ,
-        start_response: StartResponse,
-        stale: CachedResponse | None,
-    ) -> Iterable[bytes]:
-        """After another request's fill: its entry if it serves this request, else the app."""
-        try:
-            found: Found | NotFound | None = self._read(plan)
-        except StoreUnavailable:
-            found = None
-        now = time.time()
-        if isinstance(found, Found) and self.policy.freshness(found.entry, now) == "fresh":
-            self.bump("coalesced", plan)
-            self.bump("hits", plan)
-            return self._replay(plan, found.entry, now, start_response)
-        # Not storable, another variant, or the wait ran out: answer without storing.
-        recorder = _MissRecorder(self, plan, start_response, None, 0, stale)
-        return recorder.response(environ)
 
     # -- stale-while-revalidate ----------------------------------------------------------------
 
@@ -700,43 +616,22 @@ class _MissRecorder:
         self.forwarded = False  # the server's start_response was called: no replacing now
         self.settled = False
         self.on_done: Callable[[], None] | None = None
-        self.recording = False
         # The app's start_response, not yet passed on (status, headers, exc_info).
         self.pending: tuple[str, list[tuple[bytes, bytes]], ExcInfo | None] | None = None
         self.write: Callable[[bytes], object] | None = None  # the server's, once forwarded
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-        self.size = 0
-        self.start: Any = None
+        self.rec = MissRecording(mw.policy, mw.book, plan, token)
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
-        mw = self.mw
-        self.status = _status_code(status)
-        if self.stale is not None and self.status >= 500:
+        code = _status_code(status)
+        if self.stale is not None and code >= 500:
             self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
             return lambda data: None
-        self.headers = _to_bytes(headers)
-        decision = mw.policy.start_miss(self.plan, self.status, self.headers, time.time())
-        self.start = decision
-        if decision.store and self.token is None:
-            # Answered for this request only (a coalesced wait ran out, say): not stored.
-            decision.headers = mw.policy.bypass_headers(self.headers, "not-leader")
-            decision.store = False
         # An exc_info call replaces an earlier start: only the final response may be stored.
-        self.recording = decision.store and exc_info is None
-        self.body.clear()
-        self.size = 0
-        if exc_info is None:
-            # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
-            if decision.store:
-                mw.bump("misses", self.plan)
-            else:
-                mw.bump("bypasses", self.plan)
+        decision = self.rec.begin(code, _to_bytes(headers), time.time(), final=exc_info is None)
         self.pending = (status, decision.headers, exc_info)
-        if not self.recording or decision.has_etag:
+        if not self.rec.holds_headers:
             self._forward()  # no ETag to add: passed on at once, as the app called it
         return self._write_through
 
@@ -751,19 +646,9 @@ class _MissRecorder:
     def _write_through(self, data: bytes) -> object:
         # PEP 3333's write(): the headers must be out before its bytes.
         self._forward()
-        self._record(data)
+        self.rec.record(data)
         assert self.write is not None
         return self.write(data)
-
-    def _record(self, chunk: bytes) -> None:
-        if not self.recording:
-            return
-        self.size += len(chunk)
-        if self.size > self.mw.policy.max_body_bytes:
-            self.recording = False
-            self.body.clear()
-        elif chunk:
-            self.body.append(bytes(chunk))
 
     def response(self, environ: Environ, on_done: Callable[[], None] | None = None) -> _Response:
         """The body iterable for the server; however it ends (even never iterated, only
@@ -822,10 +707,10 @@ class _MissRecorder:
         for chunk in result:
             if self.suppressed:
                 continue
-            self._record(chunk)
+            self.rec.record(chunk)
             if self._pulls_ahead(in_memory):
                 ahead.append(chunk)
-                if self._length_reached():
+                if self.rec.length_reached():
                     self._complete()  # the declared length: whole, whatever the iterator says
                     yield from ahead
                     ahead.clear()
@@ -844,53 +729,39 @@ class _MissRecorder:
         """Whether the body being stored will be whole without waiting on the client: its
         length is declared, or the app handed it over in memory."""
         return (
-            self.recording
+            self.rec.recording
             and not self.settled
-            and (in_memory or self.start.content_length is not None)
+            and (in_memory or self.rec.start.content_length is not None)
         )
-
-    def _length_reached(self) -> bool:
-        length: int | None = self.start.content_length
-        return length is not None and self.size >= length
 
     def _complete(self) -> None:
         """The body is whole: the entry is written (or the lease given back) and the waiters
         woken, then the headers go, with the ETag the HITs will carry if they had not left."""
-        if self.recording and not self.settled:
-            body = b"".join(self.body)
-            etag = miss_etag(self.start, body) if self.pending is not None else None
-            if etag is not None and self.pending is not None:
-                self.pending[1].append(etag)
-                self.headers.append(etag)  # stored with it: `miss_writes` derives no other
+        rec = self.rec
+        if rec.recording and not self.settled:
+            body = rec.whole_body()
+            if self.pending is not None:
+                etag = rec.etag(body)
+                if etag is not None:
+                    self.pending[1].append(etag)
             self.settle(self._store(body))
         self._forward()
 
     def _store(self, body: bytes) -> bool:
-        mw = self.mw
+        rec = self.rec
         assert self.token is not None
-        writes, lifetime = mw.policy.miss_writes(
-            self.plan, self.start, self.status, self.headers, body, time.time()
-        )
-        if not writes:
+        fill = rec.writes(body, time.time())
+        if fill is None:
             return False  # incomplete body: not stored, and the lease is released
+        writes, index_keys, lifetime = fill
         try:
-            ok = mw.store.store_fill(
-                self.plan.lock_key,
-                self.token,
-                self.epoch,
-                writes,
-                mw.policy.index_keys(self.plan, self.headers),
-                lifetime,
+            ok = self.mw.store.store_fill(
+                self.plan.lock_key, self.token, self.epoch, writes, index_keys, lifetime
             )
         except StoreUnavailable:
-            mw.bump("errors", self.plan)
+            self.mw.bump("errors", self.plan)
             return False
-        if ok:
-            mw.bump("stores", self.plan)
-        else:
-            mw.bump(
-                "lost_leases", self.plan
-            )  # invalidated while the app was answering: not written
+        rec.stored(ok)
         return True
 
 

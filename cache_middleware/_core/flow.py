@@ -1,0 +1,328 @@
+"""The request flow of a lookup, written once: a sans-I/O generator both adapters drive.
+
+A Lookup plan (`policy.plan`) goes through the same steps in ASGI and WSGI: read the entry,
+following a Vary record; serve it fresh, or stale and refresh behind it; else fill: take the
+fill lease, or wait for another request's fill and serve its entry; else run the app. The
+decisions are here; the I/O is not. `lookup_flow` yields the I/O it needs as values (`Get`,
+`GetOrAcquire`, `Forget`, `Acquire`, `Claim`, `WaitLocal`, `WaitRemote`, `Release`) and is
+sent each one's result (or thrown the `StoreUnavailable` it raised); it returns what to do
+with the request (`Serve`, `PassOn`, `RunApp`). An adapter is a loop that performs the steps,
+awaited (asgi.py) or blocking (wsgi.py), the way hishel's proxies drive its `_spec.py` states
+and h11's users drive its connection: `drive_sync` is that loop for blocking I/O; the ASGI one
+awaits inside the same loop shape.
+
+What stays in the adapters: running the app and recording its response (`_MissRecorder`),
+the background refresh's task or thread, and the process-local claims (a future or an event).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import StoreUnavailable
+from .entry import CachedResponse
+from .held import PlainRead
+from .policy import CachePolicy, Follow, Found, Lookup, NotFound
+from .stats import StatsBook
+from .tokens import lease_token
+from .trend import UNREAD, MissTrend
+
+__all__ = [
+    "Acquire",
+    "Claim",
+    "Forget",
+    "Get",
+    "GetOrAcquire",
+    "PassOn",
+    "Release",
+    "RunApp",
+    "Serve",
+    "WaitLocal",
+    "WaitRemote",
+    "drive_sync",
+    "lookup_flow",
+]
+
+
+# -- the I/O a step asks for (the driver sends back its result) -----------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Get:
+    """Read `key` from the store: bytes, or None."""
+
+    key: str
+
+
+@dataclass(slots=True, eq=False)
+class GetOrAcquire:
+    """Read `key` and, if it holds nothing, take the fill lease in the same round trip:
+    (raw, epoch), epoch None when another process holds the lease."""
+
+    key: str
+    lock_key: str
+    token: str
+    index_key: str | None
+
+
+@dataclass(slots=True, eq=False)
+class Forget:
+    """Delete one unreadable value (housekeeping, not an invalidation): no result."""
+
+    key: str
+
+
+@dataclass(slots=True, eq=False)
+class Acquire:
+    """Take the fill lease: the store's epoch, or None when another process holds it."""
+
+    lock_key: str
+    token: str
+    index_key: str | None
+
+
+@dataclass(slots=True, eq=False)
+class Claim:
+    """Become this process's filler of `key`: True, or False when another request of this
+    process is filling it (the driver then keeps nothing to release)."""
+
+    key: str
+
+
+@dataclass(slots=True, eq=False)
+class WaitLocal:
+    """Wait (at most the coalescing wait) for this process's fill of `key`: no result."""
+
+    key: str
+
+
+@dataclass(slots=True, eq=False)
+class WaitRemote:
+    """Wait (bounded) for another process's fill: the driver polls `peek_fill` until the entry
+    is there or the lease is gone; no result. Store errors end the wait, never the request."""
+
+    key: str
+    lock_key: str
+
+
+@dataclass(slots=True, eq=False)
+class Release:
+    """Give up this process's claim on `key` (wakes the requests waiting on it): no result."""
+
+    key: str
+
+
+Step = Get | GetOrAcquire | Forget | Acquire | Claim | WaitLocal | WaitRemote | Release
+
+
+# -- what the flow ends with ----------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Serve:
+    """Replay `entry` (`stale`: "" or the stale state it is served in); `refresh`: refresh it
+    in the background (stale-while-revalidate)."""
+
+    entry: CachedResponse
+    now: float
+    stale: str = ""
+    refresh: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class PassOn:
+    """The store failed: the app answers, uncached, with this BYPASS detail."""
+
+    detail: str
+
+
+@dataclass(slots=True, eq=False)
+class RunApp:
+    """Run the app. `token`/`epoch`: the fill lease held (token None: store nothing);
+    `stale`: the entry to serve if the app fails (stale-if-error); `claimed`: this request
+    holds the process's claim on the key, to `Release` once its entry is settled."""
+
+    token: str | None
+    epoch: int
+    stale: CachedResponse | None
+    claimed: bool = False
+
+
+Outcome = Serve | PassOn | RunApp
+Flow = Generator[Step, Any, Outcome]
+ReadFlow = Generator[Step, Any, "Found | NotFound"]
+
+
+def lookup_flow(
+    policy: CachePolicy,
+    trend: MissTrend,
+    book: StatsBook,
+    plan: Lookup,
+    *,
+    prefetched: PlainRead | None = None,
+    local: Found | None = None,
+    takes_lease: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> Flow:
+    """The steps of a Lookup. `prefetched`: the short way's read of the plain key, when it
+    made one; `local`: the entry this process holds for the first key; `takes_lease`: read
+    and lease in one round trip (`trend.lookup_takes_lease`, which knows the driver's fills);
+    `clock`: the driver's wall clock (an input like any other: tests move it)."""
+    stale: CachedResponse | None = None
+    lease: tuple[str, int | None] | None = None  # (token, epoch) taken by the read
+    if plan.refresh:
+        # Request no-cache honoured (`honor_request_no_cache`): the app answers. It fills if
+        # the lease is free, and never waits for, nor serves, another request's fill.
+        if not policy.can_fill(plan):
+            return RunApp(None, 0, None)
+        return (yield from _fill_alone(book, plan, None))
+    if prefetched is not None and prefetched.key != policy.first_key(plan):
+        prefetched = None  # a Vary learned meanwhile: the variant is read first now
+    try:
+        if prefetched is not None:
+            if prefetched.error is not None:
+                raise prefetched.error
+            found: Found | NotFound = yield from _read(policy, plan, prefetched.raw)
+        elif local is not None:
+            found = local
+        elif takes_lease and policy.first_key(plan) == plan.key:
+            token = lease_token()
+            raw, epoch = yield GetOrAcquire(plan.key, plan.lock_key, token, plan.index_key)
+            found = yield from _read(policy, plan, raw)
+            if raw is None:
+                lease = (token, epoch)
+        else:
+            found = yield from _read(policy, plan)
+    except StoreUnavailable as exc:
+        book.bump("errors", plan.rule.route, plan.venue)
+        return PassOn(exc.detail)
+    if not isinstance(found, Found):
+        trend.missed(plan.rule.route)
+    else:
+        trend.found(plan.rule.route)
+        now = clock()
+        state = policy.freshness(found.entry, now)
+        if state == "fresh":
+            book.bump("hits", plan.rule.route, plan.venue)
+            return Serve(found.entry, now)
+        if state == "stale-while-revalidate":
+            # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
+            book.bump("stale_hits", plan.rule.route, plan.venue)
+            return Serve(found.entry, now, state, refresh=True)
+        if state == "stale-if-error":
+            stale = found.entry
+    if not policy.can_fill(plan):
+        # Its answer cannot be stored: it must not lead a fill, nor wait for one.
+        return RunApp(None, 0, stale)
+    if policy.leads_alone(plan):
+        return (yield from _fill_alone(book, plan, stale))
+    return (yield from _fill(policy, book, plan, stale, lease, clock))
+
+
+def _read(policy: CachePolicy, plan: Lookup, first_raw: object = UNREAD) -> ReadFlow:
+    """The entry for `plan`, following a Vary record to the request's variant (`first_raw`:
+    the first key's value, when it was read already). Returns Found or NotFound."""
+    key, first = policy.first_key(plan), True
+    while True:
+        if first and first_raw is not UNREAD:
+            raw: bytes | None = first_raw  # type: ignore[assignment]
+        else:
+            raw = yield Get(key)
+        step = policy.on_read(plan, key, raw, first=first)
+        first = False
+        if isinstance(step, Follow):
+            key = step.key
+            continue
+        if isinstance(step, NotFound) and step.drop is not None:
+            yield Forget(step.drop)
+        return step
+
+
+def _fill(
+    policy: CachePolicy,
+    book: StatsBook,
+    plan: Lookup,
+    stale: CachedResponse | None,
+    lease: tuple[str, int | None] | None,
+    clock: Callable[[], float],
+) -> Flow:
+    # A lease taken by the lookup makes this request the filler, even if another request of
+    # this process claimed the key first (that one then waits for the lease, so for this fill).
+    leads = lease is not None and lease[1] is not None
+    claimed = yield Claim(plan.key)
+    if not claimed and not leads:
+        # Another request of this process is filling the key: wait for its entry.
+        yield WaitLocal(plan.key)
+        return (yield from _after_wait(policy, book, plan, stale, clock))
+    if lease is not None:
+        token, epoch = lease
+    else:
+        token = lease_token()
+        try:
+            epoch = yield Acquire(plan.lock_key, token, plan.index_key)
+        except StoreUnavailable as exc:
+            if claimed:
+                yield Release(plan.key)
+            book.bump("errors", plan.rule.route, plan.venue)
+            return PassOn(exc.detail)
+    if epoch is None:
+        # Another process holds the lease: wait (bounded) for its entry.
+        yield WaitRemote(plan.key, plan.lock_key)
+        if claimed:
+            yield Release(plan.key)
+        return (yield from _after_wait(policy, book, plan, stale, clock))
+    return RunApp(token, epoch, stale, claimed)
+
+
+def _fill_alone(book: StatsBook, plan: Lookup, stale: CachedResponse | None) -> Flow:
+    """Fill with the lease if it is free, without making anyone wait; else just answer."""
+    token = lease_token()
+    try:
+        epoch = yield Acquire(plan.lock_key, token, plan.index_key)
+    except StoreUnavailable:
+        book.bump("errors", plan.rule.route, plan.venue)
+        epoch = None
+    if epoch is None:
+        return RunApp(None, 0, stale)
+    return RunApp(token, epoch, stale)
+
+
+def _after_wait(
+    policy: CachePolicy,
+    book: StatsBook,
+    plan: Lookup,
+    stale: CachedResponse | None,
+    clock: Callable[[], float],
+) -> Flow:
+    """After another request's fill: its entry if it serves this request, else the app."""
+    try:
+        found: Found | NotFound | None = yield from _read(policy, plan)
+    except StoreUnavailable:
+        found = None
+    now = clock()
+    if isinstance(found, Found) and policy.freshness(found.entry, now) == "fresh":
+        book.bump("coalesced", plan.rule.route, plan.venue)
+        book.bump("hits", plan.rule.route, plan.venue)
+        return Serve(found.entry, now)
+    # Not storable, another variant, or the wait ran out: answer without storing.
+    return RunApp(None, 0, stale)
+
+
+def drive_sync(flow: Flow, perform: Callable[[Step], Any]) -> Outcome:
+    """Run `flow` to its outcome, performing each step with `perform` (blocking I/O); a
+    `StoreUnavailable` it raises is thrown into the flow, which decides what it means."""
+    send: Any = None
+    error: StoreUnavailable | None = None
+    while True:
+        try:
+            step = flow.send(send) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        error = None
+        try:
+            send = perform(step)
+        except StoreUnavailable as exc:
+            error, send = exc, None

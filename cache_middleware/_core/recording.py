@@ -1,0 +1,109 @@
+"""What both adapters' MISS recorders decide, written once: the start of the app's answer,
+the copy kept of a storable body, the ETag a stored MISS carries, and the fill's writes.
+
+A recorder (asgi.py, wsgi.py) runs the app and forwards its answer in its own protocol's
+terms (ASGI messages, a WSGI iterable) and performs the store I/O (awaited or blocking); a
+`MissRecording` holds the state that decides: whether this answer is stored, the body kept so
+far, and what to write when it is whole. No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .policy import CachePolicy, Lookup, MissStart, miss_etag
+from .stats import StatsBook
+
+__all__ = ["MissRecording"]
+
+
+class MissRecording:
+    """One MISS's recording state. `token`: the fill lease held (None: store nothing)."""
+
+    __slots__ = ("body", "book", "headers", "plan", "policy", "recording", "size", "start",
+                 "status", "token")  # fmt: skip
+
+    def __init__(
+        self, policy: CachePolicy, book: StatsBook, plan: Lookup, token: str | None
+    ) -> None:
+        self.policy = policy
+        self.book = book
+        self.plan = plan
+        self.token = token
+        self.recording = False  # the body is being kept, to be stored when whole
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.start: Any = None  # the MissStart, once the app's headers came
+
+    def begin(
+        self, status: int, headers: list[tuple[bytes, bytes]], now: float, *, final: bool = True
+    ) -> MissStart:
+        """The app's status and headers came: decide, count it as its X-Cache header says,
+        and return the decision (its `headers` are the ones to send). `final`: False for a
+        WSGI start_response with exc_info replacing an earlier one, never stored nor counted."""
+        self.status = status
+        self.headers = headers
+        decision = self.policy.start_miss(self.plan, status, headers, now)
+        self.start = decision
+        if decision.store and self.token is None:
+            # Answered for this request only (a coalesced wait ran out, say): not stored.
+            decision.headers = self.policy.bypass_headers(headers, "not-leader")
+            decision.store = False
+        self.recording = decision.store and final
+        self.body.clear()
+        self.size = 0
+        if final:
+            # Counted as the X-Cache header says: an unstorable answer went out as BYPASS.
+            route, venue = self.plan.rule.route, self.plan.venue
+            self.book.bump("misses" if decision.store else "bypasses", route, venue)
+        return decision
+
+    @property
+    def holds_headers(self) -> bool:
+        """Whether the headers wait for the body: a stored MISS without the app's own ETag
+        carries the one its HITs will, known once the body is whole."""
+        return self.recording and not self.start.has_etag
+
+    def record(self, chunk: bytes) -> None:
+        """Keep a copy of a body chunk; a body past max_body_bytes is not kept (nor stored)."""
+        if not self.recording:
+            return
+        self.size += len(chunk)
+        if self.size > self.policy.max_body_bytes:
+            # Too big to keep: stop buffering and let the rest stream through.
+            self.recording = False
+            self.body.clear()
+        elif chunk:
+            self.body.append(bytes(chunk))
+
+    def length_reached(self) -> bool:
+        """Whether the declared Content-Length has been received."""
+        length: int | None = self.start.content_length
+        return length is not None and self.size >= length
+
+    def whole_body(self) -> bytes:
+        return b"".join(self.body)
+
+    def etag(self, body: bytes) -> tuple[bytes, bytes] | None:
+        """The ETag field a stored MISS's headers gain (recorded with the entry too), or None."""
+        field = miss_etag(self.start, body)
+        if field is not None:
+            self.headers.append(field)  # stored with it: `miss_writes` derives no other
+        return field
+
+    def writes(self, body: bytes, now: float) -> tuple[Any, list[str], int] | None:
+        """(writes, index keys, lifetime) for the store's `store_fill`, or None when the body
+        is not storable after all (incomplete): the lease is then given back."""
+        writes, lifetime = self.policy.miss_writes(
+            self.plan, self.start, self.status, self.headers, body, now
+        )
+        if not writes:
+            return None
+        return writes, self.policy.index_keys(self.plan, self.headers), lifetime
+
+    def stored(self, ok: bool) -> None:
+        """Count the fill's outcome: written, or its lease lost to an invalidation while the
+        app was answering (not written)."""
+        self.book.bump("stores" if ok else "lost_leases", self.plan.rule.route, self.plan.venue)
