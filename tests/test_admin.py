@@ -30,9 +30,9 @@ from starlette.routing import Mount, Route
 
 import cache_middleware.admin.app as admin_module
 from cache_middleware import CacheMiddleware, create_admin_app
+from cache_middleware._asgi.request import AsgiRequest
 from cache_middleware._core.keys import path_index_key, tag_index_key
 from cache_middleware._core.policy import Lookup
-from cache_middleware.asgi import _AsgiRequest
 from cache_middleware.config import load_config
 from cache_middleware.errors import ConfigError
 from cache_middleware.events import MemorySink
@@ -265,7 +265,7 @@ class Site:
             "query_string": query.encode(),
             "headers": headers,
         }
-        plan = self.mw.policy.plan("GET", path, query, _AsgiRequest(scope))
+        plan = self.mw.policy.plan("GET", path, query, AsgiRequest(scope))
         assert isinstance(plan, Lookup), target
         return plan.key
 

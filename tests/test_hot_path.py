@@ -247,13 +247,13 @@ def test_a_plain_get_is_answered_as_the_full_plan_answers_it(
     """Whenever `plain_key` offers the short way, the full way (the ASGI adapter's request
     source, `plan()`, the first read, `respond_hit()`) looks up the same key and replays the
     very same headers; the short way is offered for plain GETs seen before, and only them."""
-    from cache_middleware.asgi import _AsgiRequest
+    from cache_middleware._asgi.request import AsgiRequest
 
     policy = _plain_policy(_PLAIN_CONFIGS[config])
     raw = [(name.encode(), value.encode()) for name, value in headers]
     scope = {"type": "http", "method": method, "path": path, "headers": raw, "user": None}
     assert policy.plain_key(method, path, query, raw, scheme) is None  # nothing derived yet
-    plan = policy.plan(method, path, query, _AsgiRequest(scope), scheme)
+    plan = policy.plan(method, path, query, AsgiRequest(scope), scheme)
     if varies and isinstance(plan, Lookup):
         policy._learn(plan.key, ("accept",), plan.rule.route)  # a Vary record was seen
     plain = policy.plain_key(method, path, query, raw, scheme)
@@ -352,12 +352,12 @@ def test_the_wsgi_short_way_agrees_with_the_full_plan(
 def test_header_names_that_are_not_bytes_take_the_full_way() -> None:
     """ASGI says bytes; a server that hands over a bytearray must cost the short way, not the
     request (an unhashable name would otherwise raise out of the set lookup)."""
-    from cache_middleware.asgi import _AsgiRequest
+    from cache_middleware._asgi.request import AsgiRequest
 
     policy = _plain_policy({})
     raw: list[tuple[Any, bytes]] = [(bytearray(b"host"), b"a.example")]
     scope = {"type": "http", "method": "GET", "path": "/api/events", "headers": raw}
-    plan = policy.plan("GET", "/api/events", "", _AsgiRequest(scope))
+    plan = policy.plan("GET", "/api/events", "", AsgiRequest(scope))
     assert isinstance(plan, Lookup)
     assert policy.plain_key("GET", "/api/events", "", raw) is None
     assert policy.plain_key("POST", "/api/events", "", raw) is None  # no scan for POST

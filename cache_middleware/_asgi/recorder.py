@@ -1,0 +1,206 @@
+"""The ASGI MISS recorder: runs the app, forwards its messages as they come, keeps what the
+shared `_core/recording.MissRecording` decides to keep, and stores it (awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .._core.entry import CachedResponse
+from .._core.policy import Lookup
+from .._core.recording import MissRecording
+from ..errors import StoreUnavailable
+from .request import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ..asgi import CacheMiddleware
+
+__all__ = ["EmptyRequest", "MissRecorder", "discard"]
+
+
+class MissRecorder:
+    """Runs the app and forwards its response unchanged in timing, keeping a copy of a storable
+    body; with a lease, writes the entry as soon as the body is known whole (its last message,
+    or the declared Content-Length reached), before that last chunk is handed on: a client
+    slow to read it holds neither the key's fill nor the requests waiting for it. A stored MISS
+    whose whole body comes in its first message carries the ETag its HITs will (the start is
+    held until that message). With a stale entry, an app error or 5xx is replaced by the stale
+    entry (RFC 5861 §4, stale-if-error). `on_settled` is called once the lease is settled."""
+
+    def __init__(
+        self,
+        mw: CacheMiddleware,
+        plan: Lookup,
+        send: Send,
+        token: str | None,
+        epoch: int,
+        stale: CachedResponse | None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        self.mw = mw
+        self.plan = plan
+        self.downstream = send
+        self.token = token
+        self.epoch = epoch
+        self.stale = stale
+        self.on_settled = on_settled
+        self.started = False  # something was forwarded: the answer can no longer be replaced
+        self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
+        self.held: Message | None = None  # the start, held until the first body message
+        self.written = False  # the whole body was stored (or not): the lease is settled
+        self.rec = MissRecording(mw.policy, mw.book, plan, token)
+
+    async def run(self, scope: Scope, receive: Receive) -> None:
+        mw = self.mw
+        try:
+            try:
+                await mw.app(scope, receive, self.send)
+            except Exception:
+                if self.stale is None or self.started:
+                    raise
+                self.suppressed = True  # the app failed before answering: serve stale
+            if self.suppressed:
+                assert self.stale is not None
+                self.held = None
+                mw.bump("stale_hits", self.plan)
+                await mw._replay(self.plan, self.stale, mw.now(), self.downstream, "stale-if-error")
+                return
+            await self._send_held()  # an app that sent no body message: as it answered
+        finally:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """However the request ended without the entry written: the lease given back."""
+        if self.written:
+            return  # `_write` settled it
+        if self.token is not None:
+            # In a task of its own: a cancelled request (a timeout, a disconnect) must still
+            # give the lease back, or the key stays blocked for lock_timeout.
+            release = asyncio.ensure_future(self._release(self.token))
+            self.mw._background.add(release)
+            release.add_done_callback(self.mw._background.discard)
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await asyncio.shield(release)
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.on_settled is not None:
+            on_settled, self.on_settled = self.on_settled, None
+            on_settled()
+
+    async def _release(self, token: str) -> None:
+        try:
+            await self.mw.store.release_fill(self.plan.lock_key, token)
+        except StoreUnavailable:
+            self.mw.bump("errors", self.plan)
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            await self._start(message)
+            return
+        if self.suppressed:
+            return
+        rec = self.rec
+        if kind != "http.response.body":
+            rec.recording = False  # pathsend, trailers...: not a body we can replay
+            await self._send_held()
+            await self.downstream(message)
+            return
+        if not rec.recording:
+            await self._send_held()
+            await self.downstream(message)
+            return
+        rec.record(message.get("body", b""))
+        if self._whole(message):
+            body = rec.whole_body()
+            if self.held is not None:
+                # The whole body before the headers left: the ETag its HITs will carry.
+                etag = rec.etag(body)
+                if etag is not None:
+                    self.held["headers"].append(etag)
+            await self._send_held()
+            # Stored before the last chunk is handed on, not after the client has read it:
+            # the waiters are woken now. Awaited here rather than in a task alongside the
+            # send: a task costs a MISS 3% more instructions (bench/instructions.py) to save
+            # its client one store round trip.
+            await self._write(body)
+            self.written = True
+        else:
+            await self._send_held()
+        await self.downstream(message)
+
+    def _whole(self, message: Message) -> bool:
+        """Whether the body being recorded is complete with this message (and not written)."""
+        rec = self.rec
+        return (
+            rec.recording
+            and not self.written
+            and (not message.get("more_body", False) or rec.size == rec.start.content_length)
+        )
+
+    async def _start(self, message: Message) -> None:
+        status = message["status"]
+        if self.stale is not None and status >= 500:
+            self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+            return
+        headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        message["headers"] = self.rec.begin(status, headers, self.mw.now()).headers
+        if self.rec.holds_headers:
+            # Held until the first body message: if that is the whole body, the MISS carries
+            # the ETag it is stored with. Most apps send it in the same breath (Starlette's
+            # Response does); a streamed body's headers wait for its first chunk. Only a
+            # storable response is held, so never an event stream.
+            self.held = message
+            return
+        self.started = True
+        await self.downstream(message)
+
+    async def _send_held(self) -> None:
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.started = True
+            await self.downstream(held)
+
+    async def _write(self, body: bytes) -> None:
+        """Stores the whole body (or gives the lease back), then wakes the fill's waiters."""
+        assert self.token is not None
+        if not await self._store(body):
+            await self._release(self.token)
+        self._settled()
+
+    async def _store(self, body: bytes) -> bool:
+        rec = self.rec
+        assert self.token is not None
+        fill = rec.writes(body, self.mw.now())
+        if fill is None:
+            return False  # incomplete body: not stored, and the lease is released
+        writes, index_keys, lifetime = fill
+        try:
+            ok = await self.mw.store.store_fill(
+                self.plan.lock_key, self.token, self.epoch, writes, index_keys, lifetime
+            )
+        except StoreUnavailable:
+            self.mw.bump("errors", self.plan)
+            return False
+        rec.stored(ok)
+        return True
+
+
+async def discard(message: Message) -> None:
+    return None
+
+
+class EmptyRequest:
+    """`receive` of a background refresh: an empty body, then a disconnect."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def __call__(self) -> Message:
+        if self.sent:
+            return {"type": "http.disconnect"}
+        self.sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
