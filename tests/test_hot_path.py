@@ -301,7 +301,8 @@ def test_the_wsgi_short_way_agrees_with_the_full_plan(
     """The WSGI adapter's short way (headers read from the environ, then `plain_key_of`) is
     taken only where `plan()`, given the same environ, looks up the same key with no flag set
     and would replay the very same headers; and for every plain GET seen before."""
-    from cache_middleware.wsgi import WSGICacheMiddleware, _environ_name, _WsgiRequest
+    from cache_middleware._wsgi.request import WsgiRequest, environ_name
+    from cache_middleware.wsgi import WSGICacheMiddleware
 
     extra = _PLAIN_CONFIGS[config]
     middleware = WSGICacheMiddleware(
@@ -315,9 +316,9 @@ def test_the_wsgi_short_way_agrees_with_the_full_plan(
         "wsgi.url_scheme": scheme,
     }
     for name, value in headers:  # a server joins a repeated header's values
-        key = _environ_name(name)
+        key = environ_name(name)
         environ[key] = f"{environ[key]},{value}" if key in environ else value
-    plan = policy.plan(method, path, query, _WsgiRequest(environ), scheme)
+    plan = policy.plan(method, path, query, WsgiRequest(environ), scheme)
     held: dict[str, bytes] = {}
     if isinstance(plan, Lookup):
         entry = CachedResponse(200, [(b"content-type", b"text/plain")], b"x", time.time(), 60)
