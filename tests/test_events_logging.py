@@ -1,7 +1,8 @@
 """What `cache-middleware events consume` tells an operator, on the `cache_middleware.events`
-logger (the CLI's `--log-level` puts it on stderr): that it connected, each connection loss and
-failed attempt, each reconnection, and each dead-lettered message with its reason, never its
-body. The password of the broker URL is never logged.
+logger (the CLI's `--log-level` puts it on stderr): that it connected; each broker fault once,
+at WARNING (a lost connection, or a first failed attempt), the attempts that follow at DEBUG;
+each reconnection (INFO); and each dead-lettered message with its reason, never its body. The
+password of the broker URL is never logged.
 
 `run_consumer` (what the command runs) runs in a thread with a `stop` event, over kombu's
 `memory://` transport and over the real RabbitMQ, the losses played by a TCP proxy in front of
@@ -92,6 +93,14 @@ class Worker:
             if r.name == LOGGER and r.levelno == level and r.getMessage().startswith(text)
         ]
 
+    def levels(self, text: str) -> list[int]:
+        """The level of each message that starts with `text`, in the order logged."""
+        return [
+            r.levelno
+            for r in self.caplog.records
+            if r.name == LOGGER and r.getMessage().startswith(text)
+        ]
+
     def wait_for(self, level: int, text: str, count: int = 1) -> list[str]:
         deadline = time.monotonic() + WAIT
         while len(found := self.records(level, text)) < count:
@@ -135,13 +144,17 @@ def test_an_unreachable_broker_is_reported_and_stop_still_works(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, _ = write_config(tmp_path, UNREACHABLE)
-    with caplog.at_level(logging.INFO, logger=LOGGER), Worker(path, caplog) as worker:
-        failures = worker.wait_for(logging.WARNING, "cannot reach amqp://", count=2)
-        assert "retrying in" in failures[0]
+    with caplog.at_level(logging.DEBUG, logger=LOGGER), Worker(path, caplog) as worker:
+        # one fault, said once: the first failed attempt at WARNING, the next ones at DEBUG
+        retries = worker.wait_for(logging.DEBUG, "cannot reach amqp://", count=2)
         started = time.monotonic()
         worker.stop.set()
         worker.thread.join(WAIT)
         assert time.monotonic() - started < 5  # between two attempts, not after the outage
+    (warning,) = worker.records(logging.WARNING, "cannot reach amqp://")
+    assert "retrying in" in warning and all("retrying in" in line for line in retries)
+    levels = worker.levels("cannot reach amqp://")
+    assert levels == [logging.WARNING] + [logging.DEBUG] * (len(levels) - 1), levels
     assert not worker.records(logging.INFO, "connected to")
     assert "guest:guest@" not in caplog.text  # the password is masked
 
@@ -156,7 +169,7 @@ def test_connection_loss_and_reconnection_over_rabbitmq(
     proxy.start()
     secret = "do-not-log-" + uuid.uuid4().hex
     try:
-        with caplog.at_level(logging.INFO, logger=LOGGER), Worker(path, caplog) as worker:
+        with caplog.at_level(logging.DEBUG, logger=LOGGER), Worker(path, caplog) as worker:
             (connected,) = worker.wait_for(logging.INFO, "connected to amqp://")
             assert f"@127.0.0.1:{proxy.port}" in connected and queue in connected
             publish_raw(rabbitmq, f"not json {secret}")
@@ -164,10 +177,11 @@ def test_connection_loss_and_reconnection_over_rabbitmq(
 
             proxy.stop()  # the broker goes away under the worker
             worker.wait_for(logging.WARNING, "lost the connection to amqp://")
-            worker.wait_for(logging.WARNING, "cannot reach amqp://")  # while it is away
+            # the attempts while it is away belong to the same fault: DEBUG, not WARNING
+            worker.wait_for(logging.DEBUG, "cannot reach amqp://", count=2)
             proxy.start()
             (reconnected,) = worker.wait_for(logging.INFO, "reconnected to amqp://")
-            assert queue in reconnected
+            assert queue in reconnected and "s without the broker)" in reconnected
 
             # and it consumes again: a second bad message is dead-lettered too
             publish_raw(rabbitmq, f"not json either {secret}")
@@ -177,3 +191,6 @@ def test_connection_loss_and_reconnection_over_rabbitmq(
     assert secret not in caplog.text
     assert "guest:guest@" not in caplog.text
     assert len(worker.records(logging.INFO, "connected to amqp://")) == 1  # not "reconnected"
+    # one fault, one warning: the loss; every attempt after it (refused) at DEBUG only
+    assert worker.levels("lost the connection to amqp://") == [logging.WARNING]
+    assert set(worker.levels("cannot reach amqp://")) == {logging.DEBUG}
