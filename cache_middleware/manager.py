@@ -69,8 +69,16 @@ class _LeaderCancelled(Exception):
     """The task computing a key was cancelled; its waiters were not and must carry on."""
 
 
-class CacheManager:
-    """Async cache manager. `get_or_set` calls the factory once per key per process at a time."""
+# The operations both managers share are written once, for asyncio, between the two markers
+# below; scripts/unasync.py writes their blocking twin after them (tests/test_unasync.py checks
+# it is current). What differs, `get_or_set`'s way of sharing one computation, is written twice.
+
+
+# unasync: source begin
+class _AsyncManagerBase:
+    """What the two managers share: everything but `get_or_set`."""
+
+    _inflight: dict[str, Any]  # the keys `get_or_set` is computing, each with its waiters' handle
 
     def __init__(
         self,
@@ -82,7 +90,7 @@ class CacheManager:
         self.store = store
         self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
         self.event_sink = event_sink  # where invalidate / delete are reported; None: nowhere
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._inflight = {}
 
     async def _load(self, key: str) -> Any:
         try:
@@ -110,6 +118,96 @@ class CacheManager:
         except StoreUnavailable:
             return False
         return True
+
+    async def delete(self, *keys: str) -> int:
+        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
+        count = await self.store.delete(*keys)
+        _report(self.event_sink, "keys", list(keys), count)
+        return count
+
+    async def invalidate(self, pattern: str) -> int:
+        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
+        count = await self.store.delete_matching(pattern)
+        _report(self.event_sink, "patterns", [pattern], count)
+        return count
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+# unasync: source end
+
+# unasync: generated begin: the sync twin of the source region above, written by
+# scripts/unasync.py: do not edit; edit the source, then run scripts/unasync.py.
+
+
+class _ManagerBase:
+    """What the two managers share: everything but `get_or_set`."""
+
+    _inflight: dict[str, Any]  # the keys `get_or_set` is computing, each with its waiters' handle
+
+    def __init__(
+        self,
+        store: SyncStore,
+        *,
+        default_ttl: int = DEFAULT_TTL,
+        event_sink: EventSink | None = None,
+    ) -> None:
+        self.store = store
+        self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
+        self.event_sink = event_sink  # where invalidate / delete are reported; None: nowhere
+        self._inflight = {}
+
+    def _load(self, key: str) -> Any:
+        try:
+            raw = self.store.get(key)
+        except StoreUnavailable:
+            return _MISSING
+        if raw is None:
+            return _MISSING
+        try:
+            return decode_value(raw)
+        except CorruptValue as exc:
+            logger.warning("dropping unreadable value under %r: %s", key, exc)
+            with contextlib.suppress(StoreUnavailable):
+                self.store.forget(key)
+            return _MISSING
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._load(key)
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
+        data = encode_value(value)
+        try:
+            self.store.set(key, data, _check_ttl(ttl, self.default_ttl))
+        except StoreUnavailable:
+            return False
+        return True
+
+    def delete(self, *keys: str) -> int:
+        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
+        count = self.store.delete(*keys)
+        _report(self.event_sink, "keys", list(keys), count)
+        return count
+
+    def invalidate(self, pattern: str) -> int:
+        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
+        count = self.store.delete_matching(pattern)
+        _report(self.event_sink, "patterns", [pattern], count)
+        return count
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# unasync: generated end
+
+
+class CacheManager(_AsyncManagerBase):
+    """Async cache manager. `get_or_set` calls the factory once per key per process at a time."""
+
+    _inflight: dict[str, asyncio.Future[Any]]
 
     async def get_or_set(
         self,
@@ -152,21 +250,6 @@ class CacheManager:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
 
-    async def delete(self, *keys: str) -> int:
-        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
-        count = await self.store.delete(*keys)
-        _report(self.event_sink, "keys", list(keys), count)
-        return count
-
-    async def invalidate(self, pattern: str) -> int:
-        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
-        count = await self.store.delete_matching(pattern)
-        _report(self.event_sink, "patterns", [pattern], count)
-        return count
-
-    async def aclose(self) -> None:
-        await self.store.aclose()
-
 
 class _Call:
     __slots__ = ("done", "error", "result")
@@ -177,60 +260,19 @@ class _Call:
         self.error: BaseException | None = None
 
 
-class SyncCacheManager:
+class SyncCacheManager(_ManagerBase):
     """The blocking twin of `CacheManager`, safe to share between threads."""
 
-    def __init__(
-        self,
-        store: SyncStore,
-        *,
-        default_ttl: int = DEFAULT_TTL,
-        event_sink: EventSink | None = None,
-    ) -> None:
-        self.store = store
-        self.default_ttl = _check_ttl(default_ttl, DEFAULT_TTL)
-        self.event_sink = event_sink  # where invalidate / delete are reported; None: nowhere
-        self._inflight: dict[str, _Call] = {}
-        self._lock = threading.Lock()
-
-    def _load(self, key: str) -> Any:
-        try:
-            raw = self.store.get(key)
-        except StoreUnavailable:
-            return _MISSING
-        if raw is None:
-            return _MISSING
-        try:
-            return decode_value(raw)
-        except CorruptValue as exc:
-            logger.warning("dropping unreadable value under %r: %s", key, exc)
-            with contextlib.suppress(StoreUnavailable):
-                self.store.forget(key)
-            return _MISSING
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self._load(key)
-        return default if value is _MISSING else value
-
-    def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
-        data = encode_value(value)
-        try:
-            self.store.set(key, data, _check_ttl(ttl, self.default_ttl))
-        except StoreUnavailable:
-            return False
-        return True
+    _inflight: dict[str, _Call]
 
     def get_or_set(self, key: str, factory: Callable[[], T], ttl: int | None = None) -> T:
         ttl = _check_ttl(ttl, self.default_ttl)
         value = self._load(key)
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
-        with self._lock:
-            call = self._inflight.get(key)
-            leader = call is None
-            if call is None:
-                call = self._inflight[key] = _Call()
-        if not leader:
+        mine = _Call()
+        call = self._inflight.setdefault(key, mine)  # atomic: one thread's call wins the key
+        if call is not mine:
             call.done.wait()
             if call.error is not None:
                 raise call.error
@@ -243,24 +285,8 @@ class SyncCacheManager:
             call.error = exc
             raise
         finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+            self._inflight.pop(key, None)
             call.done.set()
-
-    def delete(self, *keys: str) -> int:
-        """Delete these exact keys; returns how many existed (reported as one invalidation)."""
-        count = self.store.delete(*keys)
-        _report(self.event_sink, "keys", list(keys), count)
-        return count
-
-    def invalidate(self, pattern: str) -> int:
-        """Delete every key matching a Redis glob (SCAN + UNLINK in batches); returns the count."""
-        count = self.store.delete_matching(pattern)
-        _report(self.event_sink, "patterns", [pattern], count)
-        return count
-
-    def close(self) -> None:
-        self.store.close()
 
 
 # One manager per (cache settings, events settings): the cache's `Settings` do not hold the

@@ -213,8 +213,22 @@ def with_refusals(deltas: dict[str, int], refusals: int) -> dict[str, int]:
     return {**deltas, key: deltas.get(key, 0) + refusals}
 
 
+class _SyncLookup(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None: ...
+
+
+class _AsyncLookup(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+    async def acquire_fill(
+        self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
+    ) -> int | None: ...
+
+
 def get_then_acquire(
-    store: SyncStore, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
+    store: _SyncLookup, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
 ) -> tuple[bytes | None, int | None]:
     """`get_or_acquire` as two calls, for stores that cannot do it in one round trip."""
     value = store.get(key)
@@ -224,7 +238,7 @@ def get_then_acquire(
 
 
 async def get_then_acquire_async(
-    store: AsyncStore, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
+    store: _AsyncLookup, key: str, lock_key: str, token: str, ttl_ms: int, index_key: str | None
 ) -> tuple[bytes | None, int | None]:
     """`get_then_acquire` for async stores."""
     value = await store.get(key)

@@ -12,6 +12,7 @@ Redis URLs: `redis://`, `rediss://` and `unix://` give the single-server stores;
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ..config import Settings
 from .base import AsyncStore, SyncStore
@@ -36,51 +37,40 @@ def _is_cluster(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
+def _redis_options(settings: Settings) -> dict[str, Any]:
+    """What every Redis store, sync or async, single-server or Cluster, takes from the config."""
+    return {
+        "timeout": settings.redis_timeout,
+        "breaker_failures": settings.breaker_failures,
+        "breaker_cooldown": settings.breaker_cooldown,
+        "slow_after": settings.slow_store_ms / 1000,
+    }
+
+
 def make_async_store(settings: Settings) -> AsyncStore:
-    if settings.uses_redis:
-        assert settings.redis_url is not None
-        if _is_cluster(settings.redis_url):
-            from .redis_cluster import AsyncRedisClusterStore
+    if not settings.uses_redis:
+        return AsyncMemoryStore(shared_memory_store(settings))
+    assert settings.redis_url is not None
+    # Imported here: a memory-only process never loads redis-py, nor a single Redis its Cluster.
+    from .redis_async import AsyncRedisStore
 
-            return AsyncRedisClusterStore(
-                settings.redis_url,
-                timeout=settings.redis_timeout,
-                breaker_failures=settings.breaker_failures,
-                breaker_cooldown=settings.breaker_cooldown,
-                slow_after=settings.slow_store_ms / 1000,
-            )
-        from .redis_async import AsyncRedisStore
+    store_cls: type[AsyncRedisStore] = AsyncRedisStore
+    if _is_cluster(settings.redis_url):
+        from .redis_cluster import AsyncRedisClusterStore
 
-        return AsyncRedisStore(
-            settings.redis_url,
-            timeout=settings.redis_timeout,
-            breaker_failures=settings.breaker_failures,
-            breaker_cooldown=settings.breaker_cooldown,
-            slow_after=settings.slow_store_ms / 1000,
-        )
-    return AsyncMemoryStore(shared_memory_store(settings))
+        store_cls = AsyncRedisClusterStore
+    return store_cls(settings.redis_url, **_redis_options(settings))
 
 
 def make_sync_store(settings: Settings) -> SyncStore:
-    if settings.uses_redis:
-        assert settings.redis_url is not None
-        if _is_cluster(settings.redis_url):
-            from .redis_cluster import RedisClusterStore
+    if not settings.uses_redis:
+        return shared_memory_store(settings)
+    assert settings.redis_url is not None
+    from .redis_sync import RedisStore
 
-            return RedisClusterStore(
-                settings.redis_url,
-                timeout=settings.redis_timeout,
-                breaker_failures=settings.breaker_failures,
-                breaker_cooldown=settings.breaker_cooldown,
-                slow_after=settings.slow_store_ms / 1000,
-            )
-        from .redis_sync import RedisStore
+    store_cls: type[RedisStore] = RedisStore
+    if _is_cluster(settings.redis_url):
+        from .redis_cluster import RedisClusterStore
 
-        return RedisStore(
-            settings.redis_url,
-            timeout=settings.redis_timeout,
-            breaker_failures=settings.breaker_failures,
-            breaker_cooldown=settings.breaker_cooldown,
-            slow_after=settings.slow_store_ms / 1000,
-        )
-    return shared_memory_store(settings)
+        store_cls = RedisClusterStore
+    return store_cls(settings.redis_url, **_redis_options(settings))

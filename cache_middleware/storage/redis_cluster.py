@@ -58,9 +58,10 @@ from .base import (
     literal_head,
 )
 from .health import RETRIES, RETRY_ERRORS, CircuitBreaker, OutageMonitor
-from .redis_async import AsyncRedisStore, _host_port, split_credentials
+from .redis_async import AsyncRedisStore
 from .redis_sync import RedisStore
 from .scripts import RELEASE_FILL, peek_result
+from .url_parts import host_port, split_credentials
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -95,7 +96,7 @@ def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     scheme, _, rest = url.partition("://")
     netloc, _, path = rest.split("?", 1)[0].partition("/")
     netloc, kwargs = split_credentials(netloc)
-    nodes = [_host_port(part, 6379) for part in netloc.split(",") if part]
+    nodes = [host_port(part, 6379) for part in netloc.split(",") if part]
     if not nodes:
         raise ValueError(f"{scheme}:// URLs read {scheme}://host:port[,host:port...]")
     if path.strip("/") not in ("", "0"):
@@ -467,6 +468,8 @@ class RedisClusterStore(RedisStore):
 
 class AsyncRedisClusterStore(AsyncRedisStore):
     """AsyncRedisStore on a Redis Cluster (see the module docstring)."""
+
+    MERGES_LOOKUP = False  # the entry and its lease live on different slots
 
     def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
         kwargs.pop("fast_get", None)  # the pipelined GET speaks to one server: off

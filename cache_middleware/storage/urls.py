@@ -17,15 +17,10 @@ from urllib.parse import urlsplit
 
 from redis.asyncio.connection import parse_url
 
-from .redis_async import (
-    SENTINEL_SCHEMES,
-    AsyncRedisStore,
-    database_number,
-    port_number,
-    sentinel_parts,
-)
+from .redis_async import AsyncRedisStore
 from .redis_cluster import CLUSTER_SCHEMES, AsyncRedisClusterStore, cluster_parts
 from .redis_sync import RedisStore
+from .url_parts import SENTINEL_SCHEMES, database_number, port_number, sentinel_parts
 
 __all__ = ["check_redis_url", "database_of"]
 
