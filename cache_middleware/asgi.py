@@ -33,6 +33,7 @@ from ._core.policy import (
     Invalidate,
     Lookup,
 )
+from ._core.rules import Rule
 from ._core.stats import StatsBook
 from ._core.trend import MissTrend
 from .config import ConfigSource, load_config
@@ -166,15 +167,13 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
                 receive = peeked
                 if peeked.has_body:
                     # A GET or HEAD with a body is not the request the key names.
-                    await self._bypass(
-                        scope, receive, send, "request-body", plan.rule.route, plan.venue
-                    )
+                    await self._bypass(scope, receive, send, "request-body", plan.rule, plan.venue)
                     return
             await self._lookup(plan, scope, receive, send, prefetched)
         elif isinstance(plan, Invalidate):
             await self._invalidate(plan, scope, receive, send)
         else:
-            await self._bypass(scope, receive, send, plan.reason, plan.rule.route)
+            await self._bypass(scope, receive, send, plan.reason, plan.rule)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan and websocket scopes: a refused config fails the startup (and raises on a
@@ -237,15 +236,15 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
         receive: Receive,
         send: Send,
         reason: str,
-        route: str | None = None,
+        rule: Rule | None = None,
         venue: str | None = None,
     ) -> None:
-        self.book.bump("bypasses", route, venue)
+        self.book.bump("bypasses", None if rule is None else rule.route, venue)
         policy = self.policy
 
         async def send_bypass(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = policy.bypass_headers(message.get("headers", []), reason)
+                message["headers"] = policy.bypass_headers(message.get("headers", []), reason, rule)
             await send(message)
 
         await self.app(scope, receive, send_bypass)
@@ -272,7 +271,9 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
                         book.bump("errors", route)
                     else:
                         publish_write_invalidation(events, path, count)
-                message["headers"] = policy.bypass_headers(message.get("headers", []), "method")
+                message["headers"] = policy.bypass_headers(
+                    message.get("headers", []), "method", plan.rule
+                )
             await send(message)
 
         await self.app(scope, receive, send_invalidating)

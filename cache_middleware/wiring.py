@@ -48,6 +48,7 @@ def build_policy(
             stale_if_error=route.stale_if_error,
             ignored=_compile_globs(route.ignore_params),
             tags=route.tags,
+            cache_headers=route.cache_headers,
         )
         for route in settings.routes
     )
@@ -58,6 +59,7 @@ def build_policy(
         user_header=settings.user_header,
         max_body_bytes=settings.max_body_bytes,
         expose_key=settings.expose_key_header,
+        cache_headers=settings.cache_headers,
         trusted_headers=settings.trusted_headers,
         honor_request_no_cache=settings.honor_request_no_cache,
         key_host=settings.key_host,

@@ -137,13 +137,11 @@ class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
         if isinstance(plan, Lookup):
             if environ.get("SERVER_PROTOCOL") in STREAM_FRAMED and has_unframed_body(environ):
                 # A GET or HEAD with a body is not the request the key names.
-                return self._bypass(
-                    environ, start_response, "request-body", plan.rule.route, plan.venue
-                )
+                return self._bypass(environ, start_response, "request-body", plan.rule, plan.venue)
             return self._lookup(plan, environ, start_response, prefetched)
         if isinstance(plan, Invalidate):
             return self._invalidate(plan, environ, start_response)
-        return self._bypass(environ, start_response, plan.reason, plan.rule.route)
+        return self._bypass(environ, start_response, plan.reason, plan.rule)
 
     def _plain_key(self, environ: Environ, path: str) -> tuple[Rule, str, bytes | None] | None:
         """(rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key_of`), else
@@ -203,16 +201,16 @@ class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
         environ: Environ,
         start_response: StartResponse,
         reason: str,
-        route: str | None = None,
+        rule: Rule | None = None,
         venue: str | None = None,
     ) -> Iterable[bytes]:
-        self.book.bump("bypasses", route, venue)
+        self.book.bump("bypasses", None if rule is None else rule.route, venue)
         policy = self.policy
 
         def start_bypass(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            patched = to_str(policy.bypass_headers(to_bytes(headers), reason))
+            patched = to_str(policy.bypass_headers(to_bytes(headers), reason, rule))
             return start_response(status, patched, exc_info)
 
         return self.app(environ, start_bypass)
@@ -240,7 +238,7 @@ class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
                     book.bump("errors", route)
                 else:
                     publish_write_invalidation(events, path, count)
-            patched = to_str(policy.bypass_headers(to_bytes(headers), "method"))
+            patched = to_str(policy.bypass_headers(to_bytes(headers), "method", plan.rule))
             return start_response(status, patched, exc_info)
 
         return self.app(environ, start_invalidating)

@@ -218,11 +218,6 @@ def test_a_route_may_bring_back_what_the_global_list_leaves_out(make: Any) -> No
     assert ours(hit) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the adapters call bypass_headers without the route's rule for the BYPASSes they "
-    "decide themselves (method, request guards, store down, not-leader): the global list applies",
-)
 def test_a_route_list_applies_to_the_adapters_own_bypasses(make: Any) -> None:
     routes = {"/full": {"ttl": 60}, "/lean": {"ttl": 60, "cache_headers": []}}
     client = make(routes=routes)

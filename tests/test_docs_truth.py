@@ -308,11 +308,13 @@ def _routes(spec: str) -> Case:
 
 
 ROUTE_FIELDS = (
-    "condition, ignore_params, negative_ttl, private, stale_if_error, stale_while_revalidate, "
+    "cache_headers, condition, ignore_params, negative_ttl, private, stale_if_error, "
+    "stale_while_revalidate, "
     "statuses, tags, ttl, vary_by"
 )
 TOP_FIELDS = (
-    "admin, breaker_cooldown, breaker_failures, coalesce_wait, events, expose_key_header, "
+    "admin, breaker_cooldown, breaker_failures, cache_headers, coalesce_wait, events, "
+    "expose_key_header, "
     "honor_request_no_cache, key_host, key_prefix, lock_timeout, manager_namespaces, "
     "max_body_bytes, "
     "memory_max_bytes, near_cache, redis_timeout, redis_url, routes, slow_store_ms, "

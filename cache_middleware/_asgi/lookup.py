@@ -28,6 +28,7 @@ from .._core.flow import (
 )
 from .._core.held import PlainRead
 from .._core.policy import CachePolicy, Found, Lookup
+from .._core.rules import Rule
 from .._core.stats import StatsBook
 from .._core.trend import MissTrend, lookup_takes_lease
 from ..config import Settings
@@ -75,7 +76,7 @@ class LookupDriver:
         def _unclaim(self, key: str, done: asyncio.Future[None]) -> None: ...
         async def _bypass(
             self, scope: Scope, receive: Receive, send: Send, reason: str,
-            route: str | None = None, venue: str | None = None,
+            rule: Rule | None = None, venue: str | None = None,
         ) -> None: ...  # fmt: skip
 
     async def _lookup(
@@ -133,9 +134,7 @@ class LookupDriver:
                 if outcome.refresh:
                     self._refresh_in_background(plan, scope)
             elif isinstance(outcome, PassOn):
-                await self._bypass(
-                    scope, receive, send, outcome.detail, plan.rule.route, plan.venue
-                )
+                await self._bypass(scope, receive, send, outcome.detail, plan.rule, plan.venue)
             else:
                 # The waiters are woken as soon as the entry is written, not when this client
                 # has read the last chunk.

@@ -49,7 +49,7 @@ class MissRecording:
         self.start = decision
         if decision.store and self.token is None:
             # Answered for this request only (a coalesced wait ran out, say): not stored.
-            decision.headers = self.policy.bypass_headers(headers, "not-leader")
+            decision.headers = self.policy.bypass_headers(headers, "not-leader", self.plan.rule)
             decision.store = False
         self.recording = decision.store and final
         self.body.clear()

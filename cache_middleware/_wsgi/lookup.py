@@ -28,6 +28,7 @@ from .._core.flow import (
 )
 from .._core.held import PlainRead
 from .._core.policy import CachePolicy, Lookup
+from .._core.rules import Rule
 from .._core.stats import StatsBook
 from .._core.trend import MissTrend, lookup_takes_lease
 from ..config import Settings
@@ -66,7 +67,7 @@ class LookupDriver:
         def now() -> float: ...
         def _bypass(
             self, environ: Environ, start_response: StartResponse, reason: str,
-            route: str | None = None, venue: str | None = None,
+            rule: Rule | None = None, venue: str | None = None,
         ) -> Iterable[bytes]: ...  # fmt: skip
         def _refresh_in_background(self, plan: Lookup, environ: Environ) -> None: ...
 
@@ -134,9 +135,7 @@ class LookupDriver:
                 self._refresh_in_background(plan, environ)
             return self._replay(plan, outcome.entry, outcome.now, start_response, outcome.stale)
         if isinstance(outcome, PassOn):
-            return self._bypass(
-                environ, start_response, outcome.detail, plan.rule.route, plan.venue
-            )
+            return self._bypass(environ, start_response, outcome.detail, plan.rule, plan.venue)
         recorder = MissRecorder(
             cast("WSGICacheMiddleware", self),
             plan,
