@@ -9,7 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_middleware._core import policy as policy_module
+from cache_middleware._core import planning as planning_module
+from cache_middleware._core import replay as replay_module
 from cache_middleware._core import rules as rules_module
 from cache_middleware._core.entry import CachedResponse, decode_entry, encode_entry
 from cache_middleware._core.held import replay_held
@@ -90,7 +91,7 @@ def test_an_unlisted_param_is_remembered_as_a_bypass() -> None:
 
 
 def test_the_key_memo_is_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(policy_module, "_KEY_MEMO_LIMIT", 10)
+    monkeypatch.setattr(planning_module, "_KEY_MEMO_LIMIT", 10)
     policy = make_policy()
     for page in range(35):
         lookup(policy, "/api/events", f"page={page}", headers={"host": "a"})
@@ -107,7 +108,7 @@ def test_the_route_memo_is_bounded_and_remembers_misses_too(monkeypatch: Any) ->
 
 
 def test_replayed_headers_are_per_entry_and_bounded_in_bytes(monkeypatch: Any) -> None:
-    monkeypatch.setattr(policy_module, "_HEADS_MEMO_BYTES", 10_000)
+    monkeypatch.setattr(replay_module, "_HEADS_MEMO_BYTES", 10_000)
     policy = make_policy()
     plan = lookup(policy, "/api/events", "page=1", headers={"host": "a"})
     now = time.time()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from cache_middleware._core import policy as policy_module
+from cache_middleware._core import reading as reading_module
 from cache_middleware._core.entry import (
     CachedResponse,
     CorruptEntry,
@@ -271,11 +271,11 @@ def test_what_is_not_an_entry_is_never_remembered() -> None:
 
 def test_the_decoded_reads_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = _policy()
-    monkeypatch.setattr(policy_module, "_READS_MEMO_LIMIT", 4)
+    monkeypatch.setattr(reading_module, "_READS_MEMO_LIMIT", 4)
     for n in range(10):
         policy.decoded(f"k{n}", _raw(b"a"))
         assert len(policy._reads) <= 4
-    monkeypatch.setattr(policy_module, "_READS_MEMO_BYTES", 16 * 1024)
+    monkeypatch.setattr(reading_module, "_READS_MEMO_BYTES", 16 * 1024)
     big = _raw(b"x" * 2048)  # over a sixteenth of the bytes allowed: decoded, not kept
     policy.decoded("big", big)
     assert "big" not in policy._reads

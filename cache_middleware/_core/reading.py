@@ -1,0 +1,147 @@
+"""Reading: the key to read first, what a read means (an entry, a Vary record to follow,
+garbage), the entries this process decoded or holds, and how fresh an entry is."""
+
+from __future__ import annotations
+
+import logging
+
+from .entry import (
+    CachedResponse,
+    CorruptEntry,
+    HeldEntry,
+    VaryRecord,
+    decode_entry,
+)
+from .keys import (
+    variant_key,
+)
+from .policy_base import (
+    _LEARNED_VARY_LIMIT,
+    _READS_MEMO_BYTES,
+    _READS_MEMO_LIMIT,
+    Follow,
+    Found,
+    Lookup,
+    NotFound,
+    PolicyState,
+)
+
+logger = logging.getLogger("cache_middleware")
+
+
+class Reader(PolicyState):
+    """The reading side of `CachePolicy`."""
+
+    @staticmethod
+    def can_fill(lookup: Lookup) -> bool:
+        """Whether this request's answer could fill the entry. One that cannot (HEAD, request
+        no-store) goes straight to the app: it must neither lead a fill, which would send every
+        waiter to the app, nor wait for one."""
+        return not (lookup.head or lookup.no_store or lookup.cloaked)
+
+    @staticmethod
+    def leads_alone(lookup: Lookup) -> bool:
+        """A request with credentials may fill the entry (if the answer says `public`) but
+        should not be waited on: its answer is likely personal, and waiters would then all
+        go to the app. It takes the lease if free and never makes others wait in process."""
+        return lookup.credentialed
+
+    def _variant(self, lookup: Lookup, names: tuple[str, ...]) -> str:
+        # RFC 9111 §4.1: the stored variant must match the request on every Vary header.
+        return variant_key(lookup.key, names, [lookup.source.header(n) for n in names])
+
+    def first_key(self, lookup: Lookup) -> str:
+        """The key to read first: the variant straight away once this process knows the Vary."""
+        names = self._guess_vary(lookup)
+        return self._variant(lookup, names) if names else lookup.key
+
+    def _guess_vary(self, lookup: Lookup) -> tuple[str, ...] | None:
+        # This key's record, else what other keys of the route vary on (usually all the same).
+        return self._learned_vary.get(lookup.key) or self._route_vary.get(lookup.rule.route)
+
+    def on_read(
+        self, lookup: Lookup, key: str, raw: bytes | None, *, first: bool
+    ) -> Found | NotFound | Follow:
+        """What one read means. `first` marks the read of `first_key()`; at most three reads
+        follow each other (learned variant, record, the record's variant)."""
+        if raw is None:
+            if first and key != lookup.key:
+                # The learned variant is absent: the record may name other headers now.
+                return Follow(lookup.key)
+            return NotFound(key)
+        try:
+            entry = self.decoded(key, raw)
+        except CorruptEntry as exc:
+            logger.warning("dropping unreadable cache entry %r: %s", key, exc)
+            return NotFound(key, drop=key)
+        if isinstance(entry, VaryRecord):
+            if key != lookup.key:
+                return NotFound(key, drop=key)  # a record where a variant belongs: garbage
+            variant = self._variant(lookup, entry.names)
+            if not first and self._guess_vary(lookup) == entry.names:
+                return NotFound(variant)  # the same variant we just missed
+            self._learn(lookup.key, entry.names, lookup.rule.route)
+            return Follow(variant)
+        return Found(key, entry)
+
+    def decoded(self, key: str, raw: bytes) -> CachedResponse | VaryRecord:
+        """`decode_entry(raw)` for the value read under `key`, remembered per key: a HIT on
+        Redis reads the same bytes every time until the entry changes, and they then decode
+        to one shared object (immutable), which `_replayed` remembers the headers of. The
+        bytes are compared, never trusted: other bytes under the key are decoded afresh.
+        Raises `CorruptEntry` as `decode_entry` does."""
+        if type(raw) is HeldEntry:
+            return decode_entry(raw)  # the near-cache's bytes remember their decoding already
+        known = self._reads.get(key)
+        if known is not None and known[0] == raw:
+            return known[1]
+        entry = decode_entry(raw)
+        if isinstance(entry, CachedResponse):
+            size = 2 * len(raw)  # the record, and the body decoded out of it
+            if size <= _READS_MEMO_BYTES // 16:
+                if (
+                    len(self._reads) >= _READS_MEMO_LIMIT
+                    or self._reads_bytes + size > _READS_MEMO_BYTES
+                ):
+                    self._reads.clear()  # bounded: forgotten all at once, as the other memos
+                    self._reads_bytes = 0
+                # Bytes counted while in, never given back on replace: at worst an early clear.
+                self._reads[key] = (raw, entry)
+                self._reads_bytes += size
+        return entry
+
+    @staticmethod
+    def held_entry(raw: bytes) -> CachedResponse | None:
+        """The entry in bytes this process holds; None for anything else (a Vary record,
+        garbage), which the full read then handles (and logs) once."""
+        try:
+            entry = decode_entry(raw)
+        except CorruptEntry:
+            return None
+        return entry if isinstance(entry, CachedResponse) else None
+
+    @classmethod
+    def found_held(cls, key: str, raw: bytes) -> Found | None:
+        """`on_read` for bytes this process holds, when they are the entry itself."""
+        entry = cls.held_entry(raw)
+        return None if entry is None else Found(key, entry)
+
+    def _learn(self, key: str, names: tuple[str, ...], route: str) -> None:
+        if len(self._learned_vary) >= _LEARNED_VARY_LIMIT:
+            # Bounded: the route-level guess still makes a forgotten key's HIT one read.
+            self._learned_vary.clear()
+        self._learned_vary[key] = names
+        self._route_vary[route] = names
+
+    @staticmethod
+    def freshness(entry: CachedResponse, now: float) -> str:
+        """ "fresh", "stale-while-revalidate", "stale-if-error" or "expired" (RFC 9111 §4.2,
+        RFC 5861)."""
+        age = now - entry.stored_at
+        if age < entry.ttl:
+            return "fresh"
+        if age < entry.ttl + entry.stale_while_revalidate:
+            return "stale-while-revalidate"
+        if age < entry.ttl + entry.stale_if_error:
+            return "stale-if-error"
+        return "expired"

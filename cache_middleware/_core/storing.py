@@ -1,0 +1,275 @@
+"""Storability and lifetime: whether the app's answer on a MISS may be stored and for how
+long (RFC 9111 §3, §4.2), and the records, tags and index keys written when its body is whole."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+from .entry import (
+    CachedResponse,
+    encode_entry,
+    encode_vary,
+)
+from .headers import (
+    HeaderList,
+    connection_listed,
+    delta_seconds,
+    get_header,
+    parse_cache_control,
+    parse_http_date,
+    vary_names,
+)
+from .keys import (
+    tag_index_key,
+)
+from .policy_base import (
+    _NOT_STORED,
+    _TAG_FIELD,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    Lookup,
+    MissStart,
+    PolicyState,
+    _cache_status,
+    _without_ours,
+)
+from .rules import (
+    Rule,
+)
+
+logger = logging.getLogger("cache_middleware")
+
+
+class Storer(PolicyState):
+    """The storing side of `CachePolicy`."""
+
+    if TYPE_CHECKING:  # in the other parts of CachePolicy
+
+        def bypass_headers(
+            self, headers: HeaderList, reason: str = "", rule: Rule | None = None
+        ) -> list[tuple[bytes, bytes]]: ...
+        def _learn(self, key: str, names: tuple[str, ...], route: str) -> None: ...
+        def _variant(self, lookup: Lookup, names: tuple[str, ...]) -> str: ...
+        def _identified_now(self, lookup: Lookup) -> bool: ...
+        def _decorate(
+            self, headers: list[tuple[bytes, bytes]], rule: Rule, key_header: bytes | None,
+            state: bytes, ttl: int,
+        ) -> None: ...  # fmt: skip
+
+    def start_miss(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
+        start = self._storable(lookup, status, headers, now)
+        if not start.store:
+            start.headers = self.bypass_headers(headers, start.reason, lookup.rule)
+            return start
+        out = _without_ours(headers)
+        self._decorate(out, lookup.rule, lookup.key_header, b"MISS", start.ttl)
+        if lookup.rule.shows_status:
+            fwd = "request" if lookup.refresh else "uri-miss"
+            out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
+        start.headers = out
+        return start
+
+    def miss_writes(
+        self,
+        lookup: Lookup,
+        start: MissStart,
+        status: int,
+        headers: HeaderList,
+        body: bytes,
+        now: float,
+    ) -> tuple[list[tuple[str, bytes, int]], int]:
+        """The (key, record, ttl) writes that store a complete response, and the index TTL;
+        none when the body is not the length the app declared (RFC 9111 §3.3: a response
+        cut short is incomplete and must not be stored as if it were whole)."""
+        length = b"%d" % len(body)
+        # One pass over the headers: names lower-cased once, what the checks need picked out.
+        lowered: list[tuple[bytes, bytes]] = []
+        declared: list[bytes] = []
+        connection: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname = name.lower()
+            lowered.append((lname, value))
+            if lname == b"content-length":
+                declared.append(value)
+            elif lname == b"connection":
+                connection.append((lname, value))
+        if declared and b", ".join(declared).strip() != length:
+            return [], 0
+        dropped = _NOT_STORED | connection_listed(connection) if connection else _NOT_STORED
+        kept = [(name, value) for name, value in lowered if name not in dropped]
+        if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+            kept.append((b"content-length", length))
+        if not any(name == b"etag" for name, _ in kept):
+            kept.append((b"etag", body_etag(body)))
+        entry = CachedResponse(
+            status, kept, body, now, start.ttl, start.stale_while_revalidate, start.stale_if_error
+        )
+        # Kept in Redis as long as any stale use is allowed; freshness is judged by `ttl`.
+        lifetime = start.ttl + max(start.stale_while_revalidate, start.stale_if_error)
+        record = encode_entry(entry)
+        if not start.vary:
+            return [(lookup.key, record, lifetime)], lifetime
+        self._learn(lookup.key, start.vary, lookup.rule.route)
+        return [
+            (self._variant(lookup, start.vary), record, lifetime),
+            (lookup.key, encode_vary(start.vary), lifetime),
+        ], lifetime
+
+    def tags_of(self, lookup: Lookup, headers: HeaderList) -> list[str]:
+        """The response's surrogate keys: the route's `tags` filled from the path, plus the
+        app's own `Cache-Tag` header (comma- or space-separated), bounded in number and size."""
+        params = lookup.path_params
+        tags = [
+            _TAG_FIELD.sub(lambda m: params.get(m.group(1), m.group(0)), template)
+            for template in lookup.rule.tags
+        ]
+        value = get_header(headers, b"cache-tag")
+        if value:
+            text = value.decode("latin-1").replace(",", " ")
+            tags.extend(
+                tag for tag in text.split() if len(tag) <= MAX_TAG_LENGTH and tag.isprintable()
+            )
+        return list(dict.fromkeys(tags))[:MAX_TAGS]
+
+    def index_keys(self, lookup: Lookup, headers: HeaderList) -> list[str]:
+        """Where a stored response is indexed: its path, and each tag (also per venue)."""
+        keys = [lookup.index_key]
+        for tag in self.tags_of(lookup, headers):
+            keys.append(tag_index_key(self.key_prefix, tag))
+            if lookup.venue is not None:
+                keys.append(tag_index_key(self.key_prefix, tag, lookup.venue))
+        return keys
+
+    def _storable(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
+        """Whether and for how long a response may be stored (DESIGN invariant 2)."""
+        rule = lookup.rule
+
+        def no(reason: str) -> MissStart:
+            return MissStart(False, [], reason)
+
+        if lookup.head:
+            return no("head")  # no body to store; HEAD is only ever answered from a GET entry
+        if lookup.no_store:
+            return no("request-no-store")  # RFC 9111 §5.2.1.5
+        if lookup.cloaked:
+            return no("ignored-param")  # the app may have read what the key leaves out
+        # RFC 9111 §3 / RFC 9110 §15.1: only the statuses the route opted into; the config
+        # refuses 206 and 5xx (bar 501), so a partial or an error is never replayed as content.
+        if status not in rule.statuses:
+            return no("status")
+        cache_control = parse_cache_control(get_header(headers, b"cache-control"))
+        set_cookie = False
+        content_type = b""
+        content_length: bytes | None = None
+        vary: bytes | None = None
+        upstream_age = 0  # RFC 9111 §4.2.3: time it already spent in caches upstream
+        expires: bytes | None = None
+        date: bytes | None = None
+        has_etag = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"set-cookie":
+                set_cookie = True
+            elif lname == b"content-type":
+                content_type = value
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"vary":
+                vary = value if vary is None else vary + b", " + value
+            elif lname == b"expires":
+                expires = value
+            elif lname == b"date":
+                date = value
+            elif lname == b"age":
+                upstream_age = delta_seconds(value.decode("latin-1")) or 0
+            elif lname == b"etag":
+                has_etag = True
+        if set_cookie:
+            return no("set-cookie")  # one user's session must never be replayed to another
+        # RFC 9111 §5.2.2.5 / §5.2.2.7: no-store forbids storage; private forbids a shared cache.
+        if "no-store" in cache_control:
+            return no("no-store")
+        if "private" in cache_control and not rule.private:
+            return no("private")
+        # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use, which we do not do.
+        if "no-cache" in cache_control:
+            return no("no-cache")
+        ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
+        # RFC 9111 §4.2.1: a shared cache uses s-maxage, else max-age, else Expires - Date;
+        # the route TTL is an upper bound. An unusable value counts as 0 (already stale).
+        if "s-maxage" in cache_control:
+            ttl = min(ttl, (delta_seconds(cache_control["s-maxage"]) or 0) - upstream_age)
+        elif "max-age" in cache_control:
+            ttl = min(ttl, (delta_seconds(cache_control["max-age"]) or 0) - upstream_age)
+        elif expires is not None:
+            expiry = parse_http_date(expires)
+            origin_date = parse_http_date(date)
+            if expiry is None:
+                ttl = 0  # RFC 9111 §5.3: an invalid Expires means already expired
+            else:
+                # RFC 9111 §4.2.1: without a Date, the time the response was received.
+                ttl = min(ttl, int(expiry - (origin_date if origin_date is not None else now)))
+        if ttl <= 0:
+            return no("max-age")
+        names: tuple[str, ...] = ()
+        if vary is not None:
+            listed = vary_names(vary)
+            if b"*" in listed:
+                return no("vary-star")  # RFC 9111 §4.1: Vary: * never matches a later request
+            names = tuple(sorted({n.decode("latin-1") for n in listed}))
+        if content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
+            return no("event-stream")
+        declared: int | None = None
+        if content_length is not None:
+            # RFC 9110 §8.6: 1*DIGIT (int() would also take a sign or an underscore).
+            if not content_length.strip().isdigit():
+                return no("bad-length")
+            declared = int(content_length)
+            if declared > self.max_body_bytes:
+                return no("too-large")
+        # RFC 9111 §3.5: a response to a request with Authorization is stored by a shared cache
+        # only when it says public, s-maxage or must-revalidate. Cookies get the same rule here:
+        # a session cookie is a credential, and the response may be that session's own page.
+        if (lookup.credentialed or self._identified_now(lookup)) and not (
+            "public" in cache_control
+            or "s-maxage" in cache_control
+            or "must-revalidate" in cache_control
+        ):
+            return no("credentials")
+        swr, sie = rule.stale_while_revalidate, rule.stale_if_error
+        # RFC 5861 §3-4: the response's own stale directives override the route's.
+        if "stale-while-revalidate" in cache_control:
+            swr = delta_seconds(cache_control["stale-while-revalidate"]) or 0
+        if "stale-if-error" in cache_control:
+            sie = delta_seconds(cache_control["stale-if-error"]) or 0
+        # RFC 9111 §5.2.2.2 / §5.2.2.8 / §5.2.2.10: must-revalidate, proxy-revalidate and
+        # s-maxage forbid a shared cache to serve the response stale.
+        if (
+            "must-revalidate" in cache_control
+            or "proxy-revalidate" in cache_control
+            or "s-maxage" in cache_control
+        ):
+            swr = sie = 0
+        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag)
+
+
+def body_etag(body: bytes) -> bytes:
+    """The ETag the cache gives a stored response that has none: a strong validator derived
+    from the bytes (RFC 9110 §8.8.3), the same in every process and restart. A MISS whose body
+    is known whole before its headers leave carries it too (`miss_etag`), so the client's first
+    copy revalidates against the HITs that follow."""
+    return b'"%s"' % hashlib.blake2b(body, digest_size=16).hexdigest().encode()
+
+
+def miss_etag(start: MissStart, body: bytes) -> tuple[bytes, bytes] | None:
+    """The ETag field to add to a stored MISS whose whole `body` is known before its headers
+    are sent, and to the headers it is stored with; None when the app sent its own."""
+    return None if start.has_etag else (b"etag", body_etag(body))
+
+
+def declares_no_body(content_length: str | None) -> bool:
+    """A request Content-Length that announces no body: absent, empty or zero (some WSGI
+    servers always set an empty one). Anything else may carry a body the app reads."""
+    return content_length is None or content_length.strip() in ("", "0")
