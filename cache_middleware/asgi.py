@@ -264,7 +264,10 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
                 if 200 <= message["status"] < 400:
                     try:
                         count = await store.delete_index(plan.index_key)
-                        for index_key in plan.also:  # a non-canonical path's canonical forms
+                        # A non-canonical path's canonical forms; Location, Content-Location.
+                        for index_key in (*plan.also, *policy.location_index_keys(
+                            message.get("headers", []), path, _host(scope)
+                        )):  # fmt: skip
                             count += await store.delete_index(index_key)
                         book.bump("invalidations", route)
                     except StoreUnavailable:
@@ -277,3 +280,11 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
             await send(message)
 
         await self.app(scope, receive, send_invalidating)
+
+
+def _host(scope: Scope) -> str | None:
+    """The request's Host (ASGI headers are lower-cased bytes)."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value).decode("latin-1")
+    return None

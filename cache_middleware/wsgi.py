@@ -231,7 +231,10 @@ class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
             if exc_info is None and 200 <= status_code(status) < 400:
                 try:
                     count = store.delete_index(plan.index_key)
-                    for index_key in plan.also:  # a non-canonical path's canonical forms
+                    # A non-canonical path's canonical forms; Location, Content-Location.
+                    for index_key in (*plan.also, *policy.location_index_keys(
+                        to_bytes(headers), request_path(environ), environ.get("HTTP_HOST")
+                    )):  # fmt: skip
                         count += store.delete_index(index_key)
                     book.bump("invalidations", route)
                 except StoreUnavailable:

@@ -17,6 +17,7 @@ from .._core.flow import (
     Forget,
     Get,
     GetOrAcquire,
+    OnlyIfCached,
     Outcome,
     PassOn,
     Release,
@@ -49,6 +50,9 @@ GetOrAcquireCall = Callable[
     [str, str, str, int, "str | None"], Awaitable[tuple[bytes | None, int | None]]
 ]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The headers of a 504 for only-if-cached: no content.
+_EMPTY = ((b"content-length", b"0"),)
 
 
 class LookupDriver:
@@ -135,6 +139,10 @@ class LookupDriver:
                     self._refresh_in_background(plan, scope)
             elif isinstance(outcome, PassOn):
                 await self._bypass(scope, receive, send, outcome.detail, plan.rule, plan.venue)
+            elif isinstance(outcome, OnlyIfCached):
+                headers = self.policy.bypass_headers(_EMPTY, "only-if-cached", plan.rule)
+                await send({"type": "http.response.start", "status": 504, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
             else:
                 # The waiters are woken as soon as the entry is written, not when this client
                 # has read the last chunk.

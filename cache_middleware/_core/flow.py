@@ -26,6 +26,7 @@ from ..errors import StoreUnavailable
 from .entry import CachedResponse
 from .held import PlainRead
 from .policy import CachePolicy, Follow, Found, Lookup, NotFound
+from .request_directives import request_directives
 from .stats import StatsBook
 from .tokens import lease_token
 from .trend import UNREAD, MissTrend
@@ -36,6 +37,7 @@ __all__ = [
     "Forget",
     "Get",
     "GetOrAcquire",
+    "OnlyIfCached",
     "PassOn",
     "Release",
     "RunApp",
@@ -140,6 +142,12 @@ class PassOn:
 
 
 @dataclass(slots=True, eq=False)
+class OnlyIfCached:
+    """The request said `only-if-cached` and nothing stored serves it: a 504, without the app
+    (RFC 9111 §5.2.1.7)."""
+
+
+@dataclass(slots=True, eq=False)
 class RunApp:
     """Run the app. `token`/`epoch`: the fill lease held (token None: store nothing);
     `stale`: the entry to serve if the app fails (stale-if-error); `claimed`: this request
@@ -151,7 +159,7 @@ class RunApp:
     claimed: bool = False
 
 
-Outcome = Serve | PassOn | RunApp
+Outcome = Serve | PassOn | RunApp | OnlyIfCached
 Flow = Generator[Step, Any, Outcome]
 ReadFlow = Generator[Step, Any, "Found | NotFound"]
 
@@ -199,25 +207,39 @@ def lookup_flow(
     except StoreUnavailable as exc:
         book.bump("errors", plan.rule.route, plan.venue)
         return PassOn(exc.detail)
+    # The request's own choice among stored responses (RFC 9111 §5.2.1): read only when it
+    # sent a Cache-Control, which a plain request (the short way's) never does.
+    directives = request_directives(plan.source.header("cache-control"))
+    refetch = False  # the client refused what is stored: it fills alone, never waits
     if not isinstance(found, Found):
         trend.missed(plan.rule.route)
     else:
         trend.found(plan.rule.route)
         now = clock()
-        state = policy.freshness(found.entry, now)
-        if state == "fresh":
+        entry = found.entry
+        state = policy.freshness(entry, now)
+        if directives is not None and not directives.accepts(entry, now, policy.honours_refetch):
+            refetch = True
+        elif state == "fresh":
             book.bump("hits", plan.rule.route, plan.venue)
-            return Serve(found.entry, now)
-        if state == "stale-while-revalidate":
+            return Serve(entry, now)
+        elif directives is not None and directives.tolerates(entry, now):
+            # RFC 9111 §4.2.4 / §5.2.1.2: this client accepts it this stale.
+            book.bump("stale_hits", plan.rule.route, plan.venue)
+            return Serve(entry, now, "max-stale")
+        if state == "stale-while-revalidate" and not refetch:
             # RFC 5861 §3: answer at once from the stale entry, refresh behind it.
             book.bump("stale_hits", plan.rule.route, plan.venue)
-            return Serve(found.entry, now, state, refresh=True)
+            return Serve(entry, now, state, refresh=True)
         if state == "stale-if-error":
-            stale = found.entry
+            stale = entry
+    if directives is not None and directives.only_if_cached:
+        book.bump("bypasses", plan.rule.route, plan.venue)
+        return OnlyIfCached()
     if not policy.can_fill(plan):
         # Its answer cannot be stored: it must not lead a fill, nor wait for one.
         return RunApp(None, 0, stale)
-    if policy.leads_alone(plan):
+    if refetch or policy.leads_alone(plan):
         return (yield from _fill_alone(book, plan, stale))
     return (yield from _fill(policy, book, plan, stale, lease, clock))
 

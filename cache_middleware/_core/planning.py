@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .headers import (
     parse_cache_control,
@@ -28,7 +28,6 @@ from .policy_base import (
     _SCHEME_HEADERS,
     _SCHEME_SET,
     _UNKNOWN,
-    _UNSAFE_METHODS,
     Bypass,
     Invalidate,
     Lookup,
@@ -71,7 +70,9 @@ class Planner(PolicyState):
         """`target`: the request target's path as the server received it, before decoding
         (ASGI `raw_path`, WSGI `REQUEST_URI`/`RAW_URI` up to `?`), when the server gives it."""
         matched = self.table.match_params(path)
-        if method in _UNSAFE_METHODS:
+        if method not in _SAFE_METHODS:
+            # RFC 9111 §4.4: unsafe methods, and methods whose safety is unknown (M-SEARCH,
+            # custom ones), invalidate on a non-error answer.
             return self._invalidation(path, matched)
         if matched is None:
             return None
@@ -243,6 +244,32 @@ class Planner(PolicyState):
         cloaked = rule.ignored is not None and has_ignored(query_string, rule.ignored)
         return key, key_header, index_key, lock_key(key, self.key_prefix), cloaked
 
+    @property
+    def honours_refetch(self) -> bool:
+        """Whether request directives that send a request to the app where the cache would
+        not (`no-cache`, `max-age`, `min-fresh`) are honoured (`honor_request_no_cache`)."""
+        return self._honor_no_cache
+
+    def location_index_keys(
+        self, headers: Iterable[tuple[bytes, bytes]], path: str, host: str | None
+    ) -> list[str]:
+        """RFC 9111 §4.4: after a non-error answer to an unsafe method, the URIs in its
+        `Location` and `Content-Location` are invalidated too, when they are on this host
+        (a relative reference is; an absolute one must name the request's host). Only a
+        canonical path a route covers counts: the index keys to drop, in order, no repeats."""
+        found: list[str] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname != b"location" and lname != b"content-location":
+                continue
+            target = _same_host_path(value.decode("latin-1").strip(), path, host)
+            if target is None or odd_path(target) or self.table.match(target) is None:
+                continue
+            index_key = path_index_key(self.key_prefix, target)
+            if index_key not in found:
+                found.append(index_key)
+        return found
+
     def _invalidation(
         self, path: str, matched: tuple[Rule, Mapping[str, str]] | None
     ) -> Invalidate | None:
@@ -344,3 +371,28 @@ def _forwarded_scheme(source: RequestSource) -> str | None:
         if value is not None:
             parts.append(f"{name}={quote(value, safe='')}")
     return ",".join(parts)
+
+
+# RFC 9110 §9.2.1: the methods defined as safe (GET, HEAD, OPTIONS, TRACE), and the WebDAV and
+# QUERY ones defined safe by their RFCs (4918, 5323, 3253, draft-ietf-httpbis-safe-method).
+# Every other method's answer may have changed the resource: it invalidates.
+_SAFE_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH", "QUERY"}
+)
+
+
+def _same_host_path(reference: str, path: str, host: str | None) -> str | None:
+    """The decoded path `reference` (a Location or Content-Location value) names on this host,
+    resolved against the request `path`, or None when it names another host or is unusable."""
+    if not reference or any(ord(c) < 0x21 or ord(c) == 0x7F for c in reference):
+        return None
+    try:
+        parts = urlsplit(urljoin(path, reference))
+    except ValueError:
+        return None
+    if parts.netloc:
+        if host is None or parts.netloc.lower() != host.strip().lower():
+            return None  # another host (or port): not this cache's to drop
+        if parts.scheme not in ("http", "https"):
+            return None
+    return unquote(parts.path) if parts.path.startswith("/") else None

@@ -17,6 +17,7 @@ from .._core.flow import (
     Forget,
     Get,
     GetOrAcquire,
+    OnlyIfCached,
     PassOn,
     Release,
     Serve,
@@ -45,6 +46,9 @@ __all__ = ["GetOrAcquireCall", "LookupDriver"]
 POLL_INTERVAL = 0.02  # how often a request waiting on another process's fill looks again
 
 GetOrAcquireCall = Callable[[str, str, str, int, "str | None"], tuple[bytes | None, int | None]]
+
+# The headers of a 504 for only-if-cached: no content.
+_EMPTY = ((b"content-length", b"0"),)
 
 
 class LookupDriver:
@@ -136,6 +140,10 @@ class LookupDriver:
             return self._replay(plan, outcome.entry, outcome.now, start_response, outcome.stale)
         if isinstance(outcome, PassOn):
             return self._bypass(environ, start_response, outcome.detail, plan.rule, plan.venue)
+        if isinstance(outcome, OnlyIfCached):
+            headers = self.policy.bypass_headers(_EMPTY, "only-if-cached", plan.rule)
+            start_response(status_line(504), to_str(headers))
+            return []
         recorder = MissRecorder(
             cast("WSGICacheMiddleware", self),
             plan,
