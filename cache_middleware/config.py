@@ -49,12 +49,19 @@ _CACHE_HEADER_NAMES = {name.lower(): name for name in ALL_CACHE_HEADERS}
 # RFC 9110 §15.1 heuristically cacheable statuses a route may opt into; 206 and 5xx (but 501,
 # which says the method is not implemented at all) never.
 CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# `mode:` values. gateway: the route TTL decides how long a response is stored (unless the
+# response says shorter). standard: an RFC 9111 shared cache, the response decides (explicit
+# freshness, else heuristic), the route's `ttl` at most bounds it.
+MODES = ("gateway", "standard")
+DEFAULT_MODE = "gateway"
 
 
 @dataclass(frozen=True)
 class RouteSettings:
     path: str
-    ttl: int
+    # Gateway mode: how long a response is stored. Standard mode: an upper bound on the time it
+    # spends in this cache, None for none.
+    ttl: int | None
     vary_by: tuple[str, ...] | None = None
     private: bool = False
     condition: str | None = None
@@ -68,6 +75,8 @@ class RouteSettings:
     # The cache headers its responses get: the route's `cache_headers`, else the global one,
     # else all of them (less X-Cache-Key with expose_key_header: false).
     cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
+    # `gateway` or `standard` (MODES): the route's own, else the global `mode`.
+    mode: str = DEFAULT_MODE
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class NearCacheSettings:
 @dataclass(frozen=True)
 class Settings:
     routes: tuple[RouteSettings, ...] = ()
+    # The global `mode`: what a route without its own gets.
+    mode: str = DEFAULT_MODE
     redis_url: str | None = None
     key_prefix: str = DEFAULT_PREFIX
     venue_header: str | None = None
@@ -217,6 +228,7 @@ _TOP_KEYS = {
     "events",  # the event bridge's section, validated by cache_middleware.events
     "near_cache",
     "manager_namespaces",
+    "mode",
 }
 _ROUTE_KEYS = {
     "ttl",
@@ -230,6 +242,7 @@ _ROUTE_KEYS = {
     "ignore_params",
     "tags",
     "cache_headers",
+    "mode",
 }
 _ADMIN_KEYS = {"token", "venue_tokens"}
 _NEAR_KEYS = {"max_bytes", "max_age"}
@@ -351,6 +364,11 @@ class _Validator:
             )
         return tuple(name for name in ALL_CACHE_HEADERS if name.lower() in chosen)
 
+    def mode(self, where: str, value: Any) -> str:
+        if value not in MODES:
+            raise self.fail(where, f"must be gateway or standard, got {value!r}")
+        return str(value)
+
     def boolean(self, where: str, value: Any) -> bool:
         if type(value) is not bool:
             raise self.fail(where, f"must be true or false, got {value!r}")
@@ -405,16 +423,32 @@ class _Validator:
         spec: Any,
         cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS,
         expose_key: bool | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> RouteSettings:
         """`cache_headers`: the global setting, which the route's own replaces; `expose_key`:
-        expose_key_header when `false` (a route may not list X-Cache-Key then)."""
+        expose_key_header when `false` (a route may not list X-Cache-Key then); `mode`: the
+        global mode, which the route's own replaces."""
         where = f"routes.{path}"
         if not isinstance(spec, Mapping):
             raise self.fail(where, f"must be a mapping like {{ttl: 60}}, got {spec!r}")
         self.check_keys(where, spec, _ROUTE_KEYS)
-        if "ttl" not in spec:
+        if "mode" in spec:
+            mode = self.mode(f"{where}.mode", spec["mode"])
+        ttl: int | None = None
+        if "ttl" in spec:
+            ttl = self.positive_int(f"{where}.ttl", spec["ttl"])
+        elif mode == "gateway":
             raise self.fail(f"{where}.ttl", "is required")
-        ttl = self.positive_int(f"{where}.ttl", spec["ttl"])
+        if mode == "standard":
+            # The response's status and freshness decide there: a list or a second TTL that
+            # would be silently ignored is refused.
+            for name in ("statuses", "negative_ttl"):
+                if name in spec:
+                    raise self.fail(
+                        f"{where}.{name}",
+                        "does not apply to mode: standard, where the response's status and "
+                        "freshness decide (RFC 9111); remove it or use mode: gateway",
+                    )
         vary_by: tuple[str, ...] | None = None
         if spec.get("vary_by") is not None:
             raw = spec["vary_by"]
@@ -486,6 +520,7 @@ class _Validator:
             ignore_params=ignore,
             tags=tags,
             cache_headers=cache_headers,
+            mode=mode,
         )
 
     def settings(self, data: Any) -> Settings:
@@ -504,6 +539,7 @@ class _Validator:
             cache_headers = tuple(
                 name for name in ALL_CACHE_HEADERS if expose_key or name != "X-Cache-Key"
             )
+        mode = self.mode("mode", data.get("mode", DEFAULT_MODE))
         routes_raw = data.get("routes") or {}
         if not isinstance(routes_raw, Mapping):
             raise self.fail("routes", "must be a mapping of path -> {ttl: ...}")
@@ -515,6 +551,7 @@ class _Validator:
                 # A route's own list may leave X-Cache-Key out whatever the global setting, but
                 # may not bring it back when expose_key_header: false says never.
                 False if explicit_expose is False else None,
+                mode,
             )
             for path, spec in routes_raw.items()
         )
@@ -554,6 +591,7 @@ class _Validator:
             raise self.fail("key_prefix", "must not contain glob characters, spaces or controls")
         return Settings(
             routes=routes,
+            mode=mode,
             redis_url=redis_url,
             key_prefix=prefix,
             venue_header=self.header_name("venue_header", data.get("venue_header")),

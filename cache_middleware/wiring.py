@@ -6,9 +6,10 @@ import fnmatch
 import re
 from collections.abc import Callable
 
+from ._core.entry import STORABLE_STATUSES
 from ._core.policy import CachePolicy, Resolver
-from ._core.rules import Rule
-from .config import Settings
+from ._core.rules import UNBOUNDED_TTL, Rule
+from .config import RouteSettings, Settings
 
 __all__ = ["FLUSH_INTERVAL", "STATS_TTL", "build_policy", "stats_key"]
 
@@ -29,29 +30,33 @@ def _compile_globs(globs: tuple[str, ...]) -> Callable[[str], object] | None:
     return re.compile("|".join(fnmatch.translate(glob) for glob in globs)).match
 
 
+def _rule(route: RouteSettings) -> Rule:
+    standard = route.mode == "standard"
+    return Rule(
+        route=route.path,
+        ttl=route.ttl if route.ttl is not None else UNBOUNDED_TTL,
+        vary_by=route.vary_by,
+        private=route.private,
+        condition=route.condition_func,
+        # Standard mode: every status the cache may store; the response's freshness decides.
+        statuses=STORABLE_STATUSES if standard else frozenset(route.statuses),
+        negative_ttl=route.negative_ttl,
+        stale_while_revalidate=route.stale_while_revalidate,
+        stale_if_error=route.stale_if_error,
+        ignored=_compile_globs(route.ignore_params),
+        tags=route.tags,
+        cache_headers=route.cache_headers,
+        standard=standard,
+    )
+
+
 def build_policy(
     settings: Settings,
     *,
     user_resolver: Resolver | None = None,
     venue_resolver: Resolver | None = None,
 ) -> CachePolicy:
-    rules = tuple(
-        Rule(
-            route=route.path,
-            ttl=route.ttl,
-            vary_by=route.vary_by,
-            private=route.private,
-            condition=route.condition_func,
-            statuses=frozenset(route.statuses),
-            negative_ttl=route.negative_ttl,
-            stale_while_revalidate=route.stale_while_revalidate,
-            stale_if_error=route.stale_if_error,
-            ignored=_compile_globs(route.ignore_params),
-            tags=route.tags,
-            cache_headers=route.cache_headers,
-        )
-        for route in settings.routes
-    )
+    rules = tuple(_rule(route) for route in settings.routes)
     return CachePolicy(
         rules,
         key_prefix=settings.key_prefix,

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "HOP_BY_HOP",
     "HeaderList",
+    "age_seconds",
     "connection_listed",
     "delta_seconds",
     "get_header",
@@ -222,3 +223,10 @@ def delta_seconds(value: str | None) -> int | None:
     if not value or not value.isascii() or not value.isdigit():
         return None
     return min(int(value[:12]), 2**31)
+
+
+def age_seconds(line: bytes) -> int | None:
+    """The `Age` an upstream cache sent (RFC 9111 §5.1), from its first field line: the first
+    member of a list (`Age: 7200, 0` is 7200), or None when that member is not delta-seconds
+    (negative, fractional, garbage), which a cache ignores."""
+    return delta_seconds(line.split(b",", 1)[0].decode("latin-1"))

@@ -227,6 +227,10 @@ class MissStart:
     # the app sent its own ETag (else the stored entry gets `body_etag`).
     content_length: int | None = None
     has_etag: bool = False
+    # RFC 9111 §4.2.3: the response's age when it arrived (the upstream `Age`), None when the
+    # app sent none usable. Stored as `stored_at = now - age` with `ttl` the whole freshness
+    # lifetime, so `now - stored_at` is the current_age everywhere; forwarded on the MISS.
+    age: int | None = None
 
 
 class PolicyState:

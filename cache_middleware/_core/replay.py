@@ -118,8 +118,10 @@ class Replayer(PolicyState):
         state: bytes,
         ttl: int,
     ) -> None:
-        if not any(name.lower() == b"cache-control" for name, _ in headers):
-            # The lifetime actually granted (a response's max-age or Expires may shorten it).
+        # A standard shared cache passes the response's own fields on: it adds none.
+        if not rule.standard and not any(name.lower() == b"cache-control" for name, _ in headers):
+            # The lifetime actually granted (a response's max-age or Expires may shorten it);
+            # with the Age sent beside it, what is left of it (an upstream Age counts).
             if ttl == rule.ttl:
                 headers.append((b"cache-control", rule.cache_control))
             else:
@@ -133,7 +135,8 @@ class Replayer(PolicyState):
         if key_header is not None and rule.shows_key:
             headers.append((b"x-cache-key", key_header))
         if rule.shows_ttl:
-            headers.append((b"x-cache-ttl", rule.ttl_header))
+            # Standard mode: the freshness lifetime this response was given (its own).
+            headers.append((b"x-cache-ttl", b"%d" % ttl if rule.standard else rule.ttl_header))
 
     def bypass_headers(
         self, headers: HeaderList, reason: str = "", rule: Rule | None = None
@@ -156,7 +159,8 @@ def _age_fields(
     entry: CachedResponse, age: int, stale: str, status: bool
 ) -> tuple[tuple[bytes, bytes], ...]:
     """Age (RFC 9111 §5.1), always, and Cache-Status (RFC 9211) when `status`, of a replayed
-    entry."""
+    entry. `age` is the current_age (§4.2.3): the entry's `stored_at` was set back by the age
+    it arrived with, so an upstream cache's time is in it."""
     if not status:
         return ((b"age", str(age).encode()),)
     detail = f"; fwd=stale; detail={stale}" if stale else ""

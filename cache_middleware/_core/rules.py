@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "CACHE_HEADERS",
+    "UNBOUNDED_TTL",
     "RouteTable",
     "Rule",
     "cache_header_set",
@@ -102,6 +103,9 @@ def _remove_dot_segments(path: str) -> str:
 
 # Distinct paths whose match is remembered, at most (then forgotten all at once).
 _SEEN_LIMIT = 10_000
+# A standard-mode route's `ttl` when it gives none: no bound (delta-seconds' own cap, RFC 9111
+# §1.2.2), so the response's freshness alone decides.
+UNBOUNDED_TTL = 2**31
 # The cache's informational headers a route may leave out (`cache_headers:`), lower-case. Age,
 # ETag and Cache-Control are protocol fields a client or a downstream cache acts on: always sent.
 CACHE_HEADERS = frozenset({"x-cache", "x-cache-key", "x-cache-ttl", "cache-status"})
@@ -127,6 +131,10 @@ class Rule:
     # Which of `CACHE_HEADERS` its responses carry, in any case (kept as a lower-case frozenset):
     # all of them unless configured.
     cache_headers: Collection[str] = CACHE_HEADERS
+    # `mode: standard` (RFC 9111 shared cache): freshness comes from the response (explicit,
+    # else heuristic), `ttl` only bounds it, and a response with neither is not stored. False:
+    # `mode: gateway`, the route TTL decides unless the response says shorter.
+    standard: bool = False
     # Placeholder names in route order, e.g. ("event_id",) for /api/events/{event_id}.
     params: tuple[str, ...] = field(init=False)
     ttl_header: bytes = field(init=False)

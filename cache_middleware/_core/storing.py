@@ -14,6 +14,7 @@ from .entry import (
 )
 from .headers import (
     HeaderList,
+    age_seconds,
     connection_listed,
     delta_seconds,
     get_header,
@@ -36,10 +37,19 @@ from .policy_base import (
     _without_ours,
 )
 from .rules import (
+    UNBOUNDED_TTL,
     Rule,
 )
 
 logger = logging.getLogger("cache_middleware")
+
+# RFC 9111 §4.2.2 heuristic freshness (`mode: standard`): the fraction of the time since
+# Last-Modified the RFC suggests, capped at a day (httpd's CacheMaxExpire default) so a page
+# untouched for years is still looked at again daily.
+HEURISTIC_FRACTION = 0.1
+HEURISTIC_CAP = 24 * 3600
+# RFC 9110 §15.1: the heuristically cacheable statuses (206 left out: a part is never stored).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 
 
 class Storer(PolicyState):
@@ -64,6 +74,9 @@ class Storer(PolicyState):
             start.headers = self.bypass_headers(headers, start.reason, lookup.rule)
             return start
         out = _without_ours(headers)
+        if start.age is not None:
+            # RFC 9111 §5.1: the age it arrived with, passed on (one value, the one counted).
+            out.append((b"age", b"%d" % start.age))
         self._decorate(out, lookup.rule, lookup.key_header, b"MISS", start.ttl)
         if lookup.rule.shows_status:
             fwd = "request" if lookup.refresh else "uri-miss"
@@ -103,11 +116,20 @@ class Storer(PolicyState):
             kept.append((b"content-length", length))
         if not any(name == b"etag" for name, _ in kept):
             kept.append((b"etag", body_etag(body)))
+        # Its age when it arrived counts from the start (RFC 9111 §4.2.3): `now - stored_at`
+        # is the current_age that freshness, Age and Cache-Status are computed from.
+        age = start.age or 0
         entry = CachedResponse(
-            status, kept, body, now, start.ttl, start.stale_while_revalidate, start.stale_if_error
+            status,
+            kept,
+            body,
+            now - age,
+            start.ttl,
+            start.stale_while_revalidate,
+            start.stale_if_error,
         )
         # Kept in Redis as long as any stale use is allowed; freshness is judged by `ttl`.
-        lifetime = start.ttl + max(start.stale_while_revalidate, start.stale_if_error)
+        lifetime = start.ttl - age + max(start.stale_while_revalidate, start.stale_if_error)
         record = encode_entry(entry)
         if not start.vary:
             return [(lookup.key, record, lifetime)], lifetime
@@ -164,9 +186,11 @@ class Storer(PolicyState):
         content_type = b""
         content_length: bytes | None = None
         vary: bytes | None = None
-        upstream_age = 0  # RFC 9111 §4.2.3: time it already spent in caches upstream
-        expires: bytes | None = None
-        date: bytes | None = None
+        age: int | None = None  # RFC 9111 §4.2.3: time it already spent in caches upstream
+        ages = 0
+        expires: list[bytes] = []
+        dates: list[bytes] = []
+        last_modified: bytes | None = None
         has_etag = False
         for name, value in headers:
             lname = name.lower()
@@ -179,11 +203,15 @@ class Storer(PolicyState):
             elif lname == b"vary":
                 vary = value if vary is None else vary + b", " + value
             elif lname == b"expires":
-                expires = value
+                expires.append(value)
             elif lname == b"date":
-                date = value
+                dates.append(value)
+            elif lname == b"last-modified":
+                last_modified = value
             elif lname == b"age":
-                upstream_age = delta_seconds(value.decode("latin-1")) or 0
+                ages += 1
+                if ages == 1:  # RFC 9111 §5.1: the first field line, its first member
+                    age = age_seconds(value)
             elif lname == b"etag":
                 has_etag = True
         if set_cookie:
@@ -196,23 +224,20 @@ class Storer(PolicyState):
         # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use, which we do not do.
         if "no-cache" in cache_control:
             return no("no-cache")
-        ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
-        # RFC 9111 §4.2.1: a shared cache uses s-maxage, else max-age, else Expires - Date;
-        # the route TTL is an upper bound. An unusable value counts as 0 (already stale).
-        if "s-maxage" in cache_control:
-            ttl = min(ttl, (delta_seconds(cache_control["s-maxage"]) or 0) - upstream_age)
-        elif "max-age" in cache_control:
-            ttl = min(ttl, (delta_seconds(cache_control["max-age"]) or 0) - upstream_age)
-        elif expires is not None:
-            expiry = parse_http_date(expires)
-            origin_date = parse_http_date(date)
-            if expiry is None:
-                ttl = 0  # RFC 9111 §5.3: an invalid Expires means already expired
-            else:
-                # RFC 9111 §4.2.1: without a Date, the time the response was received.
-                ttl = min(ttl, int(expiry - (origin_date if origin_date is not None else now)))
-        if ttl <= 0:
-            return no("max-age")
+        lifetime = freshness_lifetime(cache_control, expires, dates, now)
+        if lifetime is None and rule.standard:
+            lifetime = heuristic_lifetime(status, last_modified, dates, now)
+            if lifetime is None:
+                return no("no-freshness")  # RFC 9111 §4.2: nothing says how long it is fresh
+        # `ttl` is the whole freshness lifetime and the entry's age starts at the upstream
+        # `Age` (`stored_at = now - age`), so the route's TTL bounds the time spent in THIS
+        # cache: gateway mode's lifetime when the response gives none, else an upper bound.
+        current = age or 0
+        route_ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
+        bound = route_ttl + current
+        ttl = min(bound if lifetime is None else min(bound, lifetime), UNBOUNDED_TTL)
+        if ttl - current <= 0:
+            return no("max-age")  # already stale (RFC 9111 §4.2.1: an unusable value is 0)
         names: tuple[str, ...] = ()
         if vary is not None:
             listed = vary_names(vary)
@@ -252,7 +277,49 @@ class Storer(PolicyState):
             or "s-maxage" in cache_control
         ):
             swr = sie = 0
-        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag)
+        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag, age)
+
+
+def freshness_lifetime(
+    cache_control: dict[str, str | None], expires: list[bytes], dates: list[bytes], now: float
+) -> int | None:
+    """The explicit freshness lifetime a shared cache reads (RFC 9111 §4.2.1): s-maxage, else
+    max-age, else Expires - Date; None when the response gives none. An unusable value counts
+    as 0 (already stale), and so do several Expires lines, or several Date lines when Date
+    is needed (§4.2.1: "the response should be considered stale")."""
+    if "s-maxage" in cache_control:
+        return delta_seconds(cache_control["s-maxage"]) or 0
+    if "max-age" in cache_control:
+        return delta_seconds(cache_control["max-age"]) or 0
+    if not expires:
+        return None
+    if len(expires) > 1 or len(dates) > 1:
+        return 0
+    expiry = parse_http_date(expires[0], now=now)
+    if expiry is None:
+        return 0  # RFC 9111 §5.3: an invalid Expires means already expired
+    # RFC 9111 §4.2.1: an absent (or invalid) Date is the time the response was received.
+    origin_date = parse_http_date(dates[0], now=now) if dates else None
+    return max(0, int(expiry - (origin_date if origin_date is not None else now)))
+
+
+def heuristic_lifetime(
+    status: int, last_modified: bytes | None, dates: list[bytes], now: float
+) -> int | None:
+    """RFC 9111 §4.2.2, for a response without explicit freshness in `mode: standard`: 10% of
+    the time since Last-Modified (at Date, else now), at most `HEURISTIC_CAP`, for the
+    heuristically cacheable statuses (RFC 9110 §15.1, the only ones a route stores); None
+    when there is no usable Last-Modified (then nothing says the response may be reused)."""
+    if status not in HEURISTIC_STATUSES or len(dates) > 1:
+        return None
+    modified = parse_http_date(last_modified, now=now)
+    if modified is None:
+        return None
+    origin_date = parse_http_date(dates[0], now=now) if dates else None
+    since = (origin_date if origin_date is not None else now) - modified
+    if since <= 0:
+        return None  # modified "in the future" (or just now): no history to go by
+    return min(int(since * HEURISTIC_FRACTION), HEURISTIC_CAP)
 
 
 def body_etag(body: bytes) -> bytes:
