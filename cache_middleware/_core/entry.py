@@ -49,8 +49,9 @@ MAGIC = b"CMR\x02"
 VARY_MAGIC = b"CMY\x01"
 MAX_HEADERS = 256
 # The statuses a route can be configured to store (config's `statuses:` accepts exactly these:
-# RFC 9110 §15.1's heuristically cacheable ones, 206 and 5xx but 501 never). No other status is
-# ever written, so no other is ever replayed.
+# RFC 9110 §15.1's heuristically cacheable ones, 206 and 5xx but 501 never), and the ones a
+# `mode: standard` route stores when the response gives them a lifetime. No other status is ever
+# written, so no other is ever replayed.
 STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 # Fields a stored record never holds: connection-specific ones (Content-Length is written once,
 # by the cache, from the body), a cookie (a response that sets one is not stored), and the
