@@ -7,7 +7,8 @@ clause, the route configuration, what the app answers, and what the cache must d
 * ``stored``: a MISS (with the `miss` headers), then a HIT that does not call the app (with the
   `hit` headers); `later` seconds on, still a HIT (with the `later_hit` headers); `expire_after`
   seconds after the MISS, no longer fresh: the app answers again;
-* ``not-stored``: BYPASS twice, both answered by the app, `Cache-Status` naming `detail`.
+* ``not-stored``: BYPASS twice, both answered by the app, `Cache-Status` naming `detail`, with
+  the `miss` headers (a BYPASS passes the app's `Age` on as it came).
 
 The app answers what the request asks for (`X-Respond-Status`, `X-Respond-Headers`: a JSON list
 of [name, value], several lines of one name kept apart). `{now+N}` / `{now-N}` in a value is the
@@ -219,6 +220,7 @@ ROWS: list[Row] = [
         "not-stored",
         headers=(("Age", "7200, 0"), *cc("max-age=3600")),
         detail="max-age",
+        miss={"age": "7200, 0"},
     ),
     Row(
         "age-list-fresh-first",
@@ -259,6 +261,7 @@ ROWS: list[Row] = [
         "not-stored",
         headers=(("Age", "2147483648"), *cc("max-age=3600")),
         detail="max-age",
+        miss={"age": "2147483648"},
     ),
     # -- Age and an Expires - Date lifetime (bug 3) ------------------------------------------------
     Row(
@@ -277,6 +280,15 @@ ROWS: list[Row] = [
         "not-stored",
         headers=(("Date", "{now+10}"), ("Expires", "{now+20}"), ("Age", "15")),
         detail="max-age",
+        miss={"age": "15"},  # cache-tests' setup reads it
+    ),
+    Row(
+        "bypass-passes-age-on",
+        "RFC 9111 §5.1: a BYPASS is the app's answer, its Age as it came",
+        "not-stored",
+        headers=(*cc("no-store"), ("Age", "5")),
+        detail="no-store",
+        miss={"age": "5", "x-cache": "BYPASS"},
     ),
     # -- several Expires or Date lines (bug 5) -----------------------------------------------------
     Row(
@@ -526,6 +538,7 @@ def test_freshness(row: Row, make: Any, clock: Clock) -> None:
                 n,
             )
             assert f"detail={row.detail}" in reply.headers["cache-status"]
+            check_fields(reply, row.miss, "BYPASS")
         return
     assert row.expect == "stored"
     miss = get()

@@ -93,6 +93,9 @@ _OURS = frozenset(
 )
 # Never part of a stored entry: hop-by-hop fields, and ours (set again on every replay).
 _NOT_STORED = HOP_BY_HOP | _OURS
+# What a BYPASS drops of the app's answer: ours, bar `Age`. A BYPASS is not from this cache, so
+# the age an upstream cache gave the response goes on as it came (RFC 9111 §5.1).
+_OURS_ON_BYPASS = _OURS - {b"age"}
 _TAG_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
@@ -342,5 +345,5 @@ def _cache_status(params: str) -> bytes:
     return _CACHE_NAME + b"; " + params.encode("ascii")
 
 
-def _without_ours(headers: HeaderList) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in headers if name.lower() not in _OURS]
+def _without_ours(headers: HeaderList, ours: frozenset[bytes] = _OURS) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in headers if name.lower() not in ours]

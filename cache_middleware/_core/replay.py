@@ -20,6 +20,7 @@ from .policy_base import (
     _HEADS_MEMO_BYTES,
     _HEADS_MEMO_LIMIT,
     _NOT_MODIFIED_FIELDS,
+    _OURS_ON_BYPASS,
     Lookup,
     PolicyState,
     RequestSource,
@@ -141,12 +142,13 @@ class Replayer(PolicyState):
     def bypass_headers(
         self, headers: HeaderList, reason: str = "", rule: Rule | None = None
     ) -> list[tuple[bytes, bytes]]:
-        """The app's headers less ours, with X-Cache: BYPASS and its Cache-Status as `rule`'s
-        `cache_headers` say (without a rule, as the global setting says)."""
+        """The app's headers less ours (its `Age` kept), with X-Cache: BYPASS and its
+        Cache-Status as `rule`'s `cache_headers` say (without a rule, as the global setting
+        says)."""
         state, status = (
             (rule.shows_state, rule.shows_status) if rule is not None else self._bypass_shows
         )
-        out = _without_ours(headers)
+        out = _without_ours(headers, _OURS_ON_BYPASS)
         if state:
             out.append((b"x-cache", b"BYPASS"))
         if status:
