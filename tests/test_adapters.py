@@ -395,9 +395,10 @@ async def test_app_copies_of_our_headers_are_not_doubled(
     miss = await h.request("GET", "/api/upstream")
     hit = await h.request("GET", "/api/upstream")
     assert miss.headers.get_list("x-cache") == ["MISS"]
-    assert "age" not in miss.headers
+    # RFC 9111 §5.1: the app's Age is the upstream age: passed on once, and counted on a HIT.
+    assert miss.headers.get_list("age") == ["100"]
     assert hit.headers.get_list("x-cache") == ["HIT"]
-    assert hit.headers.get_list("age") == ["0"]
+    assert hit.headers.get_list("age") == ["100"]
     assert hit.headers.get_list("x-cache-ttl") == ["60"]
     await h.aclose()
 

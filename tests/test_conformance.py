@@ -742,11 +742,11 @@ ROWS: list[Row] = [
         },
     ),
     Row(
-        "upstream-age-replaced",
-        "RFC 9111 §5.1: Age is this cache's",
+        "upstream-age-counted",
+        "RFC 9111 §4.2.3 / §5.1: Age is the current age, the upstream age included",
         "stored",
         headers=(("Age", "100"),),
-        hit_headers={"age": "0"},
+        hit_headers={"age": "100"},
     ),
     Row(
         "age-grows",
@@ -1061,14 +1061,17 @@ def spec(row: Row) -> dict[str, str]:
     }
 
 
-def check(reply: Reply, where: str) -> None:
-    """What every answer on a cached route must satisfy."""
+def check(reply: Reply, where: str, upstream_age: str | None = None) -> None:
+    """What every answer on a cached route must satisfy (`upstream_age`: the Age the app
+    sends, if any)."""
     status_field = reply.headers.get("cache-status", "")
     assert status_field.startswith("cache-middleware"), f"{where}: Cache-Status {status_field!r}"
     assert USER not in status_field, f"{where}: the user id leaks into Cache-Status"
     assert len(reply.headers.get_list("x-cache")) == 1, where
+    assert len(reply.headers.get_list("age")) <= 1, f"{where}: Age twice"
     if reply.x_cache in ("MISS", "BYPASS"):
-        assert "age" not in reply.headers, f"{where}: Age on a {reply.x_cache}"
+        # RFC 9111 §5.1: the app's own Age (the upstream age) passed on as it came, or none.
+        assert reply.headers.get("age") == upstream_age, f"{where}: Age on a {reply.x_cache}"
     if reply.x_cache in ("HIT", "STALE") and reply.status not in (204, 304):
         assert reply.headers.get("content-length") == str(len(reply.body)), where
 
@@ -1088,15 +1091,16 @@ async def run_row(row: Row, c: Client, clock: Clock) -> None:
     prime = {**base, **(row.prime_request or {})}
     prime_target = row.prime_target or row.target
     explicit_prime = row.prime_target is not None or row.prime_request is not None
+    upstream_age = next((v for k, v in row.headers if k.lower() == "age"), None)
 
     async def send(target: str, headers: Mapping[str, str], body: bytes = b"") -> Reply:
         reply = await c.request(row.method, target, headers, body)
-        check(reply, f"{row.id}: {row.method} {target}")
+        check(reply, f"{row.id}: {row.method} {target}", upstream_age)
         return reply
 
     async def get(target: str, headers: Mapping[str, str]) -> Reply:
         reply = await c.request("GET", target, headers)
-        check(reply, f"{row.id}: GET {target}")
+        check(reply, f"{row.id}: GET {target}", upstream_age)
         return reply
 
     async def store_prime() -> Reply:
