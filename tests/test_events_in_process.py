@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -45,6 +46,7 @@ from .test_events_envelope import ORG, TENANT  # noqa: E402
 from .test_events_publisher import Proxy, proxied, rabbitmq  # noqa: E402, F401
 
 WAIT = 10.0
+LOGGER = "cache_middleware.events"
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
@@ -368,6 +370,101 @@ def test_reconnects_after_a_broker_outage(
         wait_until(lambda: consumer.store.get(world.key(5)) is None)
     finally:
         proxy.stop()
+
+
+# What the in-process consumer says about the broker link (other tests' malformed events make
+# it log dead-lettered WARNINGs on the same logger: those are not about the link).
+LINK = (
+    "cannot reach",
+    "lost the connection",
+    "in-process invalidation:",
+    "connected",
+    "reconnected",
+)
+
+
+def link_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """(level, first words) of each line about the broker link, in the order logged."""
+    return [
+        (r.levelno, next(text for text in LINK if r.getMessage().startswith(text)))
+        for r in caplog.records
+        if r.name == LOGGER and r.getMessage().startswith(LINK)
+    ]
+
+
+def test_a_broker_fault_is_said_once_and_its_end_at_info(
+    rabbitmq: str,  # noqa: F811
+    world_factory: Callable[..., World],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two faults (unreachable at start, then lost while consuming): each is one WARNING, its
+    attempts DEBUG, its end one INFO. Before, the thread added a WARNING "broker unreachable"
+    of its own to the worker's "lost the connection", and said the recovery at WARNING."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    parts = kombu.utils.url.parse_url(rabbitmq)
+    proxy = Proxy((parts["hostname"] or "127.0.0.1", parts["port"] or 5672))
+    try:
+        world = world_factory(proxied(rabbitmq, proxy.port), direct=rabbitmq)
+        consumer = start_in_process_consumer(
+            world.settings, world.events, MemorySink(), safety_interval=0.1
+        )
+        world.consumers.append(consumer)
+        wait_until(lambda: (logging.DEBUG, "cannot reach") in link_lines(caplog))
+        proxy.start()
+        assert consumer.wait_consuming(WAIT)
+        proxy.stop()  # the broker goes away while consuming
+        wait_until(lambda: link_lines(caplog).count((logging.DEBUG, "cannot reach")) >= 2)
+        proxy.start()
+        wait_until(lambda: (logging.INFO, "reconnected") in link_lines(caplog))
+        said = link_lines(caplog)  # before the proxy goes away for good
+    finally:
+        proxy.stop()
+    lines = [line for line in said if line[1] != "in-process invalidation:"]
+    first_fault = lines.index((logging.INFO, "connected"))
+    second_fault = lines.index((logging.INFO, "reconnected"))
+    assert lines[0] == (logging.WARNING, "cannot reach")
+    assert set(lines[1:first_fault]) == {(logging.DEBUG, "cannot reach")}
+    assert lines[first_fault + 1] == (logging.WARNING, "lost the connection")
+    assert set(lines[first_fault + 2 : second_fault]) == {(logging.DEBUG, "cannot reach")}
+    assert lines[second_fault:] == [(logging.INFO, "reconnected")]
+    # the start is said once, at INFO, and nothing of the thread's own at WARNING
+    assert [line for line in said if line[1] == "in-process invalidation:"] == [
+        (logging.INFO, "in-process invalidation:")
+    ]
+    (reconnected,) = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("reconnected")
+    ]
+    assert reconnected.endswith("s without the broker)") and world.queue in reconnected
+
+
+def test_a_failure_that_is_not_the_broker_is_logged_with_its_traceback_once(
+    world_factory: Callable[..., World],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug is not "cannot reach the broker": its traceback once, then INFO when it consumes."""
+    world = world_factory("memory://")
+    consumer = InProcessConsumer(world.settings, world.events, MemorySink(), safety_interval=0.1)
+    world.consumers.append(consumer)
+    real_run, failures = consumer.worker.run, []
+
+    def failing_twice(**kwargs: Any) -> None:
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("a bug")
+        real_run(**kwargs)
+
+    monkeypatch.setattr(consumer.worker, "run", failing_twice)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        consumer.start()
+        assert consumer.wait_consuming(WAIT)
+    (error,) = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == LOGGER]
+    assert error.levelno == logging.ERROR and error.exc_info is not None
+    assert error.getMessage() == "in-process invalidation: the consumer failed: restarting"
+    assert "in-process invalidation: consuming again" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+    ]
+    assert not [r for r in caplog.records if r.getMessage().startswith("cannot reach")]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -44,6 +44,7 @@ from cache_middleware.events.in_process import (  # noqa: E402
     InProcessConsumer,
     start_in_process_consumer,
 )
+from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .faults.proxy import FaultProxy  # noqa: E402
 from .test_events_publisher import AMQP_URL, amqp_available, events_config  # noqa: E402
@@ -343,3 +344,93 @@ def test_heartbeat_is_whole_seconds_and_defaults_to_ten() -> None:
     for bad in (0, 1.5, "10", True, 601):
         with pytest.raises(ConfigError, match=r"events\.heartbeat"):
             load_events_config({**base, "heartbeat": bad})
+
+
+# -- events.heartbeat drives the in-process consumer and the publisher too ---------------------
+
+
+def test_in_process_a_stall_is_found_within_two_heartbeats(scene: Scene) -> None:
+    """The in-process consumer's connection takes `events.heartbeat` (it used 30 s whatever
+    the setting said: a stall went unsaid for a minute)."""
+    scene.start_in_process()
+    during = scene.entry("1")
+    scene.proxy.stall()
+    scene.publish_update("1")  # the shared queue is durable: it waits for the consumer
+    found = scene.wait_for(logging.WARNING, "lost the connection to amqp://")
+    assert found < 2 * HEARTBEAT + 1.5, f"a stall found after {found:.1f} s"
+    scene.proxy.resume()
+    scene.wait_for(logging.INFO, "reconnected to amqp://")
+    scene.invalidated(during)
+    (warning,) = scene.link_warnings()
+    assert "heartbeats missed" in warning
+
+
+def _idle_publisher(proxy: FaultProxy, connect_timeout: float = CONNECT_TIMEOUT) -> KombuEventSink:
+    """A publisher through `proxy` with `heartbeat: 1` that published one event and is idle."""
+    parts = kombu.utils.url.parse_url(AMQP_URL)
+    sink = KombuEventSink(
+        events_config(heartbeat=HEARTBEAT, connect_timeout=connect_timeout),
+        broker_url=f"amqp://{parts['userid'] or 'guest'}:{parts['password'] or 'guest'}"
+        f"@127.0.0.1:{proxy.port}//",
+    )
+    sink.emit("cache.warmed", {"keys": 1, "routes": ["/api/products/{id}"]})
+    _until(lambda: sink.published == 1, "the first event published")
+    return sink
+
+
+def _lost_while_idle(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == LOGGER and "lost while idle" in r.getMessage()
+    ]
+
+
+def test_an_idle_publisher_keeps_a_healthy_connection(
+    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle, the publisher reads the broker's heartbeats before it checks them: unread, they
+    counted as missed, and a healthy connection was dropped every two heartbeats."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    sink = _idle_publisher(proxy)
+    try:
+        connection = sink._connection
+        time.sleep(3 * HEARTBEAT + 0.5)
+        assert sink._connection is connection, _lost_while_idle(caplog)
+        assert proxy.accepted == 1
+    finally:
+        sink.close(2)
+
+
+def test_an_idle_publisher_finds_a_stall_and_is_not_held_by_it(
+    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The publisher's heartbeats are `events.heartbeat` (a constant 10 s before): a stall while
+    idle ends the connection within two of them, said at INFO (no event waits: nothing is lost
+    yet), and without waiting for the stalled broker's goodbye (the wait held the publishing
+    thread, with the lock every `emit()` takes, until the broker answered again). Events
+    emitted during the stall: one WARNING, quiet retries, published when it answers."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    # The default connect_timeout: a goodbye awaited that long would push the finding past
+    # the bound below.
+    sink = _idle_publisher(proxy, connect_timeout=2.0)
+    try:
+        proxy.stall()
+        found = _until(lambda: bool(_lost_while_idle(caplog)), "the stall said")
+        assert found < 2 * HEARTBEAT + 1.5, f"a stall found after {found:.1f} s"
+        (lost,) = _lost_while_idle(caplog)
+        assert "heartbeats missed" in lost and "guest:guest@" not in lost
+        started = time.monotonic()
+        sink.emit("cache.warmed", {"keys": 2, "routes": ["/api/products/{id}"]})
+        assert time.monotonic() - started < 0.1  # emit() never waits for the broker
+        _until(lambda: sink.failures >= 2, "two attempts on the stalled broker")
+        proxy.resume()
+        _until(lambda: sink.published == 2, "the event published once it answers")
+        _until(lambda: proxy.open_connections() == 1, "the stalled ones dropped", seconds=1.0)
+    finally:
+        sink.close(2)
+    said = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.INFO]
+    assert [r.levelno for r in said if r.getMessage().startswith("cannot publish")] == [
+        logging.WARNING
+    ]
+    assert sum(r.getMessage().startswith("publishing to") for r in said) == 1  # it ended

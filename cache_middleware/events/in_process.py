@@ -13,7 +13,11 @@ the app process with a sync store of its own (`make_sync_store(settings)`), so n
 * Redis (shared): the processes share the durable `consume.queue`, so each event is handled
   once, by one of them, against the shared store (a separate worker may share it too).
 * The thread reconnects by itself (backoff up to `events.reconnect_max`). `stop(timeout)` stops
-  it and flushes the events it publishes.
+  it and flushes the events it publishes. AMQP heartbeats every `events.heartbeat` seconds find
+  a stalled broker, as in `cache-middleware events consume`.
+* A broker fault is said once, by the worker's own lines (events/consumer.py): the first line
+  at WARNING ("lost the connection to ..." or "cannot reach ..."), the attempts that follow at
+  DEBUG, then "reconnected to ..., consuming from ... (N s without the broker)" at INFO.
 * A process forked after the consumer started (gunicorn `--preload`) gets a consumer of its own,
   started in the child: threads do not survive a fork, and a child's memory store is its own.
 * One consumer per process and configuration: asking again returns the running one.
@@ -101,7 +105,16 @@ class InProcessConsumer:
         self._stop_event = threading.Event()
         self.consuming = threading.Event()  # set while consuming, cleared on a connection loss
         self.connection: Any = kombu.Connection(
-            self.events.broker_url, heartbeat=30, connect_timeout=self.events.connect_timeout
+            self.events.broker_url,
+            heartbeat=self.events.heartbeat,
+            connect_timeout=self.events.connect_timeout,
+        )
+        # What the worker raises when the broker fails: the attempt below gives up at once
+        # (kombu's OperationalError), or a connection fails (the transport's own errors).
+        self._broker_errors: tuple[type[BaseException], ...] = (
+            kombu.exceptions.OperationalError,
+            *self.connection.connection_errors,
+            *self.connection.channel_errors,
         )
         consumer = self
 
@@ -115,6 +128,7 @@ class InProcessConsumer:
                     yield conn
 
             def on_consume_ready(self, *args: Any, **kwargs: Any) -> None:
+                super().on_consume_ready(*args, **kwargs)  # "connected" / "reconnected" (INFO)
                 consumer._ready()
 
             def on_consume_end(self, *args: Any, **kwargs: Any) -> None:
@@ -134,7 +148,7 @@ class InProcessConsumer:
             if self.events.report_expired
             else None
         )
-        self._failing = False
+        self._failing = False  # the thread's loop failed for a reason other than the broker
         self._thread = threading.Thread(
             target=self._run, name="cache-middleware-invalidations", daemon=True
         )
@@ -191,7 +205,7 @@ class InProcessConsumer:
 
     def _ready(self) -> None:
         if self._failing:
-            logger.warning("in-process invalidation: connected to the broker again")
+            logger.info("in-process invalidation: consuming again")
             self._failing = False
         self.consuming.set()
 
@@ -205,13 +219,17 @@ class InProcessConsumer:
                 self.consuming.clear()
                 if self._stop_event.is_set():
                     break
-                if not self._failing:
-                    self._failing = True
-                    logger.warning(
-                        "in-process invalidation: broker unreachable (%s: %s): retrying",
-                        type(exc).__name__,
-                        exc,
+                if isinstance(exc, self._broker_errors):
+                    # The worker's voice, so a fault is one WARNING however it shows (a lost
+                    # connection it already said, or a first attempt refused), then DEBUG.
+                    # The next attempt also waits for kombu's restart limit (one a second).
+                    retry_in = max(backoff, self.worker.restart_limit.expected_time(1))
+                    self.worker._broker_fault(
+                        "cannot reach %s (%s: %s): retrying in %.1f s", exc, retry_in
                     )
+                elif not self._failing:
+                    self._failing = True
+                    logger.exception("in-process invalidation: the consumer failed: restarting")
                 self._stop_event.wait(backoff)
                 backoff = min(backoff * 2, self.events.reconnect_max)
 

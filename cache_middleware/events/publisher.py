@@ -7,9 +7,11 @@ buffer only once the broker has it). With the broker down the events wait in the
 flushed when it answers again; when the buffer is full the oldest events are dropped, counted
 and logged once per burst. A broker that stops answering while its connection stays open (a
 stall: a paused node, a network that drops packets silently) is found out too: each publish
-waits for its confirm at most `connect_timeout` seconds, and AMQP heartbeats (every
-HEARTBEAT seconds, checked while idle) end a connection the broker no longer answers on. A
-stall or an outage is logged once when publishing starts failing and once when it works again.
+waits for its confirm at most `connect_timeout` seconds (every other wait for the broker
+too), and AMQP heartbeats (every `events.heartbeat` seconds, checked while idle) end a
+connection the broker no longer answers on; a failed connection is dropped without waiting for
+the broker's goodbye. A stall or an outage is logged once when publishing starts failing and
+once when it works again (a stall found while idle, with no event waiting, at INFO).
 `flush(timeout)` publishes what is buffered within the time limit and stays open (a lifespan
 shutdown); `close(timeout)` does the same and stops the thread.
 
@@ -19,9 +21,11 @@ configuration, shared by every source of events.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -39,10 +43,6 @@ _kombu: Any = importlib.import_module("kombu")
 Connection: Any = _kombu.Connection
 Exchange: Any = _kombu.Exchange
 Producer: Any = _kombu.Producer
-
-# Seconds between AMQP heartbeats: the broker and this process each give up on a connection
-# silent for two of them. Checked from the publishing thread, which wakes for it while idle.
-HEARTBEAT = 10.0
 
 
 class KombuEventSink:
@@ -147,7 +147,7 @@ class KombuEventSink:
         if left:
             logger.warning("event sink closed with %d events unpublished", left)
         if not self._thread.is_alive():
-            self._disconnect()
+            self._disconnect(failed=False)
         return left
 
     # -- the publishing thread --------------------------------------------------------------------
@@ -160,7 +160,8 @@ class KombuEventSink:
         while True:
             with self._wake:
                 while not self._buffer and not self._closing:
-                    if not self._wake.wait(HEARTBEAT / 2):
+                    # Idle: wake twice per heartbeat, so the broker never misses one of ours.
+                    if not self._wake.wait(self.settings.heartbeat / 2):
                         self._keep_alive()
                 if not self._buffer or self._past_deadline():
                     self._drained.notify_all()
@@ -219,6 +220,10 @@ class KombuEventSink:
         if connection is None:
             return
         try:
+            # Read what the broker sent meanwhile (its heartbeats) first: unread, they count
+            # as missed, and a healthy idle connection would be dropped every two heartbeats.
+            with contextlib.suppress(socket.timeout):
+                connection.drain_events(timeout=0)
             connection.heartbeat_check()
         except Exception as exc:
             self._disconnect()
@@ -241,14 +246,17 @@ class KombuEventSink:
                 self.broker_url,
                 connect_timeout=timeout,
                 transport_options={"confirm_publish": True},
-                heartbeat=HEARTBEAT,
+                # Seconds between AMQP heartbeats: the broker and this process each give up
+                # on a connection silent for two of them.
+                heartbeat=self.settings.heartbeat,
             )
             try:
                 connection.ensure_connection(max_retries=1, timeout=timeout)
+                _bound_waits(connection, self.settings.connect_timeout)
                 producer = Producer(connection.channel(), exchange=self.exchange)
                 self.exchange(producer.channel).declare()
             except Exception:
-                connection.release()
+                connection.collect()  # never wait for the goodbye of a broker that failed
                 raise
             self._connection, self._producer = connection, producer
         return self._producer
@@ -286,10 +294,30 @@ class KombuEventSink:
         if was_running:
             self._thread.start()
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, failed: bool = True) -> None:
+        """Drop the connection. One that failed is dropped without the goodbye: a stalled
+        broker never answers it, and the wait would hold this thread (and, from `_keep_alive`,
+        every `emit()` behind the lock). A clean close says goodbye, within `connect_timeout`."""
         connection, self._connection, self._producer = self._connection, None, None
-        if connection is not None:
-            try:
+        if connection is None:
+            return
+        try:
+            if failed:
+                connection.collect()
+            else:
                 connection.release()
-            except Exception:
-                logger.debug("error closing the broker connection", exc_info=True)
+        except Exception:
+            logger.debug("error closing the broker connection", exc_info=True)
+            with contextlib.suppress(Exception):
+                connection.collect()
+
+
+def _bound_waits(connection: Any, seconds: float) -> None:
+    """Give the AMQP socket a timeout, so a wait for a reply the broker never sends (a channel
+    open, a declaration, a close) ends with `socket.timeout` after `seconds`. The waits for a
+    confirm and for heartbeats set their own timeout and restore this one; transports without
+    a socket (`memory://`) have nothing to bound."""
+    transport = getattr(getattr(connection, "connection", None), "transport", None)
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(seconds)
