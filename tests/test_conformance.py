@@ -789,11 +789,17 @@ ROWS: list[Row] = [
         for name in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
     ),
     Row(
-        "range",
-        "RFC 9111 §3.4: whole responses only",
-        "bypass",
+        "range-not-stored",
+        "RFC 9111 §3.4: the answer to a Range request is never stored",
+        "not-stored",
         request={"Range": "bytes=0-1"},
         cache_status="range",
+    ),
+    Row(
+        "range-from-stored",
+        "RFC 9110 §14 / RFC 9111 §3.4: a Range answered from the stored whole",
+        "range",
+        request={"Range": "bytes=0-1"},
     ),
     *(
         Row(
@@ -1148,6 +1154,12 @@ async def run_row(row: Row, c: Client, clock: Clock) -> None:
             assert f"detail={row.cache_status}" in by.headers["cache-status"]
         again = await get(prime_target, prime)
         assert (again.x_cache, again.body, c.calls) == ("HIT", first.body, 2), "not stored"
+    elif expect == "range":
+        first = await store_prime()
+        part = await send(row.target, probe, row.body)
+        assert (part.status, part.x_cache, c.calls) == (206, "HIT", 1)
+        assert part.body == first.body[:2]
+        assert part.headers["content-range"] == f"bytes 0-1/{len(first.body)}"
     elif expect == "hit":
         first = await store_prime()
         clock.offset += row.advance

@@ -137,7 +137,9 @@ class Planner(PolicyState):
             source,
             index_key,
             lease_key,
-            no_store="no-store" in directives,
+            # RFC 9111 §3.4: a Range request is answered from a stored whole (replay.py), and
+            # the app's answer to it (a 206, or a 200 the app chose) is never stored.
+            no_store="no-store" in directives or source.header("range") is not None,
             refresh=refresh,
             venue=venue,
             path_params=path_params,
@@ -323,8 +325,6 @@ class Planner(PolicyState):
         for name in _OVERRIDE_HEADERS:
             if source.header(name) is not None:
                 return "method-override"
-        if source.header("range") is not None:
-            return "range"  # RFC 9111 §3.4: we store whole responses only, never ranges
         for name in self._routing_headers:
             if source.header(name) is not None:
                 return "untrusted-header"

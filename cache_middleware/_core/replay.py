@@ -28,11 +28,14 @@ from .policy_base import (
     _encode,
     _without_ours,
 )
+from .ranges import ranged_response
 from .rules import (
     Rule,
 )
 
 logger = logging.getLogger("cache_middleware")
+
+_RANGE = frozenset({"range"})
 
 
 class Replayer(PolicyState):
@@ -53,7 +56,15 @@ class Replayer(PolicyState):
             headers.extend(_age_fields(entry, age, stale, lookup.rule.shows_status))
             return 304, headers, b""
         headers = self._replayed(entry, lookup.rule, lookup.key_header, age, stale)
-        return status, headers, b"" if lookup.head else entry.body
+        if lookup.head:
+            return status, headers, b""
+        source = lookup.source
+        if source.has_any(_RANGE):
+            # RFC 9110 §14: a Range answered from the stored whole (206, 416 or the whole).
+            return ranged_response(
+                source.header("range"), source.header("if-range"), status, headers, entry.body
+            )
+        return status, headers, entry.body
 
     def plain_hit_headers(
         self, rule: Rule, key_header: bytes | None, entry: CachedResponse, now: float

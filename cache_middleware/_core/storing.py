@@ -174,7 +174,11 @@ class Storer(PolicyState):
         if lookup.head:
             return no("head")  # no body to store; HEAD is only ever answered from a GET entry
         if lookup.no_store:
-            return no("request-no-store")  # RFC 9111 §5.2.1.5
+            # RFC 9111 §5.2.1.5; and §3.4: the answer to a Range request is never stored
+            # (planning marks it no-store; a HIT answers it from the stored whole).
+            if lookup.source.header("range") is not None:
+                return no("range")
+            return no("request-no-store")
         if lookup.cloaked:
             return no("ignored-param")  # the app may have read what the key leaves out
         # RFC 9111 §3 / RFC 9110 §15.1: only the statuses the route opted into; the config
