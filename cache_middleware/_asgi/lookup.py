@@ -37,6 +37,7 @@ from ..errors import StoreUnavailable
 from ..storage import AsyncStore
 from .recorder import MissRecorder
 from .request import Receive, Scope, Send
+from .revalidate import conditional_scope, revalidating
 
 if TYPE_CHECKING:
     from ..asgi import CacheMiddleware
@@ -158,6 +159,9 @@ class LookupDriver:
                     outcome.stale,
                     settled,
                 )
+                if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
+                    recorder.app = revalidating(self.app, outcome.validating)
+                    scope = conditional_scope(scope, outcome.validating)
                 await recorder.run(scope, receive)
         finally:
             if claim is not None:

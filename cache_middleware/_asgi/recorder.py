@@ -51,12 +51,13 @@ class MissRecorder:
         self.held: Message | None = None  # the start, held until the first body message
         self.written = False  # the whole body was stored (or not): the lease is settled
         self.rec = MissRecording(mw.policy, mw.book, plan, token)
+        self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         mw = self.mw
         try:
             try:
-                await mw.app(scope, receive, self.send)
+                await self.app(scope, receive, self.send)
             except Exception:
                 if self.stale is None or self.started:
                     raise

@@ -27,6 +27,7 @@ from .entry import CachedResponse
 from .held import PlainRead
 from .policy import CachePolicy, Follow, Found, Lookup, NotFound
 from .request_directives import request_directives
+from .revalidation import has_validator
 from .stats import StatsBook
 from .tokens import lease_token
 from .trend import UNREAD, MissTrend
@@ -157,6 +158,9 @@ class RunApp:
     epoch: int
     stale: CachedResponse | None
     claimed: bool = False
+    # A stored response to revalidate (RFC 9111 §4.3): the app is asked conditionally, and its
+    # 304 turns into this response with the 304's headers (`_core/revalidation.py`).
+    validating: CachedResponse | None = None
 
 
 Outcome = Serve | PassOn | RunApp | OnlyIfCached
@@ -211,6 +215,7 @@ def lookup_flow(
     # sent a Cache-Control, which a plain request (the short way's) never does.
     directives = request_directives(plan.source.header("cache-control"))
     refetch = False  # the client refused what is stored: it fills alone, never waits
+    validating: CachedResponse | None = None
     if not isinstance(found, Found):
         trend.missed(plan.rule.route)
     else:
@@ -233,6 +238,8 @@ def lookup_flow(
             return Serve(entry, now, state, refresh=True)
         if state == "stale-if-error":
             stale = entry
+        if plan.rule.standard and has_validator(entry):
+            validating = entry  # RFC 9111 §4.3: ask the app whether it is still good
     if directives is not None and directives.only_if_cached:
         book.bump("bypasses", plan.rule.route, plan.venue)
         return OnlyIfCached()
@@ -240,8 +247,8 @@ def lookup_flow(
         # Its answer cannot be stored: it must not lead a fill, nor wait for one.
         return RunApp(None, 0, stale)
     if refetch or policy.leads_alone(plan):
-        return (yield from _fill_alone(book, plan, stale))
-    return (yield from _fill(policy, book, plan, stale, lease, clock))
+        return (yield from _fill_alone(book, plan, stale, validating))
+    return (yield from _fill(policy, book, plan, stale, lease, clock, validating))
 
 
 def _read(policy: CachePolicy, plan: Lookup, first_raw: object = UNREAD) -> ReadFlow:
@@ -270,6 +277,7 @@ def _fill(
     stale: CachedResponse | None,
     lease: tuple[str, int | None] | None,
     clock: Callable[[], float],
+    validating: CachedResponse | None = None,
 ) -> Flow:
     # A lease taken by the lookup makes this request the filler, even if another request of
     # this process claimed the key first (that one then waits for the lease, so for this fill).
@@ -296,10 +304,15 @@ def _fill(
         if claimed:
             yield Release(plan.key)
         return (yield from _after_wait(policy, book, plan, stale, clock))
-    return RunApp(token, epoch, stale, claimed)
+    return RunApp(token, epoch, stale, claimed, validating)
 
 
-def _fill_alone(book: StatsBook, plan: Lookup, stale: CachedResponse | None) -> Flow:
+def _fill_alone(
+    book: StatsBook,
+    plan: Lookup,
+    stale: CachedResponse | None,
+    validating: CachedResponse | None = None,
+) -> Flow:
     """Fill with the lease if it is free, without making anyone wait; else just answer."""
     token = lease_token()
     try:
@@ -309,7 +322,7 @@ def _fill_alone(book: StatsBook, plan: Lookup, stale: CachedResponse | None) -> 
         epoch = None
     if epoch is None:
         return RunApp(None, 0, stale)
-    return RunApp(token, epoch, stale)
+    return RunApp(token, epoch, stale, validating=validating)
 
 
 def _after_wait(

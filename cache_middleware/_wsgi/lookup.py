@@ -37,6 +37,7 @@ from ..errors import StoreUnavailable
 from ..storage import SyncStore
 from .recorder import MissRecorder
 from .request import Environ, StartResponse, status_line, to_str
+from .revalidate import conditional_environ, revalidating
 
 if TYPE_CHECKING:
     from ..wsgi import WSGICacheMiddleware
@@ -152,6 +153,9 @@ class LookupDriver:
             outcome.epoch,
             outcome.stale,
         )
+        if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
+            recorder.app = revalidating(recorder.app, outcome.validating)
+            environ = conditional_environ(environ, outcome.validating)
         if not claimed:
             return recorder.response(environ)
         return recorder.response(environ, on_done=functools.partial(self._release, plan.key))

@@ -61,6 +61,7 @@ class MissRecorder:
         self.on_done: Callable[[], None] | None = None
         # The app's start_response, not yet passed on (status, headers, exc_info).
         self.pending: tuple[str, list[tuple[bytes, bytes]], ExcInfo | None] | None = None
+        self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
         self.write: Callable[[bytes], object] | None = None  # the server's, once forwarded
         self.rec = MissRecording(mw.policy, mw.book, plan, token)
 
@@ -117,7 +118,7 @@ class MissRecorder:
         """The response body; the lease is settled (stored or released) however it ends."""
         try:
             try:
-                result = self.mw.app(environ, self.start_response)
+                result = self.app(environ, self.start_response)
             except Exception:
                 if self.stale is None or self.forwarded:
                     raise

@@ -1,0 +1,192 @@
+"""Revalidation (RFC 9111 §4.3) in `mode: standard`, through both adapters on the memory store
+and the real Redis: a stored response past its freshness is asked about with its validators,
+and the app's 304 refreshes it (headers merged, §4.3.4) without its body being sent again."""
+
+from __future__ import annotations
+
+import time as real_time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from werkzeug.test import Client
+
+import cache_middleware.asgi as asgi_module
+import cache_middleware.wsgi as wsgi_module
+from cache_middleware import CacheMiddleware, WSGICacheMiddleware
+from cache_middleware._core.entry import CachedResponse
+from cache_middleware._core.revalidation import conditional_headers, has_validator, revalidated
+from cache_middleware._core.storing import body_etag
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return real_time.time() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(real_time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(asgi_module, "time", fake)
+    monkeypatch.setattr(wsgi_module, "time", fake)
+    return fake
+
+
+# -- the decisions ---------------------------------------------------------------------------
+
+
+def entry(*headers: tuple[bytes, bytes], body: bytes = b"body") -> CachedResponse:
+    return CachedResponse(200, [(b"content-type", b"text/plain"), *headers], body, 0.0, 10)
+
+
+def test_only_the_apps_validators_are_sent() -> None:
+    assert conditional_headers(entry((b"etag", b'"v1"'))) == [(b"if-none-match", b'"v1"')]
+    lm = (b"last-modified", b"Tue, 01 Dec 2026 10:00:00 GMT")
+    assert conditional_headers(entry(lm)) == [(b"if-modified-since", lm[1])]
+    # The ETag the cache derived from the body is not the app's: the app could not match it.
+    derived = entry((b"etag", body_etag(b"body")))
+    assert conditional_headers(derived) == [] and not has_validator(derived)
+
+
+def test_a_304_merges_its_headers_into_the_stored_ones() -> None:
+    stored = entry((b"etag", b'"v1"'), (b"x-a", b"1"), (b"content-length", b"4"))
+    merged = revalidated(stored, 304, [(b"X-A", b"2"), (b"cache-control", b"max-age=60"),
+                                       (b"content-length", b"0")])  # fmt: skip
+    assert merged is not None
+    assert (b"x-a", b"2") in merged and (b"x-a", b"1") not in merged
+    assert (b"cache-control", b"max-age=60") in merged
+    assert (b"content-length", b"4") in merged  # the stored body's, not the 304's (§3.2)
+
+
+def test_only_a_304_for_the_stored_response_revalidates() -> None:
+    stored = entry((b"etag", b'"v1"'))
+    assert revalidated(stored, 200, []) is None
+    assert revalidated(stored, 304, [(b"etag", b'"v2"')]) is None  # another representation
+    assert revalidated(stored, 304, [(b"etag", b'W/"v1"')]) is not None
+
+
+# -- through the adapters ----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, memory_url: str) -> dict[str, Any]:
+    if request.param == "memory":
+        return {"redis_url": memory_url, "key_prefix": "rv"}
+    return {"redis_url": request.getfixturevalue("redis_url"),
+            "key_prefix": request.getfixturevalue("prefix"), "redis_timeout": 2}  # fmt: skip
+
+
+class Origin:
+    """max-age=10 with ETag "v1"; answers 304 to If-None-Match "v1" (counting it)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str | None] = []
+        self.version = "v1"
+
+    def answer(self, if_none_match: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        self.asked.append(if_none_match)
+        headers = [("Cache-Control", "max-age=10"), ("ETag", f'"{self.version}"'),
+                   ("X-Served", str(len(self.asked)))]  # fmt: skip
+        if if_none_match == f'"{self.version}"':
+            return 304, headers, b""
+        return 200, [("Content-Type", "text/plain"), *headers], f"body {self.version}".encode()
+
+
+def asgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        inm = dict(scope["headers"]).get(b"if-none-match")
+        status, headers, body = origin.answer(inm.decode() if inm else None)
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    with TestClient(CacheMiddleware(app, config=config)) as client:
+        yield lambda headers=None: client.get("/r", headers=headers)
+
+
+def wsgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status, headers, body = origin.answer(environ.get("HTTP_IF_NONE_MATCH"))
+        start_response(f"{status} X", headers)
+        return [body]
+
+    client = Client(WSGICacheMiddleware(app, config=config))
+    yield lambda headers=None: client.get("/r", headers=headers or {})
+
+
+def text(response: Any) -> str:
+    return str(response.text)
+
+
+@pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
+def test_an_expired_entry_is_revalidated_and_refreshed_by_a_304(
+    make: Any, store: dict[str, Any], clock: Clock
+) -> None:
+    origin = Origin()
+    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    for send in make(config, origin):
+        first = send()
+        assert first.headers["x-cache"] == "MISS" and text(first) == "body v1"
+        assert send().headers["x-cache"] == "HIT"
+        clock.offset = 30  # 20 s past its freshness
+        again = send()
+        # Asked with its validator; the 304 refreshed it: the stored body, the new headers.
+        assert origin.asked == [None, '"v1"']
+        assert again.status_code == 200 and text(again) == "body v1"
+        assert again.headers["x-served"] == "2"
+        assert again.headers["content-length"] == str(len("body v1"))
+        hit = send()
+        assert hit.headers["x-cache"] == "HIT" and hit.headers["x-served"] == "2"
+        assert len(origin.asked) == 2
+
+
+@pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
+def test_a_changed_resource_answers_whole_and_replaces_the_entry(
+    make: Any, store: dict[str, Any], clock: Clock
+) -> None:
+    origin = Origin()
+    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    for send in make(config, origin):
+        send()
+        clock.offset = 30
+        origin.version = "v2"
+        changed = send()
+        assert origin.asked == [None, '"v1"']
+        assert changed.status_code == 200 and text(changed) == "body v2"
+        assert text(send()) == "body v2" and len(origin.asked) == 2
+
+
+@pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
+def test_the_clients_own_preconditions_are_not_passed_on(
+    make: Any, store: dict[str, Any], clock: Clock
+) -> None:
+    origin = Origin()
+    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    for send in make(config, origin):
+        send()
+        clock.offset = 30
+        send({"If-None-Match": '"something-else"'})
+        assert origin.asked == [None, '"v1"']
+
+
+@pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
+def test_a_gateway_route_refetches(make: Any, store: dict[str, Any], clock: Clock) -> None:
+    origin = Origin()
+    config = {**store, "routes": {"/r": {"ttl": 10}}}
+    for send in make(config, origin):
+        send()
+        clock.offset = 30
+        send()
+        assert origin.asked == [None, None]
