@@ -113,7 +113,8 @@ class EventsSettings:
     max_events_per_invalidation: int = 20
     connect_timeout: float = 2.0
     reconnect_max: float = 5.0  # seconds between reconnection attempts, at most
-    # Seconds between the invalidation worker's AMQP heartbeats: a broker that stops answering
+    # Seconds between AMQP heartbeats (the invalidation worker, the in-process consumer and the
+    # publisher): a broker that stops answering
     # (a stall) is found within about two of them. Whole seconds: AMQP negotiates an integer.
     heartbeat: int = 10
     retry: RetryPolicy = RetryPolicy()
