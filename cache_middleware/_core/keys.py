@@ -175,8 +175,22 @@ def variant_key(primary: str, names: tuple[str, ...], values: list[str | None]) 
     for name, value in zip(names, values, strict=True):
         # A header named like a marker (`Vary: Venue`) must not read as an identity segment.
         parts.append(_RESERVED_NAMES.get(name) or escape_component(name))
-        parts.append(ABSENT if value is None else escape_component(value))
+        parts.append(ABSENT if value is None else escape_component(selecting_value(name, value)))
     return ":".join(parts)
+
+
+def selecting_value(name: str, value: str) -> str:
+    """A request header's value as a variant is selected by it (RFC 9111 §4.1: "after
+    normalising ... in a way that is known to have identical semantics"): list members with
+    their surrounding whitespace and empty members dropped (`1, 2`, `1,2` and two field lines
+    `1` and `2` are one value, RFC 9110 §5.3, §5.6.1); `Accept-Language` members also
+    lower-cased and in one order (language ranges are case-insensitive, RFC 4647 §2.1, and
+    their preference is their q-values, which each member keeps)."""
+    members = [member.strip() for member in value.split(",")]
+    members = [member for member in members if member]
+    if name == "accept-language":
+        members = sorted({member.lower().replace(" ", "") for member in members})
+    return ",".join(members)
 
 
 def lock_key(primary: str, prefix: str) -> str:
