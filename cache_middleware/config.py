@@ -54,6 +54,12 @@ CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414
 # freshness, else heuristic), the route's `ttl` at most bounds it.
 MODES = ("gateway", "standard")
 DEFAULT_MODE = "gateway"
+# Standard mode: how long (s) an entry with the app's validator is kept past its freshness, to be
+# revalidated with a conditional request instead of refetched (RFC 9111 §4.3).
+DEFAULT_REVALIDATE_WINDOW = 3600
+# `targeted_fields:` values: what a standard route does with CDN-Cache-Control and
+# Surrogate-Control once it has read them as its own directives (RFC 9213 §2.1: MAY forward).
+TARGETED_FIELD_MODES = ("pass", "strip")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class RouteSettings:
     cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
     # `gateway` or `standard` (MODES): the route's own, else the global `mode`.
     mode: str = DEFAULT_MODE
+    # Standard mode: seconds an entry with a validator is kept past its freshness to be
+    # revalidated (the route's own, else the global one, else DEFAULT_REVALIDATE_WINDOW); 0 in
+    # gateway mode.
+    revalidate_window: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,10 @@ class Settings:
     routes: tuple[RouteSettings, ...] = ()
     # The global `mode`: what a route without its own gets.
     mode: str = DEFAULT_MODE
+    # Standard routes: CDN-Cache-Control and Surrogate-Control passed on downstream or stripped.
+    targeted_fields: str = "pass"
+    # The global `revalidate_window`: what a standard route without its own gets.
+    revalidate_window: int = DEFAULT_REVALIDATE_WINDOW
     redis_url: str | None = None
     key_prefix: str = DEFAULT_PREFIX
     venue_header: str | None = None
@@ -229,6 +243,8 @@ _TOP_KEYS = {
     "near_cache",
     "manager_namespaces",
     "mode",
+    "revalidate_window",
+    "targeted_fields",
 }
 _ROUTE_KEYS = {
     "ttl",
@@ -243,6 +259,7 @@ _ROUTE_KEYS = {
     "tags",
     "cache_headers",
     "mode",
+    "revalidate_window",
 }
 _ADMIN_KEYS = {"token", "venue_tokens"}
 _NEAR_KEYS = {"max_bytes", "max_age"}
@@ -424,10 +441,12 @@ class _Validator:
         cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS,
         expose_key: bool | None = None,
         mode: str = DEFAULT_MODE,
+        revalidate_window: int = DEFAULT_REVALIDATE_WINDOW,
     ) -> RouteSettings:
         """`cache_headers`: the global setting, which the route's own replaces; `expose_key`:
         expose_key_header when `false` (a route may not list X-Cache-Key then); `mode`: the
-        global mode, which the route's own replaces."""
+        global mode, which the route's own replaces; `revalidate_window`: the global one (for a
+        standard route), which the route's own replaces."""
         where = f"routes.{path}"
         if not isinstance(spec, Mapping):
             raise self.fail(where, f"must be a mapping like {{ttl: 60}}, got {spec!r}")
@@ -449,6 +468,18 @@ class _Validator:
                         "does not apply to mode: standard, where the response's status and "
                         "freshness decide (RFC 9111); remove it or use mode: gateway",
                     )
+            if "revalidate_window" in spec:
+                revalidate_window = self.non_negative_int(
+                    f"{where}.revalidate_window", spec["revalidate_window"]
+                )
+        else:
+            if "revalidate_window" in spec:
+                raise self.fail(
+                    f"{where}.revalidate_window",
+                    "applies to mode: standard (a gateway route refetches an expired entry); "
+                    "remove it or use mode: standard",
+                )
+            revalidate_window = 0
         vary_by: tuple[str, ...] | None = None
         if spec.get("vary_by") is not None:
             raw = spec["vary_by"]
@@ -521,6 +552,7 @@ class _Validator:
             tags=tags,
             cache_headers=cache_headers,
             mode=mode,
+            revalidate_window=revalidate_window,
         )
 
     def settings(self, data: Any) -> Settings:
@@ -540,6 +572,12 @@ class _Validator:
                 name for name in ALL_CACHE_HEADERS if expose_key or name != "X-Cache-Key"
             )
         mode = self.mode("mode", data.get("mode", DEFAULT_MODE))
+        revalidate_window = self.non_negative_int(
+            "revalidate_window", data.get("revalidate_window", DEFAULT_REVALIDATE_WINDOW)
+        )
+        targeted_fields = data.get("targeted_fields", "pass")
+        if targeted_fields not in TARGETED_FIELD_MODES:
+            raise self.fail("targeted_fields", f"must be pass or strip, got {targeted_fields!r}")
         routes_raw = data.get("routes") or {}
         if not isinstance(routes_raw, Mapping):
             raise self.fail("routes", "must be a mapping of path -> {ttl: ...}")
@@ -552,6 +590,7 @@ class _Validator:
                 # may not bring it back when expose_key_header: false says never.
                 False if explicit_expose is False else None,
                 mode,
+                revalidate_window,
             )
             for path, spec in routes_raw.items()
         )
@@ -592,6 +631,8 @@ class _Validator:
         return Settings(
             routes=routes,
             mode=mode,
+            targeted_fields=targeted_fields,
+            revalidate_window=revalidate_window,
             redis_url=redis_url,
             key_prefix=prefix,
             venue_header=self.header_name("venue_header", data.get("venue_header")),

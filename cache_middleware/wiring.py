@@ -30,7 +30,7 @@ def _compile_globs(globs: tuple[str, ...]) -> Callable[[str], object] | None:
     return re.compile("|".join(fnmatch.translate(glob) for glob in globs)).match
 
 
-def _rule(route: RouteSettings) -> Rule:
+def _rule(route: RouteSettings, targeted_fields: str = "pass") -> Rule:
     standard = route.mode == "standard"
     return Rule(
         route=route.path,
@@ -47,6 +47,9 @@ def _rule(route: RouteSettings) -> Rule:
         tags=route.tags,
         cache_headers=route.cache_headers,
         standard=standard,
+        revalidate_window=route.revalidate_window if standard else 0,
+        # Only a standard route reads them as its own; a gateway route passes them on untouched.
+        strip_targeted=standard and targeted_fields == "strip",
     )
 
 
@@ -56,7 +59,7 @@ def build_policy(
     user_resolver: Resolver | None = None,
     venue_resolver: Resolver | None = None,
 ) -> CachePolicy:
-    rules = tuple(_rule(route) for route in settings.routes)
+    rules = tuple(_rule(route, settings.targeted_fields) for route in settings.routes)
     return CachePolicy(
         rules,
         key_prefix=settings.key_prefix,

@@ -308,8 +308,8 @@ def _routes(spec: str) -> Case:
 
 
 ROUTE_FIELDS = (
-    "cache_headers, condition, ignore_params, mode, negative_ttl, private, stale_if_error, "
-    "stale_while_revalidate, "
+    "cache_headers, condition, ignore_params, mode, negative_ttl, private, revalidate_window, "
+    "stale_if_error, stale_while_revalidate, "
     "statuses, tags, ttl, vary_by"
 )
 TOP_FIELDS = (
@@ -317,8 +317,8 @@ TOP_FIELDS = (
     "expose_key_header, "
     "honor_request_no_cache, key_host, key_prefix, lock_timeout, manager_namespaces, "
     "max_body_bytes, "
-    "memory_max_bytes, mode, near_cache, redis_timeout, redis_url, routes, slow_store_ms, "
-    "trusted_headers, user_header, venue_header"
+    "memory_max_bytes, mode, near_cache, redis_timeout, redis_url, revalidate_window, routes, "
+    "slow_store_ms, targeted_fields, trusted_headers, user_header, venue_header"
 )
 STATUSES = "200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501"
 SCHEMES = (

@@ -463,15 +463,35 @@ ROWS: list[Row] = [
     ),
     *(
         Row(
-            f"standard-{status}-refused",
-            "206: parts never stored; errors and temporary redirects refused (safety)",
-            "not-stored",
+            f"standard-explicit-{status}-stored",
+            "RFC 9111 §3: any final status with explicit freshness (the app chose it)",
+            "stored",
             status=status,
             headers=cc("max-age=30"),
             settings=STANDARD,
+        )
+        for status in (299, 302, 303, 307, 400, 499, 500, 503, 599)
+    ),
+    Row(
+        "standard-206-refused",
+        "RFC 9111 §3.3-3.4: a part is never stored as a response",
+        "not-stored",
+        status=206,
+        headers=cc("max-age=30"),
+        settings=STANDARD,
+        detail="status",
+    ),
+    *(
+        Row(
+            f"standard-heuristic-{status}-refused",
+            "RFC 9111 §4.2.2: no heuristic freshness for a status outside RFC 9110 §15.1's",
+            "not-stored",
+            status=status,
+            headers=(("Date", "{now+0}"), ("Last-Modified", "{now-1000}")),
+            settings=STANDARD,
             detail="status",
         )
-        for status in (206, 302, 400, 500, 503)
+        for status in (302, 400, 500, 503)
     ),
     Row(
         "standard-age-counts",

@@ -38,6 +38,7 @@ from starlette.routing import Route
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from cache_middleware._core.entry import (
     MAGIC,
+    STANDARD_STATUSES,
     STORABLE_STATUSES,
     CachedResponse,
     CorruptEntry,
@@ -45,6 +46,8 @@ from cache_middleware._core.entry import (
     encode_entry,
 )
 from cache_middleware._core.globs import compile_glob, escape_glob, parse_glob
+from cache_middleware._core.policy import CachePolicy, Found, Lookup, NotFound
+from cache_middleware._core.rules import Rule
 from cache_middleware.config import CACHEABLE_STATUSES
 from cache_middleware.storage.factory import shared_memory_store
 from cache_middleware.storage.memory import MemoryStore
@@ -226,9 +229,10 @@ FORGED: list[tuple[str, bytes]] = [
     ("status 101", _record(101)),
     ("status 100", _record(100)),
     ("status 206", _record(206)),
-    ("status 500", _record(500)),
+    ("status 304", _record(304)),
+    ("status 199", _record(199)),
+    ("status 600", _record(600)),
     ("status 999", _record(999)),
-    ("status 302", _record(302)),
     ("transfer-encoding", _record(headers=[[b"transfer-encoding", b"chunked"]])),
     ("connection", _record(headers=[[b"connection", b"close"]])),
     ("upgrade", _record(headers=[[b"upgrade", b"websocket"]])),
@@ -266,6 +270,55 @@ def test_every_storable_status_still_decodes(status: int) -> None:
         _record(status, [*headers, [b"etag", b'"x"'], [b"x-obs", b"caf\xe9"]], body)
     )
     assert isinstance(entry, CachedResponse) and entry.status == status
+
+
+# Statuses only a `mode: standard` route stores (with the app's explicit freshness): a record
+# holding one is corrupt wherever only gateway routes could have written it.
+GATEWAY_FORGED: list[tuple[str, bytes]] = [
+    ("status 500", _record(500)),
+    ("status 302", _record(302)),
+    ("status 307", _record(307)),
+    ("status 400", _record(400)),
+]
+
+
+@pytest.mark.parametrize("status", sorted(STANDARD_STATUSES))
+def test_every_standard_status_decodes(status: int) -> None:
+    assert decode_entry(_record(status)).status == status  # type: ignore[union-attr]
+
+
+def test_standard_statuses_are_final_bar_206_and_304() -> None:
+    assert frozenset(range(200, 600)) - {206, 304} == STANDARD_STATUSES
+    assert STORABLE_STATUSES < STANDARD_STATUSES
+
+
+def _policy(*rules: Rule) -> CachePolicy:
+    return CachePolicy(rules, key_prefix="p")
+
+
+def _lookup(rule: Rule) -> Lookup:
+    return Lookup(rule, "p:k", False, False, None, None, "p:i", "p:l")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [d for _, d in GATEWAY_FORGED], ids=[n for n, _ in GATEWAY_FORGED])
+def test_gateway_routes_read_standard_only_statuses_as_corrupt(data: bytes) -> None:
+    """Gateway routes only: as strict as before standard mode (every read of the policy)."""
+    policy = _policy(Rule("/g", 60))
+    with pytest.raises(CorruptEntry):
+        policy.decoded("p:k", data)
+    assert policy.held_entry(data) is None
+    assert policy.found_held("p:k", data) is None
+    read = policy.on_read(_lookup(Rule("/g", 60)), "p:k", data, first=False)
+    assert isinstance(read, NotFound) and read.drop == "p:k"
+
+
+@pytest.mark.parametrize("data", [d for _, d in GATEWAY_FORGED], ids=[n for n, _ in GATEWAY_FORGED])
+def test_with_a_standard_route_only_its_reads_take_them(data: bytes) -> None:
+    gateway, standard = Rule("/g", 60), Rule("/s", 60, standard=True)
+    policy = _policy(gateway, standard)
+    assert isinstance(policy.on_read(_lookup(standard), "p:k", data, first=False), Found)
+    read = policy.on_read(_lookup(gateway), "p:k", data, first=False)
+    assert isinstance(read, NotFound) and read.drop == "p:k"
 
 
 def test_storable_statuses_are_exactly_what_a_route_may_list() -> None:
@@ -333,14 +386,21 @@ class _Keys:
             self.memory.set(key, value, 60)
 
 
-ADAPTER_CASES = ("status 101", "crlf in value", "short content-length", "set-cookie")
+ADAPTER_CASES = (
+    "status 101",
+    "status 500",
+    "status 302",
+    "crlf in value",
+    "short content-length",
+    "set-cookie",
+)
 
 
 @pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
 @pytest.mark.parametrize("store", ["memory", "redis"])
 @pytest.mark.parametrize(
     "forged",
-    [pytest.param(d, id=n) for n, d in FORGED if n in ADAPTER_CASES],
+    [pytest.param(d, id=n) for n, d in [*FORGED, *GATEWAY_FORGED] if n in ADAPTER_CASES],
 )
 async def test_a_forged_entry_is_a_miss_and_is_deleted(
     request: pytest.FixtureRequest,

@@ -14,12 +14,14 @@ bounded: no byte string may claim more than the input holds, and lists are cappe
 
 A record is also corrupt when it holds what this cache never writes, since replaying it would
 serve everyone something no route could have stored (someone with write access to the store
-forged it, or another program wrote there): a status outside `STORABLE_STATUSES` (a 101 would
-switch the client's connection to another protocol, a 1xx or 206 is not a whole response); a
-header name that is not a lower-case RFC 9110 token (names are stored lower-cased); a value with
-CR, LF or NUL (response splitting, RFC 9110 §5.5); a hop-by-hop field, `Set-Cookie` or one of
-the headers the cache sets itself; a `Content-Length` other than the body's (the client would
-read the rest of the body as the next response), or any on a 204.
+forged it, or another program wrote there): a status outside `STANDARD_STATUSES` (a 1xx or a 101
+would switch the client's connection to another protocol or is not a response at all, a 206 is a
+part, a 304 has no body of its own); a header name that is not a lower-case RFC 9110 token
+(names are stored lower-cased); a value with CR, LF or NUL (response splitting, RFC 9110 §5.5); a
+hop-by-hop field, `Set-Cookie` or one of the headers the cache sets itself; a `Content-Length`
+other than the body's (the client would read the rest of the body as the next response), or any
+on a 204. The policy reads more strictly where only gateway routes could have written the
+record: a status outside `STORABLE_STATUSES` is corrupt there too (`Reader.decoded`, `on_read`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .headers import HOP_BY_HOP
 
 __all__ = [
     "MAGIC",
+    "STANDARD_STATUSES",
     "STORABLE_STATUSES",
     "CachedResponse",
     "CorruptEntry",
@@ -48,11 +51,14 @@ __all__ = [
 MAGIC = b"CMR\x02"
 VARY_MAGIC = b"CMY\x01"
 MAX_HEADERS = 256
-# The statuses a route can be configured to store (config's `statuses:` accepts exactly these:
-# RFC 9110 §15.1's heuristically cacheable ones, 206 and 5xx but 501 never), and the ones a
-# `mode: standard` route stores when the response gives them a lifetime. No other status is ever
-# written, so no other is ever replayed.
+# The statuses a gateway route can be configured to store (config's `statuses:` accepts exactly
+# these: RFC 9110 §15.1's heuristically cacheable ones, 206 and 5xx but 501 never), and the ones
+# a `mode: standard` route stores with heuristic freshness.
 STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# What a `mode: standard` route stores when the app gives the response explicit freshness
+# (RFC 9111 §3: any final status): every final status but 206 (a part) and 304 (no body of its
+# own). No other status is ever written, so no other is ever replayed.
+STANDARD_STATUSES = frozenset(range(200, 600)) - {206, 304}
 # Fields a stored record never holds: connection-specific ones (Content-Length is written once,
 # by the cache, from the body), a cookie (a response that sets one is not stored), and the
 # headers the cache sets on every replay.
@@ -169,7 +175,7 @@ def _decode(data: bytes) -> CachedResponse | VaryRecord:
     status, headers, body, stored_at, ttl, swr, sie = raw
     if not (
         type(status) is int
-        and status in STORABLE_STATUSES
+        and status in STANDARD_STATUSES
         and isinstance(body, bytes)
         and type(stored_at) in (int, float)
         and math.isfinite(stored_at)

@@ -230,3 +230,196 @@ def age_seconds(line: bytes) -> int | None:
     member of a list (`Age: 7200, 0` is 7200), or None when that member is not delta-seconds
     (negative, fractional, garbage), which a cache ignores."""
     return delta_seconds(line.split(b",", 1)[0].decode("latin-1"))
+
+
+# -- targeted cache-control fields (RFC 9213, Edge Architecture 1.0) ----------------------------
+
+# This cache's own fields, most specific first (RFC 9213 §2.1: the first with valid content wins,
+# and Cache-Control and Expires are then ignored by this cache).
+TARGETED_FIELDS = (b"cdn-cache-control", b"surrogate-control")
+# RFC 9213 §2.1: the directives whose value type this cache checks (a wrong type makes the
+# whole field invalid, as an unparsable one does); the others are kept by name only.
+_SF_INTEGER_DIRECTIVES = frozenset(
+    {"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"}
+)
+_SF_BOOLEAN_DIRECTIVES = frozenset(
+    {
+        "no-store",
+        "no-cache",
+        "private",
+        "public",
+        "must-revalidate",
+        "proxy-revalidate",
+        "must-understand",
+    }
+)
+_SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+_SF_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_SF_NUMBER = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,3})?")
+_SF_STRING = re.compile(r'"(?:[ !#-\[\]-~]|\\["\\])*"')
+_SF_BYTES = re.compile(r":[A-Za-z0-9+/=]*:")
+
+
+class _SFError(ValueError):
+    pass
+
+
+def _sf_bare_item(text: str, pos: int) -> tuple[object, int]:
+    """RFC 8941 §4.2.3.1: one bare item at `pos`; returns (value, next position). Integers as
+    int, decimals as float, strings as str, tokens and byte sequences as _Other, booleans."""
+    if pos >= len(text):
+        raise _SFError("empty item")
+    char = text[pos]
+    if char == "-" or char.isdigit():
+        found = _SF_NUMBER.match(text, pos)
+        if found is None:
+            raise _SFError("number")
+        raw = found.group()
+        return (float(raw) if "." in raw else int(raw)), found.end()
+    if char == '"':
+        found = _SF_STRING.match(text, pos)
+        if found is None:
+            raise _SFError("string")
+        return found.group()[1:-1].replace('\\"', '"').replace("\\\\", "\\"), found.end()
+    if char == ":":
+        found = _SF_BYTES.match(text, pos)
+        if found is None:
+            raise _SFError("byte sequence")
+        return _SFOther(found.group()), found.end()
+    if char == "?":
+        if text[pos + 1 : pos + 2] in ("0", "1"):
+            return text[pos + 1] == "1", pos + 2
+        raise _SFError("boolean")
+    found = _SF_TOKEN.match(text, pos)
+    if found is None:
+        raise _SFError("unknown item type")
+    return _SFOther(found.group()), found.end()
+
+
+class _SFOther(str):
+    """A token or byte sequence: neither a string nor a number for the type checks."""
+
+
+def _sf_parameters(text: str, pos: int) -> int:
+    """Skips `;key[=bare-item]` parameters (validated, their values unused)."""
+    while pos < len(text) and text[pos] == ";":
+        pos += 1
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        key = _SF_KEY.match(text, pos)
+        if key is None:
+            raise _SFError("parameter key")
+        pos = key.end()
+        if pos < len(text) and text[pos] == "=":
+            _, pos = _sf_bare_item(text, pos + 1)
+    return pos
+
+
+def parse_sf_dictionary(value: str) -> dict[str, object] | None:
+    """An RFC 8941 §4.2.2 Dictionary as {key: value} (a key without value is True, an inner
+    list is a tuple, parameters are checked and dropped; the last duplicate wins), or None when
+    the text is not a valid Dictionary."""
+    text = value.strip(" \t")
+    out: dict[str, object] = {}
+    pos = 0
+    try:
+        while pos < len(text):
+            key = _SF_KEY.match(text, pos)
+            if key is None:
+                raise _SFError("key")
+            pos = key.end()
+            item: object = True
+            if pos < len(text) and text[pos] == "=":
+                pos += 1
+                if pos < len(text) and text[pos] == "(":
+                    members: list[object] = []
+                    pos += 1
+                    while True:
+                        while pos < len(text) and text[pos] == " ":
+                            pos += 1
+                        if pos < len(text) and text[pos] == ")":
+                            pos += 1
+                            break
+                        member, pos = _sf_bare_item(text, pos)
+                        members.append(member)
+                        pos = _sf_parameters(text, pos)
+                        if pos >= len(text) or text[pos] not in " )":
+                            raise _SFError("inner list")
+                    item = tuple(members)
+                else:
+                    item, pos = _sf_bare_item(text, pos)
+            pos = _sf_parameters(text, pos)
+            out[key.group()] = item
+            while pos < len(text) and text[pos] in " \t":
+                pos += 1
+            if pos >= len(text):
+                break
+            if text[pos] != ",":
+                raise _SFError("separator")
+            pos += 1
+            while pos < len(text) and text[pos] in " \t":
+                pos += 1
+            if pos >= len(text):
+                raise _SFError("trailing comma")
+    except _SFError:
+        return None
+    return out
+
+
+def cdn_cache_control(lines: Sequence[bytes]) -> dict[str, str | None] | None:
+    """A `CDN-Cache-Control` value (its lines joined) as `parse_cache_control` would give it,
+    or None when it is not valid content (RFC 9213 §2.1: not a Dictionary, or a known directive
+    of the wrong type: a non-negative Integer for the delta-seconds ones, `true` for the
+    others); then the field is ignored and Cache-Control applies."""
+    try:
+        text = b", ".join(lines).decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    parsed = parse_sf_dictionary(text)
+    if not parsed:
+        return None  # invalid, or empty: nothing here for this cache
+    out: dict[str, str | None] = {}
+    for name, item in parsed.items():
+        if name in _SF_INTEGER_DIRECTIVES:
+            if type(item) is not int or item < 0:
+                return None
+            out[name] = str(item)
+        elif name in _SF_BOOLEAN_DIRECTIVES:
+            if item is False:
+                continue  # `?0`: the directive is off
+            if item is not True:
+                return None
+            out[name] = None
+        else:
+            out[name] = None  # an extension this cache does not know: present, no value
+    return out
+
+
+def surrogate_control(lines: Sequence[bytes]) -> dict[str, str | None] | None:
+    """The `Surrogate-Control` directives this cache acts on (Edge Architecture 1.0:
+    `max-age=N[+M]` and `no-store`; one targeted at a named device, `;name`, is not ours),
+    or None when it holds neither (then it is ignored)."""
+    out: dict[str, str | None] = {}
+    for name, arg in parse_cache_control(b", ".join(lines)).items():
+        if ";" in name or (arg is not None and ";" in arg):
+            continue
+        if name == "no-store":
+            out[name] = None
+        elif name == "max-age" and arg is not None:
+            # `max-age=300+60`: the first number is the freshness lifetime.
+            seconds = delta_seconds(arg.split("+", 1)[0])
+            if seconds is not None:
+                out[name] = str(seconds)
+    return out or None
+
+
+def targeted_directives(
+    cdn: Sequence[bytes], surrogate: Sequence[bytes]
+) -> dict[str, str | None] | None:
+    """This cache's own directives when a targeted field with valid content is present
+    (CDN-Cache-Control first, then Surrogate-Control), else None: Cache-Control applies."""
+    if cdn:
+        found = cdn_cache_control(cdn)
+        if found is not None:
+            return found
+    return surrogate_control(surrogate) if surrogate else None

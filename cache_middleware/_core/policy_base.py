@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from .entry import (
+    STANDARD_STATUSES,
+    STORABLE_STATUSES,
     CachedResponse,
 )
 from .headers import (
@@ -234,6 +236,9 @@ class MissStart:
     # app sent none usable. Stored as `stored_at = now - age` with `ttl` the whole freshness
     # lifetime, so `now - stored_at` is the current_age everywhere; forwarded on the MISS.
     age: int | None = None
+    # Standard mode: seconds the entry is kept past its freshness for revalidation (the route's
+    # `revalidate_window` when the app gave it a validator, else 0).
+    keep: int = 0
 
 
 class PolicyState:
@@ -256,6 +261,11 @@ class PolicyState:
         cache_headers: Collection[str] = CACHE_HEADERS,
     ) -> None:
         self.table = RouteTable(rules)
+        # Statuses a record read from the store may hold (`Reader.decoded`): with gateway routes
+        # only, exactly those a route may list; a standard route may store any final status.
+        self._readable_statuses = (
+            STANDARD_STATUSES if any(rule.standard for rule in rules) else STORABLE_STATUSES
+        )
         self.key_prefix = key_prefix
         self.max_body_bytes = max_body_bytes
         self.expose_key = expose_key

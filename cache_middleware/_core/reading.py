@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from .entry import (
+    STORABLE_STATUSES,
     CachedResponse,
     CorruptEntry,
     HeldEntry,
@@ -25,6 +26,7 @@ from .policy_base import (
     NotFound,
     PolicyState,
 )
+from .revalidation import has_validator
 
 logger = logging.getLogger("cache_middleware")
 
@@ -82,6 +84,10 @@ class Reader(PolicyState):
                 return NotFound(variant)  # the same variant we just missed
             self._learn(lookup.key, entry.names, lookup.rule.route)
             return Follow(variant)
+        if entry.status not in STORABLE_STATUSES and not lookup.rule.standard:
+            # Only a standard route stores such a status: under a gateway route's key it was
+            # forged (or written before the route's mode changed), so it is garbage here.
+            return NotFound(key, drop=key)
         return Found(key, entry)
 
     def decoded(self, key: str, raw: bytes) -> CachedResponse | VaryRecord:
@@ -91,11 +97,12 @@ class Reader(PolicyState):
         bytes are compared, never trusted: other bytes under the key are decoded afresh.
         Raises `CorruptEntry` as `decode_entry` does."""
         if type(raw) is HeldEntry:
-            return decode_entry(raw)  # the near-cache's bytes remember their decoding already
+            # The near-cache's bytes remember their decoding already.
+            return self._readable(decode_entry(raw))
         known = self._reads.get(key)
         if known is not None and known[0] == raw:
             return known[1]
-        entry = decode_entry(raw)
+        entry = self._readable(decode_entry(raw))
         if isinstance(entry, CachedResponse):
             size = 2 * len(raw)  # the record, and the body decoded out of it
             if size <= _READS_MEMO_BYTES // 16:
@@ -110,15 +117,25 @@ class Reader(PolicyState):
                 self._reads_bytes += size
         return entry
 
+    def _readable(self, entry: CachedResponse | VaryRecord) -> CachedResponse | VaryRecord:
+        """`entry`, unless its status is one no route of this policy could have stored (with
+        gateway routes only, a status outside `STORABLE_STATUSES`): then CorruptEntry."""
+        if type(entry) is CachedResponse and entry.status not in self._readable_statuses:
+            raise CorruptEntry(f"status {entry.status} is not stored by these routes")
+        return entry
+
     @staticmethod
     def held_entry(raw: bytes) -> CachedResponse | None:
         """The entry in bytes this process holds; None for anything else (a Vary record,
-        garbage), which the full read then handles (and logs) once."""
+        garbage, or a status only a standard route stores, which needs the route to judge),
+        which the full read then handles (and logs) once."""
         try:
             entry = decode_entry(raw)
         except CorruptEntry:
             return None
-        return entry if isinstance(entry, CachedResponse) else None
+        if type(entry) is CachedResponse and entry.status in STORABLE_STATUSES:
+            return entry
+        return None
 
     @classmethod
     def found_held(cls, key: str, raw: bytes) -> Found | None:
@@ -145,3 +162,15 @@ class Reader(PolicyState):
         if age < entry.ttl + entry.stale_if_error:
             return "stale-if-error"
         return "expired"
+
+    @staticmethod
+    def revalidates(lookup: Lookup, entry: CachedResponse, now: float) -> bool:
+        """Whether the flow asks the app about `entry` with a conditional request instead of
+        refetching it (RFC 9111 §4.3): it is past its freshness lifetime, within the route's
+        `revalidate_window` after it (standard mode; 0, never, in gateway mode), and the app
+        gave it a validator (an ETag of its own, or Last-Modified)."""
+        window = lookup.rule.revalidate_window
+        if not window:
+            return False
+        past = now - entry.stored_at - entry.ttl
+        return 0 <= past < window and has_validator(entry)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .entry import CachedResponse
-from .headers import delta_seconds, get_header, parse_cache_control
+from .headers import delta_seconds, get_header, parse_cache_control, targeted_directives
 
 __all__ = ["ANY_STALENESS", "RequestDirectives", "request_directives", "serves_stale"]
 
@@ -52,10 +52,25 @@ class RequestDirectives:
         return serves_stale(entry)
 
 
+# Directives that forbid a shared cache to serve a stored response without revalidating it
+# (RFC 9111 §4.2.4, §5.2.2.2, §5.2.2.4, §5.2.2.8, §5.2.2.10).
+_NEVER_STALE = ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")
+
+
 def serves_stale(entry: CachedResponse) -> bool:
-    """Whether the stored response may be served stale by a shared cache (RFC 9111 §4.2.4)."""
+    """Whether the stored response may be served stale by a shared cache: not when its
+    Cache-Control, or the targeted field a standard route read in its place (CDN-Cache-Control,
+    Surrogate-Control: RFC 9213), says must-revalidate, proxy-revalidate, s-maxage or no-cache
+    (a no-cache entry is stored only to be revalidated on every use). Both are read, so a
+    targeted field can never loosen what Cache-Control forbids."""
     stored = parse_cache_control(get_header(entry.headers, b"cache-control"))
-    return not ("must-revalidate" in stored or "proxy-revalidate" in stored or "s-maxage" in stored)
+    if any(name in stored for name in _NEVER_STALE):
+        return False
+    targeted = targeted_directives(
+        [value for name, value in entry.headers if name == b"cdn-cache-control"],
+        [value for name, value in entry.headers if name == b"surrogate-control"],
+    )
+    return targeted is None or not any(name in targeted for name in _NEVER_STALE)
 
 
 def request_directives(cache_control: str | None) -> RequestDirectives | None:

@@ -135,6 +135,13 @@ class Rule:
     # else heuristic), `ttl` only bounds it, and a response with neither is not stored. False:
     # `mode: gateway`, the route TTL decides unless the response says shorter.
     standard: bool = False
+    # Standard mode: how long an entry with the app's validator (ETag, Last-Modified) is kept
+    # past its freshness, to be revalidated with a conditional request rather than refetched
+    # (RFC 9111 §4.3). 0 in gateway mode: an expired entry is refetched.
+    revalidate_window: int = 0
+    # Standard mode with `targeted_fields: strip`: CDN-Cache-Control and Surrogate-Control, this
+    # cache's own directives, are not passed on (nor stored) once read.
+    strip_targeted: bool = False
     # Placeholder names in route order, e.g. ("event_id",) for /api/events/{event_id}.
     params: tuple[str, ...] = field(init=False)
     ttl_header: bytes = field(init=False)

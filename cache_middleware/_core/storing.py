@@ -8,11 +8,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from .entry import (
+    STANDARD_STATUSES,
     CachedResponse,
     encode_entry,
     encode_vary,
 )
 from .headers import (
+    TARGETED_FIELDS,
     HeaderList,
     age_seconds,
     connection_listed,
@@ -20,6 +22,7 @@ from .headers import (
     get_header,
     parse_cache_control,
     parse_http_date,
+    targeted_directives,
     vary_names,
 )
 from .keys import (
@@ -50,6 +53,15 @@ HEURISTIC_FRACTION = 0.1
 HEURISTIC_CAP = 24 * 3600
 # RFC 9110 §15.1: the heuristically cacheable statuses (206 left out: a part is never stored).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9111 §5.2.2.3 must-understand: the final statuses RFC 9110 §15 defines, whose caching
+# rules this cache knows (206 and 304 are never stored as such).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426}
+    | set(range(500, 506))
+)
+_TARGETED = frozenset(TARGETED_FIELDS)
 
 
 class Storer(PolicyState):
@@ -70,6 +82,10 @@ class Storer(PolicyState):
 
     def start_miss(self, lookup: Lookup, status: int, headers: HeaderList, now: float) -> MissStart:
         start = self._storable(lookup, status, headers, now)
+        if lookup.rule.strip_targeted:
+            # `targeted_fields: strip`: this cache's own directives go no further (the stored
+            # record keeps them: what a later stale use or revalidation reads).
+            headers = [(n, v) for n, v in headers if n.lower() not in _TARGETED]
         if not start.store:
             start.headers = self.bypass_headers(headers, start.reason, lookup.rule)
             return start
@@ -128,8 +144,10 @@ class Storer(PolicyState):
             start.stale_while_revalidate,
             start.stale_if_error,
         )
-        # Kept in Redis as long as any stale use is allowed; freshness is judged by `ttl`.
-        lifetime = start.ttl - age + max(start.stale_while_revalidate, start.stale_if_error)
+        # Kept in Redis as long as any stale use (or a revalidation) is allowed; freshness is
+        # judged by `ttl`.
+        kept_for = max(start.stale_while_revalidate, start.stale_if_error, start.keep)
+        lifetime = start.ttl - age + kept_for
         record = encode_entry(entry)
         if not start.vary:
             return [(lookup.key, record, lifetime)], lifetime
@@ -181,9 +199,11 @@ class Storer(PolicyState):
             return no("request-no-store")
         if lookup.cloaked:
             return no("ignored-param")  # the app may have read what the key leaves out
-        # RFC 9111 §3 / RFC 9110 §15.1: only the statuses the route opted into; the config
-        # refuses 206 and 5xx (bar 501), so a partial or an error is never replayed as content.
-        if status not in rule.statuses:
+        # RFC 9111 §3 / RFC 9110 §15.1: a gateway route stores only the statuses it opted into
+        # (the config refuses 206 and 5xx bar 501, so a partial or an error is never replayed
+        # as content). A standard route stores those, and any other final status but 206 and
+        # 304 when the app gives it explicit freshness (checked below, with the lifetime).
+        if status not in rule.statuses and not (rule.standard and status in STANDARD_STATUSES):
             return no("status")
         cache_control = parse_cache_control(get_header(headers, b"cache-control"))
         set_cookie = False
@@ -196,6 +216,8 @@ class Storer(PolicyState):
         dates: list[bytes] = []
         last_modified: bytes | None = None
         has_etag = False
+        cdn: list[bytes] = []
+        surrogate: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
             if lname == b"set-cookie":
@@ -218,18 +240,47 @@ class Storer(PolicyState):
                     age = age_seconds(value)
             elif lname == b"etag":
                 has_etag = True
+            elif lname == b"cdn-cache-control":
+                cdn.append(value)
+            elif lname == b"surrogate-control":
+                surrogate.append(value)
         if set_cookie:
             return no("set-cookie")  # one user's session must never be replayed to another
+        # Standard mode: revalidation needs the app's validator (the ETag the cache derives
+        # from the body is not one the app knows).
+        keep = rule.revalidate_window if has_etag or last_modified is not None else 0
+        if rule.standard and (cdn or surrogate):
+            # RFC 9213 §2.1 (and Edge Architecture 1.0): this cache's own field, when valid,
+            # replaces Cache-Control and Expires for this cache (they still go downstream).
+            targeted = targeted_directives(cdn, surrogate)
+            if targeted is not None:
+                cache_control, expires = targeted, []
+        # RFC 9111 §5.2.2.3: a cache that understands the status may store a `no-store,
+        # must-understand` response (standard mode); one that does not must not store it.
+        understood = False
+        if rule.standard and "must-understand" in cache_control:
+            if status not in UNDERSTOOD_STATUSES:
+                return no("status")
+            understood = True
         # RFC 9111 §5.2.2.5 / §5.2.2.7: no-store forbids storage; private forbids a shared cache.
-        if "no-store" in cache_control:
+        if "no-store" in cache_control and not understood:
             return no("no-store")
         if "private" in cache_control and not rule.private:
             return no("private")
-        # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use, which we do not do.
-        if "no-cache" in cache_control:
-            return no("no-cache")
         lifetime = freshness_lifetime(cache_control, expires, dates, now)
-        if lifetime is None and rule.standard:
+        if rule.standard and lifetime is None and status not in rule.statuses:
+            # RFC 9111 §3: a status outside the heuristically cacheable ones is stored only
+            # when the app gave it explicit freshness (the CPDoS guard: docs/security.md).
+            return no("status")
+        # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use. Gateway mode does not
+        # revalidate; standard mode stores it with its validator, stale from the start.
+        if "no-cache" in cache_control:
+            if not (rule.standard and keep):
+                return no("no-cache")
+            lifetime = 0
+        if not rule.standard:
+            keep = 0
+        elif lifetime is None:
             lifetime = heuristic_lifetime(status, last_modified, dates, now)
             if lifetime is None:
                 return no("no-freshness")  # RFC 9111 §4.2: nothing says how long it is fresh
@@ -240,8 +291,10 @@ class Storer(PolicyState):
         route_ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
         bound = route_ttl + current
         ttl = min(bound if lifetime is None else min(bound, lifetime), UNBOUNDED_TTL)
-        if ttl - current <= 0:
-            return no("max-age")  # already stale (RFC 9111 §4.2.1: an unusable value is 0)
+        if ttl - current <= 0 and ttl - current + keep <= 0:
+            # Already stale (RFC 9111 §4.2.1: an unusable value is 0), and not kept to be
+            # revalidated (standard mode, with a validator, within the window).
+            return no("max-age")
         names: tuple[str, ...] = ()
         if vary is not None:
             listed = vary_names(vary)
@@ -275,13 +328,15 @@ class Storer(PolicyState):
             sie = delta_seconds(cache_control["stale-if-error"]) or 0
         # RFC 9111 §5.2.2.2 / §5.2.2.8 / §5.2.2.10: must-revalidate, proxy-revalidate and
         # s-maxage forbid a shared cache to serve the response stale.
+        # No-cache: never used without revalidating.
         if (
             "must-revalidate" in cache_control
             or "proxy-revalidate" in cache_control
             or "s-maxage" in cache_control
+            or "no-cache" in cache_control
         ):
             swr = sie = 0
-        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag, age)
+        return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag, age, keep)
 
 
 def freshness_lifetime(
