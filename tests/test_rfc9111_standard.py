@@ -434,7 +434,7 @@ def _entry(headers: list[tuple[bytes, bytes]], ttl: int = 10, age: float = 0.0) 
 
 
 def _lookup(rule: Rule) -> Lookup:
-    return Lookup(rule, "p:k", False, False, None, _Source(), "p:i", "p:l")  # type: ignore[arg-type]
+    return Lookup(rule, "p:k", False, False, None, _Source(), "p:i", "p:l")
 
 
 STANDARD_RULE = Rule("/", 2**31, standard=True, revalidate_window=100)
