@@ -110,6 +110,44 @@ def memory_url() -> str:
     return f"memory://{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(params=["memory", "redis"])
+def store_config(request: pytest.FixtureRequest, memory_url: str) -> dict[str, object]:
+    """The config keys of a store: this test's memory store, then the real Redis (with a
+    generous timeout: on a loaded machine a 100 ms write may fail open, and tests count HITs)."""
+    if request.param == "memory":
+        return {"redis_url": memory_url, "key_prefix": "t"}
+    return {
+        "redis_url": request.getfixturevalue("redis_url"),
+        "key_prefix": request.getfixturevalue("prefix"),
+        "redis_timeout": 2,
+    }
+
+
+class AdapterClock:
+    """The adapters' `time` module with `time()` moved forward by `offset` seconds: what both
+    adapters read their wall clock from (entries, freshness, Age)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def adapter_clock(monkeypatch: pytest.MonkeyPatch) -> AdapterClock:
+    import cache_middleware.asgi
+    import cache_middleware.wsgi
+
+    fake = AdapterClock()
+    monkeypatch.setattr(cache_middleware.asgi, "time", fake)
+    monkeypatch.setattr(cache_middleware.wsgi, "time", fake)
+    return fake
+
+
 class FakeAsyncRedisStore(AsyncRedisStore):
     """The async Redis store over fakeredis: the same code paths without a server."""
 

@@ -97,14 +97,6 @@ def test_only_a_200_is_ranged_and_amplification_gets_the_whole() -> None:
 # -- through the adapters ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, memory_url: str) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"redis_url": memory_url, "key_prefix": "rg"}
-    return {"redis_url": request.getfixturevalue("redis_url"),
-            "key_prefix": request.getfixturevalue("prefix"), "redis_timeout": 2}  # fmt: skip
-
-
 class Counter:
     calls = 0
 
@@ -149,9 +141,9 @@ def body_of(response: Any) -> bytes:
 
 
 @pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
-def test_a_range_is_answered_from_the_stored_whole(make: Any, store: dict[str, Any]) -> None:
+def test_a_range_is_answered_from_the_stored_whole(make: Any, store_config: dict[str, Any]) -> None:
     counter = Counter()
-    client = make({**store, "routes": {"/f": {"ttl": 60}}}, counter)
+    client = make({**store_config, "routes": {"/f": {"ttl": 60}}}, counter)
     # Before anything is stored, the origin answers the Range; it is not stored.
     first = client.request("GET", "/f", headers={"Range": "bytes=0-1"})
     assert first.status_code == 206 and counter.calls == 1

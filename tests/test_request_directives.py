@@ -5,7 +5,6 @@ store and the real Redis: `only-if-cached` (504 without the app), `max-stale`, `
 
 from __future__ import annotations
 
-import time as real_time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,41 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 from werkzeug.test import Client
 
-import cache_middleware.asgi as asgi_module
-import cache_middleware.wsgi as wsgi_module
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
-
-
-class Clock:
-    """The adapters' `time` module with `time()` moved forward by `offset` seconds."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return real_time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(real_time, name)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(asgi_module, "time", fake)
-    monkeypatch.setattr(wsgi_module, "time", fake)
-    return fake
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, memory_url: str) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"redis_url": memory_url, "key_prefix": "rd"}
-    return {
-        "redis_url": request.getfixturevalue("redis_url"),
-        "key_prefix": request.getfixturevalue("prefix"),
-        "redis_timeout": 2,
-    }
+from tests.conftest import AdapterClock
 
 
 class Origin:
@@ -93,12 +59,12 @@ def wsgi_client(origin: Origin, config: dict[str, Any]) -> Iterator[Send]:
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
-def make(request: pytest.FixtureRequest, store: dict[str, Any]) -> Iterator[Any]:
+def make(request: pytest.FixtureRequest, store_config: dict[str, Any]) -> Iterator[Any]:
     opened: list[Iterator[Send]] = []
 
     def build(origin: Origin, **settings: Any) -> Send:
         routes = settings.pop("routes", {"/api": {"ttl": 60}})
-        config = {**store, "routes": routes, **settings}
+        config = {**store_config, "routes": routes, **settings}
         factory = asgi_client if request.param == "asgi" else wsgi_client
         made = factory(origin, config)
         opened.append(made)
@@ -144,11 +110,11 @@ def test_only_if_cached_with_a_fresh_entry_is_a_hit(make: Any) -> None:
 STALE_KEPT = {"/api": {"ttl": 10, "stale_if_error": 300}}  # kept in the store once stale
 
 
-def test_max_stale_serves_a_stale_entry_it_accepts(make: Any, clock: Clock) -> None:
+def test_max_stale_serves_a_stale_entry_it_accepts(make: Any, adapter_clock: AdapterClock) -> None:
     origin = Origin()
     send = make(origin, routes=STALE_KEPT)
     send("GET", "/api/x")
-    clock.offset = 30  # 20 s stale
+    adapter_clock.offset = 30  # 20 s stale
     served = send("GET", "/api/x", {"Cache-Control": "max-stale=60"})
     assert x_cache(served) == "STALE" and "detail=max-stale" in cache_status(served)
     assert len(origin.calls) == 1
@@ -158,12 +124,14 @@ def test_max_stale_serves_a_stale_entry_it_accepts(make: Any, clock: Clock) -> N
     assert len(origin.calls) == 2
 
 
-def test_max_stale_never_serves_a_must_revalidate_response_stale(make: Any, clock: Clock) -> None:
+def test_max_stale_never_serves_a_must_revalidate_response_stale(
+    make: Any, adapter_clock: AdapterClock
+) -> None:
     origin = Origin()
     origin.headers = [("Cache-Control", "public, max-age=10, must-revalidate")]
     send = make(origin, routes=STALE_KEPT)
     send("GET", "/api/x")
-    clock.offset = 30
+    adapter_clock.offset = 30
     assert x_cache(send("GET", "/api/x", {"Cache-Control": "max-stale"})) == "MISS"
 
 
@@ -171,29 +139,29 @@ def test_max_stale_never_serves_a_must_revalidate_response_stale(make: Any, cloc
 
 
 def test_max_age_and_min_fresh_are_honoured_where_request_no_cache_is(
-    make: Any, clock: Clock
+    make: Any, adapter_clock: AdapterClock
 ) -> None:
     origin = Origin()
     send = make(origin, honor_request_no_cache=True)
     send("GET", "/api/x")
-    clock.offset = 20  # 20 s old, 40 s of freshness left
+    adapter_clock.offset = 20  # 20 s old, 40 s of freshness left
     assert x_cache(send("GET", "/api/x", {"Cache-Control": "max-age=30"})) == "HIT"
     assert x_cache(send("GET", "/api/x", {"Cache-Control": "max-age=10"})) == "MISS"
     assert len(origin.calls) == 2
-    clock.offset = 40  # the refetched entry is 20 s old, 40 s left
+    adapter_clock.offset = 40  # the refetched entry is 20 s old, 40 s left
     assert x_cache(send("GET", "/api/x", {"Cache-Control": "min-fresh=30"})) == "HIT"
     assert x_cache(send("GET", "/api/x", {"Cache-Control": "min-fresh=50"})) == "MISS"
     assert len(origin.calls) == 3
 
 
 def test_max_age_and_min_fresh_cannot_turn_hits_into_app_calls_by_default(
-    make: Any, clock: Clock
+    make: Any, adapter_clock: AdapterClock
 ) -> None:
     """A gateway shields its app: a client's max-age=1 does not reach it."""
     origin = Origin()
     send = make(origin)
     send("GET", "/api/x")
-    clock.offset = 20
+    adapter_clock.offset = 20
     for value in ("max-age=1", "min-fresh=59"):
         assert x_cache(send("GET", "/api/x", {"Cache-Control": value})) == "HIT"
     assert len(origin.calls) == 1

@@ -4,7 +4,6 @@ and the app's 304 refreshes it (headers merged, §4.3.4) without its body being 
 
 from __future__ import annotations
 
-import time as real_time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,32 +11,11 @@ import pytest
 from starlette.testclient import TestClient
 from werkzeug.test import Client
 
-import cache_middleware.asgi as asgi_module
-import cache_middleware.wsgi as wsgi_module
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from cache_middleware._core.entry import CachedResponse
 from cache_middleware._core.revalidation import conditional_headers, has_validator, revalidated
 from cache_middleware._core.storing import body_etag
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return real_time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(real_time, name)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(asgi_module, "time", fake)
-    monkeypatch.setattr(wsgi_module, "time", fake)
-    return fake
-
+from tests.conftest import AdapterClock
 
 # -- the decisions ---------------------------------------------------------------------------
 
@@ -73,14 +51,6 @@ def test_only_a_304_for_the_stored_response_revalidates() -> None:
 
 
 # -- through the adapters ----------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, memory_url: str) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"redis_url": memory_url, "key_prefix": "rv"}
-    return {"redis_url": request.getfixturevalue("redis_url"),
-            "key_prefix": request.getfixturevalue("prefix"), "redis_timeout": 2}  # fmt: skip
 
 
 class Origin:
@@ -132,15 +102,15 @@ def text(response: Any) -> str:
 
 @pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
 def test_an_expired_entry_is_revalidated_and_refreshed_by_a_304(
-    make: Any, store: dict[str, Any], clock: Clock
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
 ) -> None:
     origin = Origin()
-    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    config = {**store_config, "mode": "standard", "routes": {"/r": {}}}
     for send in make(config, origin):
         first = send()
         assert first.headers["x-cache"] == "MISS" and text(first) == "body v1"
         assert send().headers["x-cache"] == "HIT"
-        clock.offset = 30  # 20 s past its freshness
+        adapter_clock.offset = 30  # 20 s past its freshness
         again = send()
         # Asked with its validator; the 304 refreshed it: the stored body, the new headers.
         assert origin.asked == [None, '"v1"']
@@ -154,13 +124,13 @@ def test_an_expired_entry_is_revalidated_and_refreshed_by_a_304(
 
 @pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
 def test_a_changed_resource_answers_whole_and_replaces_the_entry(
-    make: Any, store: dict[str, Any], clock: Clock
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
 ) -> None:
     origin = Origin()
-    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    config = {**store_config, "mode": "standard", "routes": {"/r": {}}}
     for send in make(config, origin):
         send()
-        clock.offset = 30
+        adapter_clock.offset = 30
         origin.version = "v2"
         changed = send()
         assert origin.asked == [None, '"v1"']
@@ -170,23 +140,25 @@ def test_a_changed_resource_answers_whole_and_replaces_the_entry(
 
 @pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
 def test_the_clients_own_preconditions_are_not_passed_on(
-    make: Any, store: dict[str, Any], clock: Clock
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
 ) -> None:
     origin = Origin()
-    config = {**store, "mode": "standard", "routes": {"/r": {}}}
+    config = {**store_config, "mode": "standard", "routes": {"/r": {}}}
     for send in make(config, origin):
         send()
-        clock.offset = 30
+        adapter_clock.offset = 30
         send({"If-None-Match": '"something-else"'})
         assert origin.asked == [None, '"v1"']
 
 
 @pytest.mark.parametrize("make", [asgi, wsgi], ids=["asgi", "wsgi"])
-def test_a_gateway_route_refetches(make: Any, store: dict[str, Any], clock: Clock) -> None:
+def test_a_gateway_route_refetches(
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
+) -> None:
     origin = Origin()
-    config = {**store, "routes": {"/r": {"ttl": 10}}}
+    config = {**store_config, "routes": {"/r": {"ttl": 10}}}
     for send in make(config, origin):
         send()
-        clock.offset = 30
+        adapter_clock.offset = 30
         send()
         assert origin.asked == [None, None]

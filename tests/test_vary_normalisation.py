@@ -36,14 +36,6 @@ def test_selecting_values(name: str, a: str, b: str, same: bool) -> None:
     assert (selecting_value(name, a) == selecting_value(name, b)) is same
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest, memory_url: str) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"redis_url": memory_url, "key_prefix": "vn"}
-    return {"redis_url": request.getfixturevalue("redis_url"),
-            "key_prefix": request.getfixturevalue("prefix"), "redis_timeout": 2}  # fmt: skip
-
-
 def asgi_send(config: dict[str, Any]) -> Any:
     async def page(request: Request) -> Response:
         return PlainTextResponse("page", headers={"Vary": "Foo, Accept-Language"})
@@ -62,8 +54,8 @@ def wsgi_send(config: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("make", [asgi_send, wsgi_send], ids=["asgi", "wsgi"])
-def test_equivalent_values_share_a_variant(make: Any, store: dict[str, Any]) -> None:
-    send = make({**store, "routes": {"/v": {"ttl": 60}}})
+def test_equivalent_values_share_a_variant(make: Any, store_config: dict[str, Any]) -> None:
+    send = make({**store_config, "routes": {"/v": {"ttl": 60}}})
     assert send({"Foo": "1, 2", "Accept-Language": "en, de"}) == "MISS"
     assert send({"Foo": "1, 2", "Accept-Language": "en, de"}) == "HIT"  # learns the Vary
     assert send({"Foo": "1,2", "Accept-Language": "eN ,De"}) == "HIT"
