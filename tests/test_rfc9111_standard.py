@@ -405,11 +405,6 @@ def test_standard(row: Row, make: Any, clock: Clock) -> None:
         assert (late.headers["x-cache"], client.calls.count) == ("MISS", 2), "no longer fresh"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the HIT replays the stored record, which keeps the targeted fields (for serves_stale "
-    "and revalidation); dropping them on replay belongs to replay.py (_decorate)",
-)
 def test_strip_drops_the_targeted_fields_from_a_hit(make: Any) -> None:
     client = make({"mode": "standard", "targeted_fields": "strip", "routes": {"/f": {}}})
     asked = {"X-Respond-Headers": json.dumps([["CDN-Cache-Control", "max-age=60"]])}

@@ -402,6 +402,9 @@ ADAPTER_CASES = (
     "forged",
     [pytest.param(d, id=n) for n, d in [*FORGED, *GATEWAY_FORGED] if n in ADAPTER_CASES],
 )
+# A standard route beside the gateway one makes the decoder take standard-only statuses: the
+# gateway route's reads, the short way's included, must still refuse them.
+@pytest.mark.parametrize("beside", [None, "standard"], ids=["gateway-only", "standard-beside"])
 async def test_a_forged_entry_is_a_miss_and_is_deleted(
     request: pytest.FixtureRequest,
     memory_url: str,
@@ -409,13 +412,17 @@ async def test_a_forged_entry_is_a_miss_and_is_deleted(
     adapter: str,
     store: str,
     forged: bytes,
+    beside: str | None,
 ) -> None:
     client = None
     url = memory_url
     if store == "redis":
         url = request.getfixturevalue("redis_url")
         client = redis.Redis.from_url(url)
-    config = {"redis_url": url, "key_prefix": prefix, "routes": {"/api/page": {"ttl": 60}}}
+    routes: dict[str, Any] = {"/api/page": {"ttl": 60}}
+    if beside is not None:
+        routes["/std"] = {"mode": "standard"}
+    config = {"redis_url": url, "key_prefix": prefix, "routes": routes}
     keys = _Keys(config, client)
     calls: list[int] = []
     try:

@@ -27,7 +27,6 @@ from .entry import CachedResponse
 from .held import PlainRead
 from .policy import CachePolicy, Follow, Found, Lookup, NotFound
 from .request_directives import request_directives
-from .revalidation import has_validator
 from .stats import StatsBook
 from .tokens import lease_token
 from .trend import UNREAD, MissTrend
@@ -238,7 +237,7 @@ def lookup_flow(
             return Serve(entry, now, state, refresh=True)
         if state == "stale-if-error":
             stale = entry
-        if plan.rule.standard and has_validator(entry):
+        if policy.revalidates(plan, entry, now):
             validating = entry  # RFC 9111 §4.3: ask the app whether it is still good
     if directives is not None and directives.only_if_cached:
         book.bump("bypasses", plan.rule.route, plan.venue)

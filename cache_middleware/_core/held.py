@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .entry import CachedResponse, CorruptEntry, HeldEntry
+from .entry import STORABLE_STATUSES, CachedResponse, CorruptEntry, HeldEntry
 from .policy import CachePolicy
 from .rules import Rule
 from .stats import StatsBook
@@ -91,6 +91,10 @@ def _replay(
             return None  # the full path logs and drops it
     if not isinstance(entry, CachedResponse):
         return None  # a Vary record: the full path follows it
+    if entry.status not in STORABLE_STATUSES and not rule.standard:
+        # A status only a standard route stores, under a gateway route's key (forged, or a
+        # route whose mode changed): the full path drops it (`Reader.on_read`).
+        return None
     if policy.freshness(entry, now) != "fresh":
         return None  # stale or expired: the full path knows what to do
     book.hit(rule.route)

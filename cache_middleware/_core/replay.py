@@ -9,6 +9,7 @@ from .entry import (
     CachedResponse,
 )
 from .headers import (
+    TARGETED_FIELDS,
     HeaderList,
     get_header,
     parse_etag_list,
@@ -35,6 +36,7 @@ from .rules import (
 
 logger = logging.getLogger("cache_middleware")
 
+_TARGETED = frozenset(TARGETED_FIELDS)
 _RANGE = frozenset({"range"})
 
 
@@ -130,6 +132,11 @@ class Replayer(PolicyState):
         state: bytes,
         ttl: int,
     ) -> None:
+        if rule.strip_targeted:
+            # `targeted_fields: strip`: this cache's own directives (CDN-Cache-Control,
+            # Surrogate-Control) go no further; the record keeps them for stale use and
+            # revalidation, so a HIT drops them here (built once per entry: `_replayed`).
+            headers[:] = [(n, v) for n, v in headers if n.lower() not in _TARGETED]
         # A standard shared cache passes the response's own fields on: it adds none.
         if not rule.standard and not any(name.lower() == b"cache-control" for name, _ in headers):
             # The lifetime actually granted (a response's max-age or Expires may shorten it);
