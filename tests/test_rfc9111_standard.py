@@ -468,14 +468,20 @@ def _writes(rule: Rule, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
     return start.ttl, writes[0][2]
 
 
-def test_an_entry_with_a_validator_is_kept_for_the_window() -> None:
+def test_an_entry_is_kept_for_the_window() -> None:
+    """Kept past its freshness: to be revalidated (with a validator) or served while the app
+    cannot be reached (with or without one: tests/test_stale_disconnected.py)."""
     assert _writes(STANDARD_RULE, [(b"cache-control", b"max-age=30"), (b"etag", b'"a"')]) == (
         30,
         130,
     )
-    assert _writes(STANDARD_RULE, [(b"cache-control", b"max-age=30")]) == (30, 30)
+    assert _writes(STANDARD_RULE, [(b"cache-control", b"max-age=30")]) == (30, 130)
+    # Stored already stale (no-cache) only with a validator: it can only be revalidated.
     no_cache = [(b"cache-control", b"no-cache, max-age=30"), (b"etag", b'"a"')]
     assert _writes(STANDARD_RULE, no_cache) == (0, 100)
+    policy = CachePolicy((STANDARD_RULE,), key_prefix="p")
+    bare = [(b"cache-control", b"no-cache, max-age=30")]
+    assert policy.start_miss(_lookup(STANDARD_RULE), 200, bare, NOW).reason == "no-cache"
 
 
 def test_a_no_cache_entry_is_never_served_stale() -> None:

@@ -159,6 +159,7 @@ class LookupDriver:
                     outcome.stale,
                     settled,
                 )
+                recorder.disconnected = outcome.disconnected
                 if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
                     recorder.app = revalidating(self.app, outcome.validating)
                     scope = conditional_scope(scope, outcome.validating)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
 from .._core.policy import Lookup
-from .._core.recording import MissRecording
+from .._core.recording import MissRecording, replaced_by_stale, stale_detail
 from ..errors import StoreUnavailable
 from .request import Message, Receive, Scope, Send
 
@@ -45,6 +45,7 @@ class MissRecorder:
         self.token = token
         self.epoch = epoch
         self.stale = stale
+        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
         self.on_settled = on_settled
         self.started = False  # something was forwarded: the answer can no longer be replaced
         self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
@@ -66,7 +67,13 @@ class MissRecorder:
                 assert self.stale is not None
                 self.held = None
                 mw.bump("stale_hits", self.plan)
-                await mw._replay(self.plan, self.stale, mw.now(), self.downstream, "stale-if-error")
+                await mw._replay(
+                    self.plan,
+                    self.stale,
+                    mw.now(),
+                    self.downstream,
+                    stale_detail(self.disconnected),
+                )
                 return
             await self._send_held()  # an app that sent no body message: as it answered
         finally:
@@ -144,7 +151,7 @@ class MissRecorder:
 
     async def _start(self, message: Message) -> None:
         status = message["status"]
-        if self.stale is not None and status >= 500:
+        if self.stale is not None and replaced_by_stale(status, self.disconnected):
             self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
             return
         headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]

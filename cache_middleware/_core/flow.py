@@ -160,6 +160,9 @@ class RunApp:
     # A stored response to revalidate (RFC 9111 §4.3): the app is asked conditionally, and its
     # 304 turns into this response with the 304's headers (`_core/revalidation.py`).
     validating: CachedResponse | None = None
+    # `stale` answers only when the app cannot be reached (it raised, or answered 502 or 504:
+    # RFC 9111 §4.2.4, a disconnected cache), not for any 5xx as stale-if-error allows.
+    disconnected: bool = False
 
 
 Outcome = Serve | PassOn | RunApp | OnlyIfCached
@@ -215,6 +218,7 @@ def lookup_flow(
     directives = request_directives(plan.source.header("cache-control"))
     refetch = False  # the client refused what is stored: it fills alone, never waits
     validating: CachedResponse | None = None
+    disconnected = False  # `stale` answers only for an app that cannot be reached
     if not isinstance(found, Found):
         trend.missed(plan.rule.route)
     else:
@@ -237,17 +241,24 @@ def lookup_flow(
             return Serve(entry, now, state, refresh=True)
         if state == "stale-if-error":
             stale = entry
+        elif policy.serves_disconnected(plan, entry, now):
+            stale, disconnected = entry, True  # only if the app cannot be reached
         if policy.revalidates(plan, entry, now):
             validating = entry  # RFC 9111 §4.3: ask the app whether it is still good
     if directives is not None and directives.only_if_cached:
         book.bump("bypasses", plan.rule.route, plan.venue)
         return OnlyIfCached()
+    outcome: Outcome
     if not policy.can_fill(plan):
         # Its answer cannot be stored: it must not lead a fill, nor wait for one.
-        return RunApp(None, 0, stale)
-    if refetch or policy.leads_alone(plan):
-        return (yield from _fill_alone(book, plan, stale, validating))
-    return (yield from _fill(policy, book, plan, stale, lease, clock, validating))
+        outcome = RunApp(None, 0, stale)
+    elif refetch or policy.leads_alone(plan):
+        outcome = yield from _fill_alone(book, plan, stale, validating)
+    else:
+        outcome = yield from _fill(policy, book, plan, stale, lease, clock, validating)
+    if disconnected and isinstance(outcome, RunApp):
+        outcome.disconnected = True
+    return outcome
 
 
 def _read(policy: CachePolicy, plan: Lookup, first_raw: object = UNREAD) -> ReadFlow:

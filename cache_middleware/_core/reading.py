@@ -26,6 +26,7 @@ from .policy_base import (
     NotFound,
     PolicyState,
 )
+from .request_directives import serves_stale
 from .revalidation import has_validator
 
 logger = logging.getLogger("cache_middleware")
@@ -162,6 +163,18 @@ class Reader(PolicyState):
         if age < entry.ttl + entry.stale_if_error:
             return "stale-if-error"
         return "expired"
+
+    @staticmethod
+    def serves_disconnected(lookup: Lookup, entry: CachedResponse, now: float) -> bool:
+        """Whether `entry`, past its freshness, may answer in place of an app that cannot be
+        reached (RFC 9111 §4.2.4: a disconnected cache may serve stale): kept within the
+        route's `revalidate_window` (standard mode) and not forbidden stale use by the
+        response (`no-cache`, `must-revalidate`, `proxy-revalidate`, `s-maxage`)."""
+        window = lookup.rule.revalidate_window
+        if not window:
+            return False
+        past = now - entry.stored_at - entry.ttl
+        return 0 <= past < window and serves_stale(entry)
 
     @staticmethod
     def revalidates(lookup: Lookup, entry: CachedResponse, now: float) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from .policy import CachePolicy, Lookup, MissStart, miss_etag
 from .stats import StatsBook
 
-__all__ = ["MissRecording"]
+__all__ = ["MissRecording", "replaced_by_stale", "stale_detail"]
 
 
 class MissRecording:
@@ -107,3 +107,19 @@ class MissRecording:
         """Count the fill's outcome: written, or its lease lost to an invalidation while the
         app was answering (not written)."""
         self.book.bump("stores" if ok else "lost_leases", self.plan.rule.route, self.plan.venue)
+
+
+# An app that cannot be reached, as a gateway or proxy in front of the origin reports it.
+_UNREACHABLE = frozenset({502, 504})
+
+
+def replaced_by_stale(status: int, disconnected: bool) -> bool:
+    """Whether the app's answer `status` is replaced by the stale entry the MISS holds: any 5xx
+    under stale-if-error (RFC 5861 §4); only 502 and 504 (the app could not be reached) for an
+    entry served because the cache is disconnected (RFC 9111 §4.2.4, standard mode)."""
+    return status in _UNREACHABLE if disconnected else status >= 500
+
+
+def stale_detail(disconnected: bool) -> str:
+    """The Cache-Status `detail=` of a stale entry served in place of a failed app."""
+    return "disconnected" if disconnected else "stale-if-error"

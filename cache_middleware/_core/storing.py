@@ -147,7 +147,7 @@ class Storer(PolicyState):
         # Kept in Redis as long as any stale use (or a revalidation) is allowed; freshness is
         # judged by `ttl`.
         kept_for = max(start.stale_while_revalidate, start.stale_if_error, start.keep)
-        lifetime = start.ttl - age + kept_for
+        lifetime = min(start.ttl - age + kept_for, UNBOUNDED_TTL)  # what a store accepts
         record = encode_entry(entry)
         if not start.vary:
             return [(lookup.key, record, lifetime)], lifetime
@@ -246,9 +246,12 @@ class Storer(PolicyState):
                 surrogate.append(value)
         if set_cookie:
             return no("set-cookie")  # one user's session must never be replayed to another
-        # Standard mode: revalidation needs the app's validator (the ETag the cache derives
-        # from the body is not one the app knows).
-        keep = rule.revalidate_window if has_etag or last_modified is not None else 0
+        # Standard mode keeps an entry `revalidate_window` seconds past its freshness: to be
+        # revalidated (with the app's validator: the ETag the cache derives from the body is not
+        # one the app knows) or served stale while the app cannot be reached (RFC 9111 §4.2.4).
+        # Only a response with a validator may be stored already stale (no-cache, max-age=0).
+        keep = rule.revalidate_window
+        validated = keep if has_etag or last_modified is not None else 0
         if rule.standard and (cdn or surrogate):
             # RFC 9213 §2.1 (and Edge Architecture 1.0): this cache's own field, when valid,
             # replaces Cache-Control and Expires for this cache (they still go downstream).
@@ -275,7 +278,7 @@ class Storer(PolicyState):
         # RFC 9111 §5.2.2.4: no-cache needs revalidation on every use. Gateway mode does not
         # revalidate; standard mode stores it with its validator, stale from the start.
         if "no-cache" in cache_control:
-            if not (rule.standard and keep):
+            if not (rule.standard and validated):
                 return no("no-cache")
             lifetime = 0
         if not rule.standard:
@@ -291,7 +294,7 @@ class Storer(PolicyState):
         route_ttl = rule.negative_ttl if status in (404, 410) and rule.negative_ttl else rule.ttl
         bound = route_ttl + current
         ttl = min(bound if lifetime is None else min(bound, lifetime), UNBOUNDED_TTL)
-        if ttl - current <= 0 and ttl - current + keep <= 0:
+        if ttl - current <= 0 and ttl - current + validated <= 0:
             # Already stale (RFC 9111 §4.2.1: an unusable value is 0), and not kept to be
             # revalidated (standard mode, with a validator, within the window).
             return no("max-age")

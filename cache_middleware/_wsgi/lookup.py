@@ -153,6 +153,7 @@ class LookupDriver:
             outcome.epoch,
             outcome.stale,
         )
+        recorder.disconnected = outcome.disconnected
         if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
             recorder.app = revalidating(recorder.app, outcome.validating)
             environ = conditional_environ(environ, outcome.validating)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
 from .._core.policy import Lookup
-from .._core.recording import MissRecording
+from .._core.recording import MissRecording, replaced_by_stale, stale_detail
 from ..errors import StoreUnavailable
 from .request import Environ, ExcInfo, StartResponse, status_code, to_bytes, to_str
 
@@ -55,6 +55,7 @@ class MissRecorder:
         self.token = token
         self.epoch = epoch
         self.stale = stale
+        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
         self.suppressed = False
         self.forwarded = False  # the server's start_response was called: no replacing now
         self.settled = False
@@ -69,7 +70,7 @@ class MissRecorder:
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
         code = status_code(status)
-        if self.stale is not None and code >= 500:
+        if self.stale is not None and replaced_by_stale(code, self.disconnected):
             self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
             return lambda data: None
         # An exc_info call replaces an earlier start: only the final response may be stored.
@@ -138,7 +139,11 @@ class MissRecorder:
                 self.pending = None
                 self.mw.bump("stale_hits", self.plan)
                 yield from self.mw._replay(
-                    self.plan, self.stale, self.mw.now(), self.downstream, "stale-if-error"
+                    self.plan,
+                    self.stale,
+                    self.mw.now(),
+                    self.downstream,
+                    stale_detail(self.disconnected),
                 )
         finally:
             self.settle()
