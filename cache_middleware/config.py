@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ._core.rules import is_placeholder, split_route
+from .config_checks import (
+    _PLACEHOLDER_NAME,
+    _TAG_PLACEHOLDER,
+    FieldChecks,
+)
+from .config_types import (
+    ALL_CACHE_HEADERS,
+    CACHEABLE_STATUSES,
+    DEFAULT_COALESCE_WAIT,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_MODE,
+    DEFAULT_NEAR_BYTES,
+    DEFAULT_NEAR_MAX_AGE,
+    DEFAULT_PREFIX,
+    DEFAULT_REVALIDATE_WINDOW,
+    DEFAULT_SLOW_STORE_MS,
+    DEFAULT_TIMEOUT,
+    TARGETED_FIELD_MODES,
+    AdminSettings,
+    ConfigSource,
+    NearCacheSettings,
+    RouteSettings,
+    Settings,
+)
 from .errors import ConfigError
 
 __all__ = [
@@ -31,124 +55,6 @@ __all__ = [
     "Settings",
     "load_config",
 ]
-
-DEFAULT_PREFIX = "gateway:response"
-DEFAULT_MAX_BODY = 1024 * 1024
-DEFAULT_TIMEOUT = 0.1
-# A store slower than this per round trip makes a HIT cost more than most apps take alone.
-DEFAULT_SLOW_STORE_MS = 50.0
-DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
-DEFAULT_LOCK_TIMEOUT = 10.0
-DEFAULT_COALESCE_WAIT = 5.0
-DEFAULT_NEAR_BYTES = 32 * 1024 * 1024
-DEFAULT_NEAR_MAX_AGE = 60.0
-# `cache_headers:` names as settings and messages spell them (a file may write any case), in the
-# order responses carry them: the default, every one of `rules.CACHE_HEADERS`.
-ALL_CACHE_HEADERS = ("X-Cache", "X-Cache-Key", "X-Cache-TTL", "Cache-Status")
-_CACHE_HEADER_NAMES = {name.lower(): name for name in ALL_CACHE_HEADERS}
-# RFC 9110 §15.1 heuristically cacheable statuses a route may opt into; 206 and 5xx (but 501,
-# which says the method is not implemented at all) never.
-CACHEABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-# `mode:` values. gateway: the route TTL decides how long a response is stored (unless the
-# response says shorter). standard: an RFC 9111 shared cache, the response decides (explicit
-# freshness, else heuristic), the route's `ttl` at most bounds it.
-MODES = ("gateway", "standard")
-DEFAULT_MODE = "gateway"
-# Standard mode: how long (s) an entry with the app's validator is kept past its freshness, to be
-# revalidated with a conditional request instead of refetched (RFC 9111 §4.3).
-DEFAULT_REVALIDATE_WINDOW = 3600
-# `targeted_fields:` values: what a standard route does with CDN-Cache-Control and
-# Surrogate-Control once it has read them as its own directives (RFC 9213 §2.1: MAY forward).
-TARGETED_FIELD_MODES = ("pass", "strip")
-
-
-@dataclass(frozen=True)
-class RouteSettings:
-    path: str
-    # Gateway mode: how long a response is stored. Standard mode: an upper bound on the time it
-    # spends in this cache, None for none.
-    ttl: int | None
-    vary_by: tuple[str, ...] | None = None
-    private: bool = False
-    condition: str | None = None
-    condition_func: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
-    statuses: tuple[int, ...] = (200,)
-    negative_ttl: int | None = None
-    stale_while_revalidate: int = 0
-    stale_if_error: int = 0
-    ignore_params: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    # The cache headers its responses get: the route's `cache_headers`, else the global one,
-    # else all of them (less X-Cache-Key with expose_key_header: false).
-    cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
-    # `gateway` or `standard` (MODES): the route's own, else the global `mode`.
-    mode: str = DEFAULT_MODE
-    # Standard mode: seconds an entry with a validator is kept past its freshness to be
-    # revalidated (the route's own, else the global one, else DEFAULT_REVALIDATE_WINDOW); 0 in
-    # gateway mode.
-    revalidate_window: int = 0
-
-
-@dataclass(frozen=True)
-class AdminSettings:
-    token: str | None = None
-    # venue -> token: a token that sees and touches only that venue's entries
-    venue_tokens: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class NearCacheSettings:
-    """`near_cache: {max_bytes: ..., max_age: ...}`: decoded entries kept in process, dropped
-    when Redis reports their key changed (client-side caching), and never older than `max_age`."""
-
-    max_bytes: int = DEFAULT_NEAR_BYTES
-    max_age: float = DEFAULT_NEAR_MAX_AGE
-
-
-@dataclass(frozen=True)
-class Settings:
-    routes: tuple[RouteSettings, ...] = ()
-    # The global `mode`: what a route without its own gets.
-    mode: str = DEFAULT_MODE
-    # Standard routes: CDN-Cache-Control and Surrogate-Control passed on downstream or stripped.
-    targeted_fields: str = "pass"
-    # The global `revalidate_window`: what a standard route without its own gets.
-    revalidate_window: int = DEFAULT_REVALIDATE_WINDOW
-    redis_url: str | None = None
-    key_prefix: str = DEFAULT_PREFIX
-    venue_header: str | None = None
-    user_header: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    redis_timeout: float = DEFAULT_TIMEOUT
-    memory_max_bytes: int = DEFAULT_MEMORY_BYTES
-    expose_key_header: bool = True
-    # The global `cache_headers`: what a route without its own gets.
-    cache_headers: tuple[str, ...] = ALL_CACHE_HEADERS
-    trusted_headers: tuple[str, ...] = ()
-    honor_request_no_cache: bool = False
-    key_host: bool = True
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    coalesce_wait: float = DEFAULT_COALESCE_WAIT
-    breaker_failures: int = 5
-    breaker_cooldown: float = 5.0
-    # Round trips slower than this (ms), twenty in a row, open the breaker; 0 = never.
-    slow_store_ms: float = DEFAULT_SLOW_STORE_MS
-    admin: AdminSettings = AdminSettings()
-    # The in-process near-cache (L1) in front of Redis; None = off (storage/near.py).
-    near_cache: NearCacheSettings | None = None
-    # Key namespaces of the shared cache manager (`events` for `events:42`): with the key
-    # prefix, the only keys the admin API and the command line may delete (admin/operations.py).
-    manager_namespaces: tuple[str, ...] = ()
-    # Where the settings came from, for messages; not part of their identity.
-    source: str = field(default="<dict>", compare=False)
-
-    @property
-    def uses_redis(self) -> bool:
-        return bool(self.redis_url) and not str(self.redis_url).startswith("memory://")
-
-
-ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Settings
-
 
 # -- strict YAML --------------------------------------------------------------------------------
 
@@ -215,10 +121,6 @@ def _read_yaml(path: Path) -> Any:
 
 # -- validation ---------------------------------------------------------------------------------
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_PLACEHOLDER_NAME = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
-_TAG_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {
     "redis_url",
     "key_prefix",
@@ -277,126 +179,7 @@ REDIS_SCHEMES = (
 )
 
 
-class _Validator:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
-        )
-
-    def expand(self, where: str, value: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            got = os.environ.get(name)
-            if not got:  # as in the shell, `:-` applies to unset *and* empty variables
-                if default is not None:
-                    return default
-                if got is None:
-                    raise self.fail(where, f"environment variable {name} is not set")
-            return got
-
-        return _ENV_REF.sub(replace, value)
-
-    def check_keys(self, where: str, data: Mapping[Any, Any], allowed: set[str]) -> None:
-        for key in data:
-            if not isinstance(key, str) or key not in allowed:
-                spot = f"{where}.{key}" if where else str(key)
-                raise self.fail(spot, f"unknown field (allowed: {', '.join(sorted(allowed))})")
-
-    def string(self, where: str, value: Any, *, optional: bool = True) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, f"must be a non-empty string, got {value!r}")
-        expanded = self.expand(where, value)
-        if not expanded:
-            raise self.fail(where, f"must be a non-empty string, got {value!r} expanded to ''")
-        return expanded
-
-    def positive_int(self, where: str, value: Any) -> int:
-        if type(value) is not int or value <= 0:
-            raise self.fail(where, f"must be a positive integer, got {value!r}")
-        return value
-
-    def positive_number(self, where: str, value: Any, high: float = 60) -> float:
-        if type(value) not in (int, float) or not 0 < value <= high:
-            raise self.fail(where, f"must be a number of seconds in (0, {high:g}], got {value!r}")
-        return float(value)
-
-    def milliseconds(self, where: str, value: Any, high: float = 60_000) -> float:
-        if type(value) not in (int, float) or not 0 <= value <= high:
-            raise self.fail(
-                where, f"must be a number of milliseconds in [0, {high:g}] (0: off), got {value!r}"
-            )
-        return float(value)
-
-    def non_negative_int(self, where: str, value: Any) -> int:
-        if type(value) is not int or value < 0:
-            raise self.fail(where, f"must be a whole number of seconds >= 0, got {value!r}")
-        return value
-
-    def name_list(self, where: str, value: Any, what: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(where, f"must be a list of {what}, got {value!r}")
-        if len(set(value)) != len(value):
-            raise self.fail(where, f"lists a {what[:-1]} twice")
-        return tuple(value)
-
-    def cache_headers(self, where: str, value: Any, expose_key: bool | None) -> tuple[str, ...]:
-        """A `cache_headers:` list: which of the cache's informational headers to add, in any
-        case. `expose_key`: expose_key_header as the file sets it (None: not set); a list
-        that contradicts it is refused rather than one of the two silently winning."""
-        allowed = ", ".join(ALL_CACHE_HEADERS)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise self.fail(
-                where,
-                f"must be a list of header names among {allowed} ([] for none), got {value!r}",
-            )
-        chosen: set[str] = set()
-        for name in value:
-            lowered = name.lower()
-            if lowered not in _CACHE_HEADER_NAMES:
-                raise self.fail(
-                    where,
-                    f"{name!r} is not a cache header (allowed: {allowed}; Age, ETag and "
-                    "Cache-Control are always sent)",
-                )
-            if lowered in chosen:
-                raise self.fail(where, f"lists {_CACHE_HEADER_NAMES[lowered]} twice")
-            chosen.add(lowered)
-        if expose_key is False and "x-cache-key" in chosen:
-            raise self.fail(
-                where,
-                "lists X-Cache-Key, which expose_key_header: false leaves out; keep one of the two",
-            )
-        if expose_key is True and "x-cache-key" not in chosen:
-            raise self.fail(
-                where,
-                "leaves out X-Cache-Key, which expose_key_header: true asks for; "
-                "keep one of the two",
-            )
-        return tuple(name for name in ALL_CACHE_HEADERS if name.lower() in chosen)
-
-    def mode(self, where: str, value: Any) -> str:
-        if value not in MODES:
-            raise self.fail(where, f"must be gateway or standard, got {value!r}")
-        return str(value)
-
-    def boolean(self, where: str, value: Any) -> bool:
-        if type(value) is not bool:
-            raise self.fail(where, f"must be true or false, got {value!r}")
-        return value
-
-    def header_name(self, where: str, value: Any) -> str | None:
-        name = self.string(where, value)
-        if name is not None and not _HEADER_NAME.match(name):
-            raise self.fail(where, f"must be an HTTP header name, got {name!r}")
-        return name
-
+class _Validator(FieldChecks):
     def route_path(self, where: str, path: Any) -> str:
         if not isinstance(path, str) or not path.startswith("/"):
             raise self.fail(where, f"a route must be a path starting with '/', got {path!r}")
