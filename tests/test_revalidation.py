@@ -162,3 +162,76 @@ def test_a_gateway_route_refetches(
         adapter_clock.offset = 30
         send()
         assert origin.asked == [None, None]
+
+
+# -- a HEAD's 200 refreshes the stored GET response (RFC 9111 §4.3.5) ----------------------------
+
+
+class HeadOrigin:
+    """GET: max-age=10, `X-V: 1`, a body. HEAD: `head_headers`, no body."""
+
+    def __init__(self, head_headers: list[tuple[str, str]]) -> None:
+        self.head_headers = head_headers
+        self.methods: list[str] = []
+
+    def answer(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        self.methods.append(method)
+        if method == "HEAD":
+            return 200, list(self.head_headers), b""
+        return 200, [("Cache-Control", "max-age=10"), ("X-V", "1"), ("ETag", '"v1"')], b"page"
+
+
+def head_asgi(config: dict[str, Any], origin: HeadOrigin) -> Iterator[Any]:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        status, headers, body = origin.answer(scope["method"])
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    with TestClient(CacheMiddleware(app, config=config)) as client:
+        yield lambda method: client.request(method, "/r")
+
+
+def head_wsgi(config: dict[str, Any], origin: HeadOrigin) -> Iterator[Any]:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status, headers, body = origin.answer(environ["REQUEST_METHOD"])
+        start_response(f"{status} X", headers)
+        return [body]
+
+    client = Client(WSGICacheMiddleware(app, config=config))
+    yield lambda method: client.open("/r", method=method)
+
+
+@pytest.mark.parametrize("make", [head_asgi, head_wsgi], ids=["asgi", "wsgi"])
+def test_a_head_200_refreshes_the_stored_response(
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
+) -> None:
+    origin = HeadOrigin([("Cache-Control", "max-age=1000"), ("X-V", "2"), ("ETag", '"v1"')])
+    config = {**store_config, "mode": "standard", "routes": {"/r": {}}}
+    for send in make(config, origin):
+        assert send("GET").headers["x-cache"] == "MISS"
+        adapter_clock.offset = 30  # stale, kept
+        head = send("HEAD")
+        assert head.status_code == 200 and origin.methods == ["GET", "HEAD"]
+        hit = send("GET")
+        assert hit.headers["x-cache"] == "HIT" and hit.headers["x-v"] == "2"
+        assert text(hit) == "page" and origin.methods == ["GET", "HEAD"]
+
+
+@pytest.mark.parametrize("make", [head_asgi, head_wsgi], ids=["asgi", "wsgi"])
+def test_a_head_about_another_representation_refreshes_nothing(
+    make: Any, store_config: dict[str, Any], adapter_clock: AdapterClock
+) -> None:
+    origin = HeadOrigin([("Cache-Control", "max-age=1000"), ("ETag", '"v2"')])
+    config = {**store_config, "mode": "standard", "routes": {"/r": {}}}
+    for send in make(config, origin):
+        send("GET")
+        adapter_clock.offset = 30
+        send("HEAD")
+        assert send("GET").headers["x-cache"] != "HIT"  # still stale: asked again
+        assert origin.methods[:2] == ["GET", "HEAD"] and len(origin.methods) == 3

@@ -160,6 +160,7 @@ class LookupDriver:
                     settled,
                 )
                 recorder.disconnected = outcome.disconnected
+                recorder.freshening = outcome.freshening
                 if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
                     recorder.app = revalidating(self.app, outcome.validating)
                     scope = conditional_scope(scope, outcome.validating)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
 from .._core.policy import Lookup
 from .._core.recording import MissRecording, replaced_by_stale, stale_detail
+from .._core.revalidation import head_freshened
 from ..errors import StoreUnavailable
 from .request import Message, Receive, Scope, Send
 
@@ -46,6 +48,8 @@ class MissRecorder:
         self.epoch = epoch
         self.stale = stale
         self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
+        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
+        self.freshening: CachedResponse | None = None
         self.on_settled = on_settled
         self.started = False  # something was forwarded: the answer can no longer be replaced
         self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
@@ -156,6 +160,8 @@ class MissRecorder:
             return
         headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
         message["headers"] = self.rec.begin(status, headers, self.mw.now()).headers
+        if self.freshening is not None:
+            await self._refresh_from_head(self.freshening, status, headers)
         if self.rec.holds_headers:
             # Held until the first body message: if that is the whole body, the MISS carries
             # the ETag it is stored with. Most apps send it in the same breath (Starlette's
@@ -165,6 +171,17 @@ class MissRecorder:
             return
         self.started = True
         await self.downstream(message)
+
+    async def _refresh_from_head(
+        self, entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """RFC 9111 §4.3.5: the app's 200 to a HEAD refreshes the stored GET response, written
+        under this HEAD's lease as soon as its headers are known (a HEAD has no body)."""
+        refreshed = head_freshened(entry, status, headers)
+        plan = dataclasses.replace(self.plan, head=False)
+        if refreshed is not None and self.rec.adopt(plan, entry.status, refreshed, self.mw.now()):
+            await self._write(entry.body)
+            self.written = True
 
     async def _send_held(self) -> None:
         if self.held is not None:

@@ -163,6 +163,8 @@ class RunApp:
     # `stale` answers only when the app cannot be reached (it raised, or answered 502 or 504:
     # RFC 9111 §4.2.4, a disconnected cache), not for any 5xx as stale-if-error allows.
     disconnected: bool = False
+    # A HEAD's answer refreshes this stored GET response (RFC 9111 §4.3.5), under the lease.
+    freshening: CachedResponse | None = None
 
 
 Outcome = Serve | PassOn | RunApp | OnlyIfCached
@@ -219,6 +221,7 @@ def lookup_flow(
     refetch = False  # the client refused what is stored: it fills alone, never waits
     validating: CachedResponse | None = None
     disconnected = False  # `stale` answers only for an app that cannot be reached
+    freshening: CachedResponse | None = None  # a stored GET response this HEAD may refresh
     if not isinstance(found, Found):
         trend.missed(plan.rule.route)
     else:
@@ -245,10 +248,18 @@ def lookup_flow(
             stale, disconnected = entry, True  # only if the app cannot be reached
         if policy.revalidates(plan, entry, now):
             validating = entry  # RFC 9111 §4.3: ask the app whether it is still good
+        if plan.head and policy.kept(plan, entry, now):
+            freshening = entry  # RFC 9111 §4.3.5: a HEAD's 200 may refresh it
     if directives is not None and directives.only_if_cached:
         book.bump("bypasses", plan.rule.route, plan.venue)
         return OnlyIfCached()
     outcome: Outcome
+    if freshening is not None:
+        # RFC 9111 §4.3.5: the app's 200 to this HEAD may refresh the stored GET response.
+        outcome = yield from _fill_alone(book, plan, None)
+        if isinstance(outcome, RunApp) and outcome.token is not None:
+            outcome.freshening = freshening
+        return outcome
     if not policy.can_fill(plan):
         # Its answer cannot be stored: it must not lead a fill, nor wait for one.
         outcome = RunApp(None, 0, stale)

@@ -165,6 +165,13 @@ class Reader(PolicyState):
         return "expired"
 
     @staticmethod
+    def kept(lookup: Lookup, entry: CachedResponse, now: float) -> bool:
+        """Whether `entry` is past its freshness and within the route's `revalidate_window`
+        after it (standard mode; gateway routes keep nothing past freshness)."""
+        window = lookup.rule.revalidate_window
+        return bool(window) and 0 <= now - entry.stored_at - entry.ttl < window
+
+    @staticmethod
     def serves_disconnected(lookup: Lookup, entry: CachedResponse, now: float) -> bool:
         """Whether `entry`, past its freshness, may answer in place of an app that cannot be
         reached (RFC 9111 §4.2.4: a disconnected cache may serve stale): kept within the

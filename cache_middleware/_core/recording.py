@@ -60,6 +60,18 @@ class MissRecording:
             self.book.bump("misses" if decision.store else "bypasses", route, venue)
         return decision
 
+    def adopt(
+        self, plan: Lookup, status: int, headers: list[tuple[bytes, bytes]], now: float
+    ) -> bool:
+        """Record, in place of the app's answer, the stored response `status` with `headers`
+        for the GET `plan` (a HEAD's answer freshening it, RFC 9111 §4.3.5): whether it is
+        storable; its body is then given to `writes`."""
+        self.plan = plan
+        self.status = status
+        self.headers = headers
+        self.start = self.policy.start_miss(plan, status, headers, now)
+        return bool(self.start.store) and self.token is not None
+
     @property
     def holds_headers(self) -> bool:
         """Whether the headers wait for the body: a stored MISS without the app's own ETag

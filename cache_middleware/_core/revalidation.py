@@ -18,7 +18,13 @@ from .entry import CachedResponse
 from .headers import HOP_BY_HOP, get_header, weak_match
 from .storing import body_etag
 
-__all__ = ["CONDITIONAL_REQUEST_FIELDS", "conditional_headers", "has_validator", "revalidated"]
+__all__ = [
+    "CONDITIONAL_REQUEST_FIELDS",
+    "conditional_headers",
+    "has_validator",
+    "head_freshened",
+    "revalidated",
+]
 
 # The client's own preconditions are not passed on with ours: the answer is for the cache
 # (§4.3.1), and a client's If-None-Match is answered from the refreshed entry afterwards.
@@ -75,6 +81,25 @@ def revalidated(
     stored_etag = get_header(entry.headers, b"etag")
     if new_etag is not None and stored_etag is not None and not weak_match(new_etag, stored_etag):
         return None
+    updated = {name.lower() for name, _ in headers} - _KEPT_FROM_STORE
+    merged = [(name, value) for name, value in entry.headers if name.lower() not in updated]
+    merged.extend((name.lower(), value) for name, value in headers if name.lower() in updated)
+    return merged
+
+
+def head_freshened(
+    entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]] | None:
+    """RFC 9111 §4.3.5: the stored GET response's headers updated by the app's 200 to a HEAD,
+    or None when that answer is not about the stored representation (its `ETag`,
+    `Last-Modified` or `Content-Length` differs from the stored one: the entry is then left to
+    its own fate, refetched when next asked for)."""
+    if status != 200:
+        return None
+    for name in (b"etag", b"last-modified", b"content-length"):
+        new, stored = get_header(headers, name), get_header(entry.headers, name)
+        if new is not None and stored is not None and new.strip() != stored.strip():
+            return None
     updated = {name.lower() for name, _ in headers} - _KEPT_FROM_STORE
     merged = [(name, value) for name, value in entry.headers if name.lower() not in updated]
     merged.extend((name.lower(), value) for name, value in headers if name.lower() in updated)

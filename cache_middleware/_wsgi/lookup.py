@@ -154,6 +154,7 @@ class LookupDriver:
             outcome.stale,
         )
         recorder.disconnected = outcome.disconnected
+        recorder.freshening = outcome.freshening
         if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
             recorder.app = revalidating(recorder.app, outcome.validating)
             environ = conditional_environ(environ, outcome.validating)

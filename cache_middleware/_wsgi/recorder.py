@@ -4,12 +4,14 @@ and stores it (blocking)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
 from .._core.policy import Lookup
 from .._core.recording import MissRecording, replaced_by_stale, stale_detail
+from .._core.revalidation import head_freshened
 from ..errors import StoreUnavailable
 from .request import Environ, ExcInfo, StartResponse, status_code, to_bytes, to_str
 
@@ -56,6 +58,8 @@ class MissRecorder:
         self.epoch = epoch
         self.stale = stale
         self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
+        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
+        self.freshening: CachedResponse | None = None
         self.suppressed = False
         self.forwarded = False  # the server's start_response was called: no replacing now
         self.settled = False
@@ -75,10 +79,23 @@ class MissRecorder:
             return lambda data: None
         # An exc_info call replaces an earlier start: only the final response may be stored.
         decision = self.rec.begin(code, to_bytes(headers), self.mw.now(), final=exc_info is None)
+        if self.freshening is not None and exc_info is None:
+            self._refresh_from_head(self.freshening, code, to_bytes(headers))
         self.pending = (status, decision.headers, exc_info)
         if not self.rec.holds_headers:
             self._forward()  # no ETag to add: passed on at once, as the app called it
         return self._write_through
+
+    def _refresh_from_head(
+        self, entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """RFC 9111 §4.3.5: the app's 200 to a HEAD refreshes the stored GET response, written
+        under this HEAD's lease as soon as its headers are known (a HEAD has no body; the
+        server may never iterate it)."""
+        refreshed = head_freshened(entry, status, headers)
+        plan = dataclasses.replace(self.plan, head=False)
+        if refreshed is not None and self.rec.adopt(plan, entry.status, refreshed, self.mw.now()):
+            self.settle(self._store(entry.body))
 
     def _forward(self) -> None:
         """Passes the app's start_response on to the server, if it is still held."""
