@@ -16,6 +16,7 @@ from cache_middleware._core.flow import (
     Forget,
     Get,
     GetOrAcquire,
+    OnlyIfCached,
     PassOn,
     Release,
     RunApp,
@@ -172,6 +173,12 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str], dict[str, Any], list[Any]
         {}, {}, {"takes_lease": True},
         [(GetOrAcquire, (None, 3)), (Claim, True)],
         lambda o: isinstance(o, RunApp) and o.epoch == 3 and o.claimed,
+    ),
+    (
+        "only-if-cached on a route that mostly misses: a plain read, never a lease it would hold",
+        {}, {"cache-control": "only-if-cached"}, {"takes_lease": True},
+        [(Get, None)],
+        lambda o: isinstance(o, OnlyIfCached),
     ),
     (
         "read-and-lease found the entry: served, no lease",

@@ -197,6 +197,10 @@ def lookup_flow(
         return (yield from _fill_alone(book, plan, None))
     if prefetched is not None and prefetched.key != policy.first_key(plan):
         prefetched = None  # a Vary learned meanwhile: the variant is read first now
+    # The request's own choice among stored responses (RFC 9111 §5.2.1): read only when it
+    # sent a Cache-Control, which a plain request (the short way's) never does. Such a request
+    # never takes the lease with its read: it may end without running the app (only-if-cached).
+    directives = request_directives(plan.source.header("cache-control"))
     try:
         if prefetched is not None:
             if prefetched.error is not None:
@@ -204,7 +208,7 @@ def lookup_flow(
             found: Found | NotFound = yield from _read(policy, plan, prefetched.raw)
         elif local is not None:
             found = local
-        elif takes_lease and policy.first_key(plan) == plan.key:
+        elif takes_lease and directives is None and policy.first_key(plan) == plan.key:
             token = lease_token()
             raw, epoch = yield GetOrAcquire(plan.key, plan.lock_key, token, plan.index_key)
             found = yield from _read(policy, plan, raw)
@@ -215,9 +219,6 @@ def lookup_flow(
     except StoreUnavailable as exc:
         book.bump("errors", plan.rule.route, plan.venue)
         return PassOn(exc.detail)
-    # The request's own choice among stored responses (RFC 9111 §5.2.1): read only when it
-    # sent a Cache-Control, which a plain request (the short way's) never does.
-    directives = request_directives(plan.source.header("cache-control"))
     refetch = False  # the client refused what is stored: it fills alone, never waits
     validating: CachedResponse | None = None
     disconnected = False  # `stale` answers only for an app that cannot be reached
