@@ -123,6 +123,20 @@ def store_config(request: pytest.FixtureRequest, memory_url: str) -> dict[str, o
     }
 
 
+@pytest.fixture
+def rabbitmq() -> str:
+    """The real RabbitMQ's URL; a skip with the reason when it does not answer, a failure
+    when `CI` is set."""
+    from tests.test_events_publisher import AMQP_URL, amqp_available
+
+    problem = amqp_available(AMQP_URL)
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set: {problem}")
+        pytest.skip(problem)
+    return AMQP_URL
+
+
 class AdapterClock:
     """The adapters' `time` module with `time()` moved forward by `offset` seconds: what both
     adapters read their wall clock from (entries, freshness, Age)."""

@@ -41,9 +41,8 @@ from typing import Any
 import httpx
 import pytest
 
-import cache_middleware.asgi as asgi_module
-import cache_middleware.wsgi as wsgi_module
 from cache_middleware import CacheMiddleware, ConfigError, WSGICacheMiddleware, load_config
+from tests.conftest import AdapterClock as Clock
 
 USER = "alice-7f3a9c"  # a private route's user id: must never appear in Cache-Status
 NOW = real_time.time()
@@ -201,25 +200,10 @@ class Client:
             self.client.close()
 
 
-class Clock:
-    """The adapters' `time` module, with `time()` moved forward by `offset` seconds."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return real_time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(real_time, name)
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(asgi_module, "time", fake)
-    monkeypatch.setattr(wsgi_module, "time", fake)
-    return fake
+def clock(adapter_clock: Clock) -> Clock:
+    """The adapters' clock (conftest.py), moved by the rows."""
+    return adapter_clock
 
 
 @pytest.fixture(params=["asgi", "wsgi"])

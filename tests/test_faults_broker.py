@@ -9,7 +9,6 @@ again (at least once) when the broker answers."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -18,18 +17,7 @@ import pytest
 from cache_middleware.events.publisher import KombuEventSink
 
 from .faults.proxy import FaultProxy
-from .test_events_publisher import ADMIN_DATA, AMQP_URL, Listener, amqp_available, events_config
-
-
-@pytest.fixture
-def rabbitmq() -> str:
-    problem = amqp_available(AMQP_URL)
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set: {problem}")
-        pytest.skip(problem)
-    return AMQP_URL
-
+from .test_events_publisher import ADMIN_DATA, AMQP_URL, Listener, events_config
 
 LOGGER = "cache_middleware.events"
 

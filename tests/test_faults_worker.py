@@ -47,7 +47,7 @@ from cache_middleware.events.in_process import (  # noqa: E402
 from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .faults.proxy import FaultProxy  # noqa: E402
-from .test_events_publisher import AMQP_URL, amqp_available, events_config  # noqa: E402
+from .test_events_publisher import AMQP_URL, events_config  # noqa: E402
 
 LOGGER = "cache_middleware.events"
 HEARTBEAT = 1  # seconds: a stall is found within about two of them
@@ -56,16 +56,6 @@ WAIT = 15.0
 # What the worker says about the broker link, and nothing else on the logger counts here (the
 # `cache.invalidated` publisher has its own once-per-stall lines, tested in test_faults_broker).
 LINK_WARNINGS = ("lost the connection to", "cannot reach")
-
-
-@pytest.fixture
-def rabbitmq() -> str:
-    problem = amqp_available(AMQP_URL)
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set: {problem}")
-        pytest.skip(problem)
-    return AMQP_URL
 
 
 @pytest.fixture

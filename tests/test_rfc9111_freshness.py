@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import time as real_time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -39,8 +38,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-import cache_middleware.asgi as asgi_module
-import cache_middleware.wsgi as wsgi_module
 from cache_middleware import CacheMiddleware, ConfigError, WSGICacheMiddleware, load_config
 from cache_middleware._core.entry import CachedResponse, decode_entry
 from cache_middleware._core.headers import age_seconds
@@ -53,6 +50,7 @@ from cache_middleware._core.storing import (
 )
 from cache_middleware.cli import main as cli_main
 from cache_middleware.wiring import build_policy
+from tests.conftest import AdapterClock as Clock
 
 Headers = tuple[tuple[str, str], ...]
 _PLACEHOLDER = re.compile(r"\{now([+-]\d+)\}")
@@ -97,25 +95,10 @@ def flask_app(calls: Calls) -> Flask:
     return app
 
 
-class Clock:
-    """The adapters' `time` module, with `time()` moved forward by `offset` seconds."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return real_time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(real_time, name)
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(asgi_module, "time", fake)
-    monkeypatch.setattr(wsgi_module, "time", fake)
-    return fake
+def clock(adapter_clock: Clock) -> Clock:
+    """The adapters' clock (conftest.py), moved by the rows."""
+    return adapter_clock
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
