@@ -77,9 +77,14 @@ def entry(age: float) -> bytes:
     )
 
 
-def run(
-    flow: Any, answers: list[tuple[type, Any]]
-) -> tuple[list[Any], Serve | PassOn | RunApp]:
+# Past its 10 s of freshness by 90 s, no stale window, with the app's own ETag: a standard
+# route keeps it (revalidate_window) and may revalidate it.
+STALE_WITH_ETAG = encode_entry(
+    CachedResponse(200, [(b"etag", b'"app"')], b"body", NOW - 100, 10, 0, 0)
+)
+
+
+def run(flow: Any, answers: list[tuple[type, Any]]) -> tuple[list[Any], Serve | PassOn | RunApp]:
     """Drive `flow`: each step must be of the next expected type; its answer (an exception is
     raised into the flow) is sent back. Returns the steps seen and the outcome."""
     seen: list[Any] = []
@@ -215,6 +220,31 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str], dict[str, Any], list[Any]
         {"honor_request_no_cache": True}, {"cache-control": "no-cache"}, {},
         [(Acquire, None)],
         lambda o: isinstance(o, RunApp) and o.token is None,
+    ),
+    (
+        "standard mode, past freshness with a validator: revalidated under the lease",
+        {"mode": "standard"}, {}, {},
+        [(Get, STALE_WITH_ETAG), (Claim, True), (Acquire, 4)],
+        lambda o: isinstance(o, RunApp) and o.validating is not None,
+    ),
+    (
+        "standard mode, a credentialed request: refetched, never merged into the shared entry",
+        {"mode": "standard"}, {"authorization": "Bearer x"}, {},
+        [(Get, STALE_WITH_ETAG), (Acquire, 4)],
+        lambda o: isinstance(o, RunApp) and o.validating is None,
+    ),
+    (
+        "standard mode, a HEAD for a kept entry: its 200 may refresh it",
+        {"mode": "standard"}, {}, {"method": "HEAD"},
+        [(Get, STALE_WITH_ETAG), (Acquire, 4)],
+        lambda o: isinstance(o, RunApp) and o.freshening is not None,
+    ),
+    (
+        "standard mode, a credentialed HEAD: never refreshes the shared entry",
+        {"mode": "standard"}, {"authorization": "Bearer x"},
+        {"method": "HEAD"},
+        [(Get, STALE_WITH_ETAG)],
+        lambda o: isinstance(o, RunApp) and o.freshening is None and o.token is None,
     ),
     (
         "the short way's read is the first read",

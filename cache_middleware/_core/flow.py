@@ -247,9 +247,13 @@ def lookup_flow(
             stale = entry
         elif policy.serves_disconnected(plan, entry, now):
             stale, disconnected = entry, True  # only if the app cannot be reached
-        if policy.revalidates(plan, entry, now):
+        # A request with credentials on a shared route never updates the shared entry from
+        # the app's answer to it (a 304's or a HEAD's headers would be merged for everyone:
+        # RFC 9111 §3.5); it refetches, and its answer is stored only if it says public.
+        shared_safe = not policy.leads_alone(plan)
+        if shared_safe and policy.revalidates(plan, entry, now):
             validating = entry  # RFC 9111 §4.3: ask the app whether it is still good
-        if plan.head and policy.kept(plan, entry, now):
+        if shared_safe and plan.head and policy.kept(plan, entry, now):
             freshening = entry  # RFC 9111 §4.3.5: a HEAD's 200 may refresh it
     if directives is not None and directives.only_if_cached:
         book.bump("bypasses", plan.rule.route, plan.venue)
