@@ -81,10 +81,7 @@ def revalidated(
     stored_etag = get_header(entry.headers, b"etag")
     if new_etag is not None and stored_etag is not None and not weak_match(new_etag, stored_etag):
         return None
-    updated = {name.lower() for name, _ in headers} - _KEPT_FROM_STORE
-    merged = [(name, value) for name, value in entry.headers if name.lower() not in updated]
-    merged.extend((name.lower(), value) for name, value in headers if name.lower() in updated)
-    return merged
+    return _merged(entry, headers)
 
 
 def head_freshened(
@@ -100,6 +97,12 @@ def head_freshened(
         new, stored = get_header(headers, name), get_header(entry.headers, name)
         if new is not None and stored is not None and new.strip() != stored.strip():
             return None
+    return _merged(entry, headers)
+
+
+def _merged(entry: CachedResponse, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9111 §3.2: the stored fields, each one the new answer carries replaced by its
+    value(s), but for those a 304 or HEAD never changes (`_KEPT_FROM_STORE`)."""
     updated = {name.lower() for name, _ in headers} - _KEPT_FROM_STORE
     merged = [(name, value) for name, value in entry.headers if name.lower() not in updated]
     merged.extend((name.lower(), value) for name, value in headers if name.lower() in updated)
