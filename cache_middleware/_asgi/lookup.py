@@ -119,19 +119,24 @@ class LookupDriver:
                     outcome: Outcome = done.value
                     break
                 result, error = None, None
-                kind = type(step)
                 try:
-                    if kind is Get:
-                        result = await self.store.get(step.key)  # type: ignore[union-attr]
-                    elif kind is Claim:
-                        claim = self._claim(step.key)  # type: ignore[union-attr]
+                    if isinstance(step, Get):
+                        result = await self.store.get(step.key)
+                    elif isinstance(step, GetOrAcquire):
+                        get_or_acquire = self._get_or_acquire
+                        assert get_or_acquire is not None  # asked only when the store has it
+                        result = await get_or_acquire(
+                            step.key, step.lock_key, step.token, self._lease_ms, step.index_key
+                        )
+                    elif isinstance(step, Claim):
+                        claim = self._claim(plan.key)
                         result = claim is not None
-                    elif kind is Release:
+                    elif isinstance(step, Release):
                         if claim is not None:
                             self._unclaim(plan.key, claim)
                             claim = None
                     else:
-                        result = await self._perform(step)
+                        result = await self._perform(step, plan.key)
                 except StoreUnavailable as exc:
                     error = exc
             if isinstance(outcome, Serve):
@@ -166,17 +171,12 @@ class LookupDriver:
                     scope = conditional_scope(scope, outcome.validating)
                 await recorder.run(scope, receive)
         finally:
-            if claim is not None:
+            if claim is not None and not claim.done():  # done: the recorder settled it
                 self._unclaim(plan.key, claim)
 
-    async def _perform(self, step: Step) -> Any:
-        """The store I/O of a flow step other than a plain read or a claim."""
+    async def _perform(self, step: Step, key: str) -> Any:
+        """The I/O of a flow step other than the lookup's read and a claim (`key`: the plan's)."""
         store = self.store
-        if isinstance(step, GetOrAcquire):
-            assert self._get_or_acquire is not None  # asked only when the store has it
-            return await self._get_or_acquire(
-                step.key, step.lock_key, step.token, self._lease_ms, step.index_key
-            )
         if isinstance(step, Acquire):
             return await store.acquire_fill(
                 step.lock_key, step.token, self._lease_ms, step.index_key
@@ -184,7 +184,7 @@ class LookupDriver:
         if isinstance(step, Forget):
             return await store.forget(step.key)
         if isinstance(step, WaitLocal):
-            pending = self._fills.get(step.key)
+            pending = self._fills.get(key)
             if pending is not None:
                 await _wait(pending, self.settings.coalesce_wait)
             return None

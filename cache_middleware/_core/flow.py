@@ -29,7 +29,7 @@ from .policy import CachePolicy, Follow, Found, Lookup, NotFound
 from .request_directives import request_directives
 from .stats import StatsBook
 from .tokens import lease_token
-from .trend import UNREAD, MissTrend
+from .trend import MissTrend
 
 __all__ = [
     "Acquire",
@@ -86,19 +86,20 @@ class Acquire:
     index_key: str | None
 
 
-@dataclass(slots=True, eq=False)
+# The three steps on this process's claim name no key: a claim is always on the plan's primary
+# key, which the driver has. Each is one shared value, so asking costs no object.
 class Claim:
-    """Become this process's filler of `key`: True, or False when another request of this
-    process is filling it (the driver then keeps nothing to release)."""
+    """Become this process's filler of the plan's key: True, or False when another request of
+    this process is filling it (the driver then keeps nothing to release)."""
 
-    key: str
+    __slots__ = ()
 
 
-@dataclass(slots=True, eq=False)
 class WaitLocal:
-    """Wait (at most the coalescing wait) for this process's fill of `key`: no result."""
+    """Wait (at most the coalescing wait) for this process's fill of the plan's key: no
+    result."""
 
-    key: str
+    __slots__ = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -110,12 +111,14 @@ class WaitRemote:
     lock_key: str
 
 
-@dataclass(slots=True, eq=False)
 class Release:
-    """Give up this process's claim on `key` (wakes the requests waiting on it): no result."""
+    """Give up this process's claim on the plan's key (wakes the requests waiting on it): no
+    result."""
 
-    key: str
+    __slots__ = ()
 
+
+CLAIM, WAIT_LOCAL, RELEASE = Claim(), WaitLocal(), Release()
 
 Step = Get | GetOrAcquire | Forget | Acquire | Claim | WaitLocal | WaitRemote | Release
 
@@ -205,13 +208,15 @@ def lookup_flow(
         if prefetched is not None:
             if prefetched.error is not None:
                 raise prefetched.error
-            found: Found | NotFound = yield from _read(policy, plan, prefetched.raw)
+            step = policy.on_read(plan, prefetched.key, prefetched.raw, first=True)
+            found = _settled(step) or (yield from _read(policy, plan, step))
         elif local is not None:
             found = local
         elif takes_lease and directives is None and policy.first_key(plan) == plan.key:
             token = lease_token()
             raw, epoch = yield GetOrAcquire(plan.key, plan.lock_key, token, plan.index_key)
-            found = yield from _read(policy, plan, raw)
+            step = policy.on_read(plan, plan.key, raw, first=True)
+            found = _settled(step) or (yield from _read(policy, plan, step))
             if raw is None:
                 lease = (token, epoch)
         else:
@@ -277,23 +282,28 @@ def lookup_flow(
     return outcome
 
 
-def _read(policy: CachePolicy, plan: Lookup, first_raw: object = UNREAD) -> ReadFlow:
-    """The entry for `plan`, following a Vary record to the request's variant (`first_raw`:
-    the first key's value, when it was read already). Returns Found or NotFound."""
-    key, first = policy.first_key(plan), True
-    while True:
-        if first and first_raw is not UNREAD:
-            raw: bytes | None = first_raw  # type: ignore[assignment]
-        else:
-            raw = yield Get(key)
-        step = policy.on_read(plan, key, raw, first=first)
-        first = False
-        if isinstance(step, Follow):
-            key = step.key
-            continue
-        if isinstance(step, NotFound) and step.drop is not None:
-            yield Forget(step.drop)
-        return step
+def _read(
+    policy: CachePolicy, plan: Lookup, step: Found | NotFound | Follow | None = None
+) -> ReadFlow:
+    """The entry for `plan`, following a Vary record to the request's variant. `step`: what
+    the first key's value said, when it was read already and did not settle the read
+    (`_settled`). Returns Found or NotFound."""
+    if step is None:
+        key = policy.first_key(plan)
+        step = policy.on_read(plan, key, (yield Get(key)), first=True)
+    while isinstance(step, Follow):
+        step = policy.on_read(plan, step.key, (yield Get(step.key)), first=False)
+    if isinstance(step, NotFound) and step.drop is not None:
+        yield Forget(step.drop)
+    return step
+
+
+def _settled(step: Found | NotFound | Follow) -> Found | NotFound | None:
+    """`step` when it ends the read (an entry, or nothing to follow nor drop: the usual case,
+    read without a generator); else None, and `_read` goes on from it."""
+    if isinstance(step, Follow) or (isinstance(step, NotFound) and step.drop is not None):
+        return None
+    return step
 
 
 def _fill(
@@ -308,10 +318,10 @@ def _fill(
     # A lease taken by the lookup makes this request the filler, even if another request of
     # this process claimed the key first (that one then waits for the lease, so for this fill).
     leads = lease is not None and lease[1] is not None
-    claimed = yield Claim(plan.key)
+    claimed = yield CLAIM
     if not claimed and not leads:
         # Another request of this process is filling the key: wait for its entry.
-        yield WaitLocal(plan.key)
+        yield WAIT_LOCAL
         return (yield from _after_wait(policy, book, plan, stale, clock))
     if lease is not None:
         token, epoch = lease
@@ -321,14 +331,14 @@ def _fill(
             epoch = yield Acquire(plan.lock_key, token, plan.index_key)
         except StoreUnavailable as exc:
             if claimed:
-                yield Release(plan.key)
+                yield RELEASE
             book.bump("errors", plan.rule.route, plan.venue)
             return PassOn(exc.detail)
     if epoch is None:
         # Another process holds the lease: wait (bounded) for its entry.
         yield WaitRemote(plan.key, plan.lock_key)
         if claimed:
-            yield Release(plan.key)
+            yield RELEASE
         return (yield from _after_wait(policy, book, plan, stale, clock))
     return RunApp(token, epoch, stale, claimed, validating)
 

@@ -102,12 +102,12 @@ class LookupDriver:
             if isinstance(step, Get):
                 return self.store.get(step.key)
             if isinstance(step, Claim):
-                claimed = self._claim(step.key) is None
+                claimed = self._claim(plan.key) is None
                 return claimed
             if isinstance(step, Release):
                 if claimed:
                     claimed = False
-                    self._release(step.key)
+                    self._release(plan.key)
                 return None
             if isinstance(step, GetOrAcquire):
                 assert self._get_or_acquire is not None  # asked only when the store has it
@@ -121,7 +121,7 @@ class LookupDriver:
             if isinstance(step, Forget):
                 return self.store.forget(step.key)
             if isinstance(step, WaitLocal):
-                event = self._fills.get(step.key)
+                event = self._fills.get(plan.key)
                 if event is not None:
                     event.wait(self.settings.coalesce_wait)
                 return None
