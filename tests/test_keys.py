@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cache_middleware._core.globs import compile_glob
-from cache_middleware._core.keys import build_key, display_key, escape_component, query_pairs
+from cache_middleware._core.keys import (
+    build_key,
+    display_key,
+    entry_globs,
+    escape_component,
+    escape_path_glob,
+    query_pairs,
+)
 
 P = "gateway:response"
 
@@ -104,6 +111,25 @@ def test_identity_glob_matches_only_its_own_venue() -> None:
     assert pattern.match(t1)
     assert not pattern.match(t10)
     assert not pattern.match(forged)
+
+
+def test_path_glob_globs_match_the_paths_entries_and_no_other_path() -> None:
+    # What the admin API's paths and the event worker's path templates both go through.
+    assert escape_path_glob("/a b:/*/x?") == "/a%20b%3A/*/x?"
+    globs = entry_globs(P, escape_path_glob("/api/events/1"))
+    assert globs == [f"{P}:GET:/api/events/1", f"{P}:GET:/api/events/1:*"]
+    assert entry_globs(P, escape_path_glob("/api/*")) == [f"{P}:GET:/api/*"]
+    matches = [compile_glob(glob) for glob in globs]
+    for key in (
+        build_key(P, "GET", "/api/events/1", [], None, None),
+        build_key(P, "GET", "/api/events/1", [("page", "2")], "alice", "t1"),
+    ):
+        assert any(m.match(key) for m in matches), key
+    for key in (
+        build_key(P, "GET", "/api/events/10", [], None, None),
+        build_key(P, "GET", "/api/events/1/x", [], None, None),
+    ):
+        assert not any(m.match(key) for m in matches), key
 
 
 _ATOMS = [

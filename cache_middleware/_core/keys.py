@@ -32,8 +32,10 @@ __all__ = [
     "ABSENT",
     "build_key",
     "display_key",
+    "entry_globs",
     "entry_venue",
     "escape_component",
+    "escape_path_glob",
     "has_ignored",
     "in_venue",
     "lock_key",
@@ -211,6 +213,30 @@ def tag_index_key(prefix: str, tag: str, venue: str | None = None) -> str:
     return base if venue is None else f"{base}:venue:{escape_component(venue)}"
 
 
+def escape_path_glob(path_glob: str) -> str:
+    """A request-path glob as keys spell the path: `*` and `?` stay wildcards, the text
+    between them is escaped as a key component is."""
+    parts: list[str] = []
+    literal: list[str] = []
+    for char in path_glob:
+        if char in "*?":
+            parts.append(escape_component("".join(literal)))
+            literal.clear()
+            parts.append(char)
+        else:
+            literal.append(char)
+    parts.append(escape_component("".join(literal)))
+    return "".join(parts)
+
+
+def entry_globs(prefix: str, key_path_glob: str) -> list[str]:
+    """Key globs of every GET entry of the paths `key_path_glob` (a path glob as keys spell
+    it) matches: the key with nothing after the path and, unless the glob already ends with
+    `*`, with anything after it (a query, a user, a venue, a Vary variant)."""
+    base = f"{prefix}:GET:{key_path_glob}"
+    return [base] if base.endswith("*") else [base, f"{base}:*"]
+
+
 def path_patterns(prefix: str, path_glob: str, venue: str | None = None) -> list[str]:
     """Key globs covering every entry of the request paths matching `path_glob`.
 
@@ -223,18 +249,7 @@ def path_patterns(prefix: str, path_glob: str, venue: str | None = None) -> list
     the path's own entries only where a longer path is spelled the same up to an escaped
     `:` (never: `:` in a path is written `%3A`).
     """
-    parts: list[str] = []
-    literal: list[str] = []
-    for char in path_glob:
-        if char in "*?":
-            parts.append(escape_component("".join(literal)))
-            literal.clear()
-            parts.append(char)
-        else:
-            literal.append(char)
-    parts.append(escape_component("".join(literal)))
-    base = f"{prefix}:GET:{''.join(parts)}"
-    bases = [base] if base.endswith("*") else [base, f"{base}:*"]
+    bases = entry_globs(prefix, escape_path_glob(path_glob))
     if venue is None:
         return bases
     suffix = f":venue:{escape_component(venue)}"

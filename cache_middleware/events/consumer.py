@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .._core.globs import escape_glob
-from .._core.keys import escape_component, tag_index_key
+from .._core.keys import entry_globs, escape_component, escape_path_glob, tag_index_key
 from ..config import Settings
 from ..errors import StoreUnavailable
 from ..storage.base import SyncStore
@@ -84,31 +84,15 @@ def _value(data: Mapping[str, Any], name: str) -> str:
     raise BadEvent(f"placeholder {{{name}}}: data.{name} is missing or not a string/number")
 
 
-def _literal_glob(text: str) -> str:
-    """A path-glob piece as keys spell it: `*`/`?` stay wildcards, the rest is escaped."""
-    out: list[str] = []
-    literal: list[str] = []
-    for char in text:
-        if char in "*?":
-            out.append(escape_component("".join(literal)))
-            literal.clear()
-            out.append(char)
-        else:
-            literal.append(char)
-    out.append(escape_component("".join(literal)))
-    return "".join(out)
-
-
 def _path_patterns(prefix: str, template: str, data: Mapping[str, Any]) -> list[str]:
     parts: list[str] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(template):
-        parts.append(_literal_glob(template[pos : match.start()]))
+        parts.append(escape_path_glob(template[pos : match.start()]))
         parts.append(escape_glob(escape_component(_value(data, match.group(1)))))
         pos = match.end()
-    parts.append(_literal_glob(template[pos:]))
-    base = f"{prefix}:GET:{''.join(parts)}"
-    return [base] if base.endswith("*") else [base, f"{base}:*"]
+    parts.append(escape_path_glob(template[pos:]))
+    return entry_globs(prefix, "".join(parts))
 
 
 def _fill_tag(template: str, data: Mapping[str, Any]) -> str:
