@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,34 +86,33 @@ def _json(payload: dict[str, Any], status_code: int = 200) -> JSONResponse:
     return JSONResponse({**payload, "generated_at": _now()}, status_code=status_code)
 
 
-def _find(items: tuple[dict[str, Any], ...], item_id: str) -> dict[str, Any] | None:
-    return next((item for item in items if item["id"] == item_id), None)
-
-
 # -- handlers -------------------------------------------------------------------------------------
 
-
-async def list_events(request: Request) -> Response:
-    return _json({"events": list(EVENTS)})
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def get_event(request: Request) -> Response:
-    event = _find(EVENTS, request.path_params["event_id"])
-    if event is None:
-        # Not a 200: the middleware never stores it.
-        return _json({"error": "event not found"}, status_code=404)
-    return _json({"event": event})
+def _collection(
+    plural: str, singular: str, items: tuple[dict[str, Any], ...]
+) -> tuple[Handler, Handler]:
+    """The two handlers of a collection: the whole list (`{plural: [...]}`), and one item by
+    the `{singular}_id` path parameter (`{singular: {...}}`, or a 404)."""
+
+    async def list_all(request: Request) -> Response:
+        return _json({plural: list(items)})
+
+    async def get_one(request: Request) -> Response:
+        wanted = request.path_params[f"{singular}_id"]
+        item = next((item for item in items if item["id"] == wanted), None)
+        if item is None:
+            # Not a 200: the middleware never stores it.
+            return _json({"error": f"{singular} not found"}, status_code=404)
+        return _json({singular: item})
+
+    return list_all, get_one
 
 
-async def list_venues(request: Request) -> Response:
-    return _json({"venues": list(VENUES)})
-
-
-async def get_venue(request: Request) -> Response:
-    venue = _find(VENUES, request.path_params["venue_id"])
-    if venue is None:
-        return _json({"error": "venue not found"}, status_code=404)
-    return _json({"venue": venue})
+list_events, get_event = _collection("events", "event", EVENTS)
+list_venues, get_venue = _collection("venues", "venue", VENUES)
 
 
 async def availability(request: Request) -> Response:
