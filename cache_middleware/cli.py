@@ -387,13 +387,21 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _consume(path: str, log_level: str) -> int:
+def _require_extra(module: str, extra: str, needed_by: str) -> Any:
+    """The optional dependency `module`, imported; without it, the command fails saying which
+    extra of the package installs it."""
     try:
-        from .events import run_consumer
+        return importlib.import_module(module)
     except ImportError:
         raise CommandFailed(
-            "the event bridge needs kombu: pip install 'cache-middleware[events]'", EXIT_CONFIG
+            f"{needed_by} needs {module}: pip install 'cache-middleware[{extra}]'", EXIT_CONFIG
         ) from None
+
+
+def _consume(path: str, log_level: str) -> int:
+    _require_extra("kombu", "events", "the event bridge")
+    from .events import run_consumer
+
     # The worker says what it does on the `cache_middleware.events` logger (connected, each
     # reconnection, each dead-lettered message): an operator reads that on stderr.
     logging.basicConfig(
@@ -415,12 +423,7 @@ def _consume(path: str, log_level: str) -> int:
 
 
 def _demo(host: str, port: int) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise CommandFailed(
-            "the demo needs uvicorn: pip install 'cache-middleware[demo]'", EXIT_CONFIG
-        ) from None
+    uvicorn = _require_extra("uvicorn", "demo", "the demo")
     from .demo.app import create_app
 
     app = create_app()

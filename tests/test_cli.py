@@ -103,3 +103,30 @@ def test_check_imports_conditions_from_the_working_directory(
     )
     assert proc.returncode == 0, proc.stderr
     assert "mycond_cli_test:ok" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "message"),
+    [
+        (
+            ["demo"],
+            "uvicorn",
+            "error: the demo needs uvicorn: pip install 'cache-middleware[demo]'",
+        ),
+        (
+            ["events", "consume", "--config", "cache.yaml"],
+            "kombu",
+            "error: the event bridge needs kombu: pip install 'cache-middleware[events]'",
+        ),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra_to_install(
+    argv: list[str],
+    missing: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ImportError
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == message
