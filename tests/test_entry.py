@@ -50,6 +50,9 @@ def test_round_trip() -> None:
         MAGIC + msgpack.packb([200, [["a", "b"]], b"x", 1.0, 5]),
         MAGIC + msgpack.packb([200, [[b"a"]], b"x", 1.0, 5]),
         MAGIC + msgpack.packb([200, {}, b"x", 1.0, 5]),
+        # No map of any size or key type is read: an entry holds none.
+        MAGIC + msgpack.packb([200, [], b"x", 1.0, 5, 0, {1: 2}]),
+        MAGIC + msgpack.packb([200, [], b"x", 1.0, 5, 0, {"a": 2}]),
         MAGIC + msgpack.packb([99, [], b"x", 1.0, 5]),
         MAGIC + msgpack.packb([200, [], "text", 1.0, 5]),
         b"CMR\x02" + msgpack.packb([200, [], b"x", 1.0, 5]),

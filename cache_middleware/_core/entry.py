@@ -46,6 +46,7 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "encode_vary",
+    "unpack_bounded",
 ]
 
 MAGIC = b"CMR\x02"
@@ -116,22 +117,26 @@ def encode_vary(names: tuple[str, ...]) -> bytes:
     return VARY_MAGIC + packed
 
 
-def _unpack(data: bytes, offset: int) -> Any:
+def unpack_bounded(
+    data: bytes, offset: int, corrupt: type[ValueError], max_items: int, max_pairs: int
+) -> Any:
+    """msgpack-decode `data[offset:]` so that no input makes it allocate more than the input
+    holds: a string or byte string at most as long as `data`, a list of at most `max_items`,
+    a map of at most `max_pairs`, no extension type. What does not decode raises `corrupt`."""
     size = len(data)
     try:
         return msgpack.unpackb(
             memoryview(data)[offset:],
             raw=False,
-            use_list=True,
-            strict_map_key=True,
+            strict_map_key=False,
             max_bin_len=size,
             max_str_len=size,
-            max_array_len=MAX_HEADERS,
-            max_map_len=0,
+            max_array_len=max_items,
+            max_map_len=max_pairs,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises a zoo of types for bad input
-        raise CorruptEntry(f"undecodable entry: {exc.__class__.__name__}") from exc
+        raise corrupt(f"undecodable msgpack: {exc.__class__.__name__}") from exc
 
 
 def _is_int(value: object, low: int, high: int) -> bool:
@@ -157,7 +162,7 @@ def decode_entry(data: bytes) -> CachedResponse | VaryRecord:
 
 def _decode(data: bytes) -> CachedResponse | VaryRecord:
     if data.startswith(VARY_MAGIC):
-        raw = _unpack(data, len(VARY_MAGIC))
+        raw = unpack_bounded(data, len(VARY_MAGIC), CorruptEntry, MAX_HEADERS, 0)
         if (
             isinstance(raw, list)
             and len(raw) == 1
@@ -169,7 +174,7 @@ def _decode(data: bytes) -> CachedResponse | VaryRecord:
         raise CorruptEntry("vary record has the wrong shape")
     if not data.startswith(MAGIC):
         raise CorruptEntry("not a cache-middleware entry (bad magic or version)")
-    raw = _unpack(data, len(MAGIC))
+    raw = unpack_bounded(data, len(MAGIC), CorruptEntry, MAX_HEADERS, 0)
     if not isinstance(raw, list) or len(raw) != 7:
         raise CorruptEntry("entry has the wrong shape")
     status, headers, body, stored_at, ttl, swr, sie = raw

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgpack
 
+from .entry import unpack_bounded
+
 __all__ = ["VALUE_MAGIC", "CorruptValue", "decode_value", "encode_value"]
 
 VALUE_MAGIC = b"CMV\x01"
@@ -33,16 +35,4 @@ def decode_value(data: bytes) -> Any:
     if not data.startswith(VALUE_MAGIC):
         raise CorruptValue("not a cache-middleware value (bad magic or version)")
     size = len(data)
-    try:
-        return msgpack.unpackb(
-            memoryview(data)[len(VALUE_MAGIC) :],
-            raw=False,
-            strict_map_key=False,
-            max_bin_len=size,
-            max_str_len=size,
-            max_array_len=size,
-            max_map_len=size,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises many types for bad input
-        raise CorruptValue(f"undecodable value: {exc.__class__.__name__}") from exc
+    return unpack_bounded(data, len(VALUE_MAGIC), CorruptValue, size, size)
