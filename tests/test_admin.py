@@ -16,7 +16,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -33,6 +33,7 @@ from cache_middleware import CacheMiddleware, create_admin_app
 from cache_middleware._asgi.request import AsgiRequest
 from cache_middleware._core.keys import path_index_key, tag_index_key
 from cache_middleware._core.policy import Lookup
+from cache_middleware._core.stats import Counters
 from cache_middleware.config import load_config
 from cache_middleware.errors import ConfigError
 from cache_middleware.events import MemorySink
@@ -1426,6 +1427,8 @@ async def test_metrics_are_prometheus_text_matching_the_stats(site: Site) -> Non
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+    # Every counter of the stats is exported, store_full and any added later included.
+    assert {f"cache_middleware_{c.name}" for c in fields(Counters)} <= set(families)
     for name in ("hits", "misses", "stores", "bypasses", "errors", "invalidations"):
         family = families[f"cache_middleware_{name}"]
         assert family.type == "counter"

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
+
+from .._core.stats import Counters
 
 __all__ = ["render_metrics"]
 
-_COUNTERS = (
-    "hits",
-    "stale_hits",
-    "misses",
-    "bypasses",
-    "stores",
-    "errors",
-    "invalidations",
-    "coalesced",
-    "lost_leases",
-    "store_full",
-)
+# One counter family per field of the stats' counters, so a new counter is exported as it is added.
+_COUNTERS = tuple(counter.name for counter in fields(Counters))
 
 
 def render_metrics(stats: dict[str, Any]) -> tuple[bytes, str]:
