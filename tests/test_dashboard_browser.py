@@ -394,6 +394,19 @@ def test_dashboard_shows_stats_and_runs_a_dry_run(session: Session) -> None:
     by_misses = sorted(routes, key=lambda r: (-routes[r]["misses"], r))
     assert _cell_texts(page, "#routes-table") == by_misses
 
+    # Both tables: the same figures after the row's name, one cell per header.
+    figures = ["Hits", "Misses", "Hit ratio", "Stores", "Bypasses"]
+    for table, name in (("#routes-table", "Route"), ("#venues-table", "Venue")):
+        heads = page.eval_on_selector_all(f"{table} th", "ths => ths.map(t => t.textContent)")
+        assert heads == [name, *figures]
+        cells = page.eval_on_selector_all(
+            f"{table} tbody tr", "rows => rows.map(r => r.cells.length)"
+        )
+        assert cells and set(cells) == {len(heads)}
+    page.click("#venues-table th[data-key=name] button")
+    assert page.get_attribute("#venues-table th[data-key=name]", "aria-sort") == "ascending"
+    assert _cell_texts(page, "#venues-table") == sorted(stats["venues"])
+
     # Venues: a name from a request header is text, never markup.
     assert page.is_visible("#venues-section")
     assert XSS_VENUE in stats["venues"]
@@ -436,6 +449,8 @@ def test_missing_and_wrong_token_are_reported(session: Session) -> None:
     page.goto(session.url)
     assert "token required" in (page.text_content("#auth-msg") or "").lower()
     assert session.api_requests("stats") == []  # nothing is asked without a token
+    assert _cell_texts(page, "#routes-table") == ["No data yet"]
+    assert page.get_attribute("#routes-table td.empty", "colspan") == "6"  # the whole row
 
     session.connect(token="not-the-token")
     _wait_text(page, "#auth-msg", r"invalid")
