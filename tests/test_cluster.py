@@ -22,6 +22,7 @@ import redis.cluster
 from cache_middleware.config import Settings
 from cache_middleware.errors import StoreUnavailable
 from cache_middleware.storage import make_async_store, make_sync_store
+from cache_middleware.storage.base import Fill
 from cache_middleware.storage.redis_async import AsyncRedisStore, sentinel_parts
 from cache_middleware.storage.redis_cluster import (
     AsyncRedisClusterStore,
@@ -180,7 +181,7 @@ async def test_tag_index_spanning_primaries(cluster_group: ClusterGroup) -> None
         assert epoch is not None
         writes = [(key, b"v", 60) for key in keys]
         tags = [f"{prefix}:IDX:/api/events", f"{prefix}:TAG:event"]
-        assert await store.store_fill(lock, "t", epoch, writes, tags, 60)
+        assert await store.store_fill(Fill(lock, "t", epoch, writes, tags, 60))
         assert await store.exists(keys) == len(keys)
         assert await store.delete_index(f"{prefix}:TAG:event") == len(keys)
         assert await store.exists(keys) == 0

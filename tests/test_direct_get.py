@@ -15,6 +15,7 @@ import redis
 
 from cache_middleware.errors import StoreUnavailable
 from cache_middleware.storage import direct_get
+from cache_middleware.storage.base import Fill
 from cache_middleware.storage.direct_get import DirectGetter
 from cache_middleware.storage.redis_async import _pipelined_params
 from cache_middleware.storage.redis_sync import RedisStore
@@ -280,7 +281,7 @@ def test_fill_scripts_ride_the_lean_sockets_and_survive_a_script_flush(
     value, epoch = store.get_or_acquire(key, lock, "t1", 5000, index)
     assert value is None and isinstance(epoch, int)
     assert store.get_or_acquire(key, lock, "t2", 5000, index) == (None, None)  # t1 holds it
-    assert store.store_fill(lock, "t1", epoch, [(key, b"entry", 60)], index, 60) is True
+    assert store.store_fill(Fill(lock, "t1", epoch, [(key, b"entry", 60)], [index], 60)) is True
     assert store.get_or_acquire(key, lock, "t3", 5000, index) == (b"entry", None)
     other = store.acquire_fill(f"{lock}2", "t4", 5000, index)
     assert isinstance(other, int)

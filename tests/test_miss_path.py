@@ -22,6 +22,7 @@ import redis
 
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from cache_middleware._core.trend import SATURATION, MissTrend
+from cache_middleware.storage.base import Fill
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_sync import RedisStore
 
@@ -344,6 +345,6 @@ async def test_near_cache_over_a_store_without_the_merged_call() -> None:
     store = NearAsyncStore(inner, near)
     assert await store.get_or_acquire("k", "lock", "t", 5000) == (None, 0)
     assert await store.get_or_acquire("k", "lock", "u", 5000) == (None, None)  # held
-    assert await store.store_fill("lock", "t", 0, [("k", b"v", 60)])
+    assert await store.store_fill(Fill("lock", "t", 0, [("k", b"v", 60)]))
     assert await store.get_or_acquire("k", "lock", "u", 5000) == (b"v", None)
     assert near.get("k") == b"v"  # read through: kept in process

@@ -30,7 +30,7 @@ import redis
 from cache_middleware._core.globs import escape_glob
 from cache_middleware.errors import StoreUnavailable
 from cache_middleware.storage import AsyncMemoryStore, MemoryStore
-from cache_middleware.storage.base import SCAN_BATCH, Write
+from cache_middleware.storage.base import SCAN_BATCH, Fill
 from cache_middleware.storage.health import CircuitBreaker
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_cluster import AsyncRedisClusterStore, RedisClusterStore
@@ -138,18 +138,8 @@ class Store:
         )
         return got
 
-    async def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        ok: bool = await self._call(
-            "store_fill", lock_key, token, epoch, writes, index_key, index_ttl
-        )
+    async def store_fill(self, fill: Fill) -> bool:
+        ok: bool = await self._call("store_fill", fill)
         return ok
 
     async def release_fill(self, lock_key: str, token: str) -> None:
@@ -581,7 +571,7 @@ OPS: dict[str, tuple[Any, ...]] = {
     "ping": ("ping",),
     "epoch": ("epoch",),
     "acquire_fill": ("acquire_fill", "lk", "t", 1000),
-    "store_fill": ("store_fill", "lk", "t", 0, [("k", b"v", 60)], "ix", 60),
+    "store_fill": ("store_fill", Fill("lk", "t", 0, [("k", b"v", 60)], ["ix"], 60)),
     "release_fill": ("release_fill", "lk", "t"),
     "peek_fill": ("peek_fill", "k", "lk"),
     "set_indexed": ("set_indexed", "k", b"v", 60, "ix", 60),

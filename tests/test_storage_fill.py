@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cache_middleware._core.globs import escape_glob
-from cache_middleware.storage.base import EPOCH_KEY, SCAN_BATCH
+from cache_middleware.storage.base import EPOCH_KEY, SCAN_BATCH, Fill
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_sync import RedisStore
 from tests import test_storage_contract as contract
@@ -125,10 +125,14 @@ async def test_delete_index_voids_only_the_leases_that_joined_it(store: Store, k
     assert store.inspect.members(k("ix", "mine")) == {k("lock", "mine")}
     await store.delete_index(k("ix", "mine"))
     writes = [(k("fill", "mine"), b"stale", 60)]
-    assert not await store.store_fill(k("lock", "mine"), "t", mine, writes, k("ix", "mine"), 60)
+    assert not await store.store_fill(
+        Fill(k("lock", "mine"), "t", mine, writes, [k("ix", "mine")], 60)
+    )
     assert await store.get(k("fill", "mine")) is None
     writes = [(k("fill", "other"), b"fresh", 60)]
-    assert await store.store_fill(k("lock", "other"), "t", other, writes, k("ix", "other"), 60)
+    assert await store.store_fill(
+        Fill(k("lock", "other"), "t", other, writes, [k("ix", "other")], 60)
+    )
     assert await store.get(k("fill", "other")) == b"fresh"
 
 
@@ -195,12 +199,14 @@ async def test_lease_expires(store: Store, k: K) -> None:
         assert await store.peek_fill(k("entry"), k("lock")) == (None, False)
         assert await other.acquire_fill(k("lock"), "next", LEASE_MS) == epoch
         # The slow filler comes back: its lease is gone, and someone else's must survive it.
-        assert not await store.store_fill(k("lock"), "slow", epoch, [(k("entry"), b"old", 60)])
+        assert not await store.store_fill(
+            Fill(k("lock"), "slow", epoch, [(k("entry"), b"old", 60)])
+        )
         assert await store.get(k("entry")) is None
         assert await store.get(k("lock")) == b"next"
         await store.release_fill(k("lock"), "slow")
         assert await store.get(k("lock")) == b"next"
-        assert await other.store_fill(k("lock"), "next", epoch, [(k("entry"), b"new", 60)])
+        assert await other.store_fill(Fill(k("lock"), "next", epoch, [(k("entry"), b"new", 60)]))
         assert await store.get(k("entry")) == b"new"
     finally:
         await other.close()
@@ -211,7 +217,7 @@ async def test_store_fill_after_lease_expired_and_nobody_took_it(store: Store, k
     assert epoch is not None
     await asyncio.sleep(0.12)
     assert not await store.store_fill(
-        k("lock"), "slow", epoch, [(k("entry"), b"v", 60)], k("ix"), 60
+        Fill(k("lock"), "slow", epoch, [(k("entry"), b"v", 60)], [k("ix")], 60)
     )
     assert await store.get(k("entry")) is None
     assert store.inspect.members(k("ix")) is None
@@ -244,7 +250,7 @@ async def test_peek_fill(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
     assert await store.peek_fill(k("entry"), k("lock")) == (None, True)
-    assert await store.store_fill(k("lock"), "t", epoch, [(k("entry"), b"\x00body", 60)])
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, [(k("entry"), b"\x00body", 60)]))
     assert await store.peek_fill(k("entry"), k("lock")) == (b"\x00body", False)
     assert await store.acquire_fill(k("lock"), "t2", LEASE_MS) is not None
     assert await store.peek_fill(k("entry"), k("lock")) == (b"\x00body", True)
@@ -290,7 +296,9 @@ async def test_get_or_acquire_takes_the_lease_when_nothing_is_there(merging: Sto
         assert got == (None, None)
     finally:
         await other.close()
-    assert await merging.store_fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)], k("ix"), 60)
+    assert await merging.store_fill(
+        Fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)], [k("ix")], 60)
+    )
     assert merging.inspect.members(k("ix")) == {k("entry")}
     assert await merging.get_or_acquire(k("entry"), k("lock"), "v", LEASE_MS) == (b"E", None)
 
@@ -300,7 +308,7 @@ async def test_get_or_acquire_lease_is_voided_by_an_unsafe_method(merging: Store
     epoch = got[1]
     assert epoch is not None
     await merging.delete_index(k("ix"))  # a POST on the path: the lease leaves with the index
-    assert not await merging.store_fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)])
+    assert not await merging.store_fill(Fill(k("lock"), "t", epoch, [(k("entry"), b"E", 60)]))
     assert await merging.get(k("entry")) is None
 
 
@@ -319,7 +327,7 @@ async def test_store_fill_writes_keys_ttls_index_and_drops_the_lease(store: Stor
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
     writes = [(k("a"), b"A", 60), (k("b"), b"", 120), (k("c"), bytes(range(256)), 30)]
-    assert await store.store_fill(k("lock"), "t", epoch, writes, k("ix"), 150)
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, writes, [k("ix")], 150))
     for key, value, ttl in writes:
         assert await store.get(key) == value
         assert near(store.inspect.pttl(key), ttl)
@@ -332,7 +340,7 @@ async def test_store_fill_writes_keys_ttls_index_and_drops_the_lease(store: Stor
 async def test_store_fill_without_index(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
-    assert await store.store_fill(k("lock"), "t", epoch, [(k("a"), b"A", 60)])
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, [(k("a"), b"A", 60)]))
     assert await store.get(k("a")) == b"A"
     assert await store.get(k("lock")) is None
 
@@ -340,7 +348,7 @@ async def test_store_fill_without_index(store: Store, k: K) -> None:
 async def test_store_fill_with_no_writes_just_releases(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
-    assert await store.store_fill(k("lock"), "t", epoch, [], k("ix"), 60)
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, [], [k("ix")], 60))
     assert await store.get(k("lock")) is None
     assert store.inspect.members(k("ix")) is None
 
@@ -354,21 +362,21 @@ async def test_store_fill_refused_after_an_invalidation(store: Store, k: K, how:
     assert epoch is not None
     await invalidate(store, k)
     writes = [(k("fill", "a"), b"stale", 60), (k("fill", "b"), b"stale", 60)]
-    assert not await store.store_fill(k("lock"), "t", epoch, writes, k("ix"), 60)
+    assert not await store.store_fill(Fill(k("lock"), "t", epoch, writes, [k("ix")], 60))
     assert await store.get(k("fill", "a")) is None
     assert await store.get(k("fill", "b")) is None
     assert store.inspect.members(k("ix")) is None
     assert await store.get(k("lock")) is None
     fresh = await store.acquire_fill(k("lock"), "t2", LEASE_MS)
     assert fresh == epoch + 1
-    assert await store.store_fill(k("lock"), "t2", fresh, writes, k("ix"), 60)
+    assert await store.store_fill(Fill(k("lock"), "t2", fresh, writes, [k("ix")], 60))
     assert await store.get(k("fill", "a")) == b"stale"
 
 
 async def test_store_fill_refused_for_a_wrong_token(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "mine", LEASE_MS)
     assert epoch is not None
-    assert not await store.store_fill(k("lock"), "forged", epoch, [(k("a"), b"x", 60)])
+    assert not await store.store_fill(Fill(k("lock"), "forged", epoch, [(k("a"), b"x", 60)]))
     assert await store.get(k("a")) is None
     assert await store.get(k("lock")) == b"mine"  # not ours to release
 
@@ -381,7 +389,7 @@ async def test_store_fill_rejects_bad_ttls_before_writing(store: Store, k: K) ->
         ([(k("a"), b"x", 60)], 0),
     ]:
         with pytest.raises(ValueError, match="ttl"):
-            await store.store_fill(k("lock"), "t", epoch, writes, k("ix"), index_ttl)
+            await store.store_fill(Fill(k("lock"), "t", epoch, writes, [k("ix")], index_ttl))
     assert await store.get(k("a")) is None
     assert await store.get(k("lock")) == b"t"  # still ours: the caller may retry or release
     with pytest.raises(ValueError, match="ttl_ms"):
@@ -392,13 +400,15 @@ async def test_index_ttl_is_extended_never_shortened(store: Store, k: K) -> None
     """EXPIRE NX then GT: the index outlives its longest-lived member."""
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
-    assert await store.store_fill(k("lock"), "t", epoch, [(k("a"), b"x", 100)], k("ix"), 100)
+    assert await store.store_fill(
+        Fill(k("lock"), "t", epoch, [(k("a"), b"x", 100)], [k("ix")], 100)
+    )
     assert near(store.inspect.pttl(k("ix")), 100)
     await store.set_indexed(k("b"), b"x", 300, k("ix"), 300)
     assert near(store.inspect.pttl(k("ix")), 300)
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
-    assert await store.store_fill(k("lock"), "t", epoch, [(k("c"), b"x", 50)], k("ix"), 50)
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, [(k("c"), b"x", 50)], [k("ix")], 50))
     assert near(store.inspect.pttl(k("ix")), 300)
     assert store.inspect.members(k("ix")) == {k("a"), k("b"), k("c")}
 
@@ -450,7 +460,7 @@ async def test_big_fill_and_big_index(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
     writes = [(k("big", str(i)), b"x", 60) for i in range(BIG)]
-    assert await store.store_fill(k("lock"), "t", epoch, writes, k("ix"), 60)
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, writes, [k("ix")], 60))
     members = store.inspect.members(k("ix"))
     assert members is not None and len(members) == BIG
     assert await store.delete(k("big", "7")) == 1
@@ -464,7 +474,7 @@ async def test_delete_many_keys_in_one_call(store: Store, k: K) -> None:
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
     keys = [k("many", str(i)) for i in range(BIG)]
-    assert await store.store_fill(k("lock"), "t", epoch, [(key, b"x", 60) for key in keys])
+    assert await store.store_fill(Fill(k("lock"), "t", epoch, [(key, b"x", 60) for key in keys]))
     assert await store.delete(*keys, k("missing")) == BIG
     assert await store.get(keys[0]) is None
 
@@ -485,21 +495,21 @@ async def test_each_cache_has_its_own_epoch(store: Store, k: K) -> None:
     epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
     assert epoch_a is not None and epoch_b is not None
     await store.delete_matching(f"{a}:GET:/x*")
-    assert not await store.store_fill(lock_a, "t", epoch_a, [(f"{a}:GET:/x", b"old", 60)])
-    assert await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/x", b"new", 60)])
+    assert not await store.store_fill(Fill(lock_a, "t", epoch_a, [(f"{a}:GET:/x", b"old", 60)]))
+    assert await store.store_fill(Fill(lock_b, "t", epoch_b, [(f"{b}:GET:/x", b"new", 60)]))
     assert await store.get(f"{b}:GET:/x") == b"new"
     # An exact key names its cache too.
     epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
     assert epoch_b is not None
     await store.delete(f"{a}:GET:/y")
-    assert await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/y", b"new", 60)])
+    assert await store.store_fill(Fill(lock_b, "t", epoch_b, [(f"{b}:GET:/y", b"new", 60)]))
     # A glob without a cache's marker may reach every cache: all fills are void.
     epoch_a = await store.acquire_fill(lock_a, "t", LEASE_MS)
     epoch_b = await store.acquire_fill(lock_b, "t", LEASE_MS)
     assert epoch_a is not None and epoch_b is not None
     await store.delete_matching(escape_glob(k("nothing")) + "*")
-    assert not await store.store_fill(lock_a, "t", epoch_a, [(f"{a}:GET:/z", b"old", 60)])
-    assert not await store.store_fill(lock_b, "t", epoch_b, [(f"{b}:GET:/z", b"old", 60)])
+    assert not await store.store_fill(Fill(lock_a, "t", epoch_a, [(f"{a}:GET:/z", b"old", 60)]))
+    assert not await store.store_fill(Fill(lock_b, "t", epoch_b, [(f"{b}:GET:/z", b"old", 60)]))
 
 
 def test_a_big_index_sheds_dead_members_as_it_grows(redis_url: str, prefix: str) -> None:

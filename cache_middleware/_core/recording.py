@@ -4,13 +4,15 @@ the copy kept of a storable body, the ETag a stored MISS carries, and the fill's
 A recorder (asgi.py, wsgi.py) runs the app and forwards its answer in its own protocol's
 terms (ASGI messages, a WSGI iterable) and performs the store I/O (awaited or blocking); a
 `MissRecording` holds the state that decides: whether this answer is stored, the body kept so
-far, and what to write when it is whole. No I/O here.
+far, and what to write when it is whole: the store's `Fill` (storage/base.py, the store
+contract's value type, plain Python). No I/O here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..storage.base import Fill
 from .policy import CachePolicy, Lookup, MissStart, miss_etag
 from .stats import StatsBook
 
@@ -105,15 +107,19 @@ class MissRecording:
             self.headers.append(field)  # stored with it: `miss_writes` derives no other
         return field
 
-    def writes(self, body: bytes, now: float) -> tuple[Any, list[str], int] | None:
-        """(writes, index keys, lifetime) for the store's `store_fill`, or None when the body
-        is not storable after all (incomplete): the lease is then given back."""
+    def fill(self, body: bytes, now: float, epoch: int) -> Fill | None:
+        """What the store's `store_fill` writes, under this recording's lease taken at `epoch`;
+        None when the body is not storable after all (incomplete): the lease is then given
+        back. Called only with the lease held."""
+        plan, token = self.plan, self.token
+        assert token is not None
         writes, lifetime = self.policy.miss_writes(
-            self.plan, self.start, self.status, self.headers, body, now
+            plan, self.start, self.status, self.headers, body, now
         )
         if not writes:
             return None
-        return writes, self.policy.index_keys(self.plan, self.headers), lifetime
+        index_keys = self.policy.index_keys(plan, self.headers)
+        return Fill(plan.lock_key, token, epoch, writes, index_keys, lifetime)
 
     def stored(self, ok: bool) -> None:
         """Count the fill's outcome: written, or its lease lost to an invalidation while the

@@ -215,15 +215,11 @@ class MissRecorder:
 
     def _store(self, body: bytes) -> bool:
         rec = self.rec
-        assert self.token is not None
-        fill = rec.writes(body, self.mw.now())
+        fill = rec.fill(body, self.mw.now(), self.epoch)
         if fill is None:
             return False  # incomplete body: not stored, and the lease is released
-        writes, index_keys, lifetime = fill
         try:
-            ok = self.mw.store.store_fill(
-                self.plan.lock_key, self.token, self.epoch, writes, index_keys, lifetime
-            )
+            ok = self.mw.store.store_fill(fill)
         except StoreUnavailable:
             self.mw.bump("errors", self.plan)
             return False

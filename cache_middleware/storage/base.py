@@ -11,7 +11,8 @@ Beyond get/set/delete, every store keeps:
   path's leases away and leaves fills on other paths alone.
 - fill leases (`acquire_fill` / `store_fill` / `release_fill` / `peek_fill`): one process
   computes a missing entry while the others poll for it. A lease is a key holding the filler's
-  token, with a TTL in milliseconds so a crashed filler only delays the others.
+  token, with a TTL in milliseconds so a crashed filler only delays the others. What a fill
+  stores, under which lease, is one `Fill` value, checked once when it is made.
 - indexes: a set of entry keys under an index key (`set_indexed`, `store_fill`), deleted together
   by `delete_index`. The index lives as long as its longest-lived member.
 
@@ -22,23 +23,22 @@ trip. The memory store does the same under its lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 __all__ = [
     "EPOCH_KEY",
     "EPOCH_REGISTRY",
     "SCAN_BATCH",
     "AsyncStore",
+    "Fill",
     "SyncStore",
     "Write",
     "cache_epoch",
     "check_fill_ttl",
     "check_ttl",
-    "check_writes",
     "fill_epoch",
     "get_then_acquire",
     "get_then_acquire_async",
-    "index_list",
     "is_epoch",
     "key_epochs",
     "literal_head",
@@ -105,22 +105,49 @@ def check_fill_ttl(ttl_ms: int) -> int:
     return ttl_ms
 
 
-def index_list(index_key: str | Sequence[str] | None) -> list[str]:
-    """`store_fill`'s index argument (none, one, or several indexes) as a list."""
-    if index_key is None:
-        return []
-    return [index_key] if isinstance(index_key, str) else list(index_key)
+class Fill:
+    """What `store_fill` writes: the entries (`writes`, each (key, value, ttl seconds)), added
+    to each of `index_keys` (kept `index_ttl` seconds), under the lease `lock_key` held with
+    `token` since the invalidation epoch `epoch`. Checked when made, so that no store writes
+    half of a fill Redis would refuse; not to be changed once made.
+
+    A plain class with slots: one is made on every MISS that stores, and this costs what the
+    tuple it replaced and the stores' own check cost together (a frozen dataclass costs five
+    times that, every field set through object.__setattr__; a dataclass's __post_init__ is one
+    call more)."""
+
+    __slots__ = ("epoch", "index_keys", "index_ttl", "lock_key", "token", "writes")
+
+    def __init__(
+        self,
+        lock_key: str,
+        token: str,
+        epoch: int,
+        writes: list[Write],
+        index_keys: Sequence[str] = (),
+        index_ttl: int = 0,
+    ) -> None:
+        # check_ttl's test, inline: a call per write would cost the MISS more than the rest
+        # of this; `_refuse` raises the error with its message.
+        for _, value, ttl in writes:
+            if type(ttl) is not int or ttl <= 0 or not isinstance(value, bytes):
+                _refuse(value, ttl, "ttl")
+        if index_keys and (type(index_ttl) is not int or index_ttl <= 0):
+            _refuse(b"", index_ttl, "index_ttl")
+        if isinstance(index_keys, str):
+            raise TypeError(f"index_keys must be a sequence of keys, not the str {index_keys!r}")
+        self.lock_key = lock_key
+        self.token = token
+        self.epoch = epoch
+        self.writes = writes
+        self.index_keys = index_keys
+        self.index_ttl = index_ttl
 
 
-def check_writes(
-    writes: list[Write], index_key: str | Sequence[str] | None, index_ttl: int
-) -> None:
-    for _, value, ttl in writes:
-        check_ttl(ttl)
-        if not isinstance(value, bytes):
-            raise TypeError(f"values must be bytes, got {type(value).__name__}")
-    if index_key is not None and (isinstance(index_key, str) or len(index_key) > 0):
-        check_ttl(index_ttl, "index_ttl")
+def _refuse(value: object, ttl: int, what: str) -> NoReturn:
+    """Raise what a `Fill` with this value or TTL is refused for."""
+    check_ttl(ttl, what)
+    raise TypeError(f"values must be bytes, got {type(value).__name__}")
 
 
 class SyncStore(Protocol):
@@ -135,15 +162,7 @@ class SyncStore(Protocol):
     def acquire_fill(
         self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
     ) -> int | None: ...
-    def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool: ...
+    def store_fill(self, fill: Fill) -> bool: ...
     def release_fill(self, lock_key: str, token: str) -> None: ...
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
     def set_indexed(
@@ -166,15 +185,7 @@ class AsyncStore(Protocol):
     async def acquire_fill(
         self, lock_key: str, token: str, ttl_ms: int, index_key: str | None = None
     ) -> int | None: ...
-    async def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool: ...
+    async def store_fill(self, fill: Fill) -> bool: ...
     async def release_fill(self, lock_key: str, token: str) -> None: ...
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
     async def set_indexed(

@@ -20,10 +20,9 @@ from .base import (
     EPOCH_KEY,
     EPOCH_REGISTRY,
     SCAN_BATCH,
-    Write,
+    Fill,
     cache_epoch,
     fill_epoch,
-    index_list,
     is_epoch,
     key_epochs,
     literal_head,
@@ -171,28 +170,21 @@ def acquire_plan(lock_key: str, token: str, ttl_ms: int, index_key: str | None) 
     return int(replies[-1] or 0)
 
 
-def store_plan(
-    lock_key: str,
-    token: str,
-    epoch: int,
-    writes: Sequence[Write],
-    index_key: str | Sequence[str] | None,
-    index_ttl: int,
-) -> Plan[bool]:
+def store_plan(fill: Fill) -> Plan[bool]:
+    lock_key, token, writes, indexes = fill.lock_key, fill.token, fill.writes, fill.index_keys
     epoch_key = fill_epoch(lock_key)
-    expected = _b(epoch)
+    expected = _b(fill.epoch)
     held, current = _ok((yield [("GET", lock_key), ("GET", epoch_key)]))
     if held != token.encode():
         return False  # not ours (expired, taken over, deleted by an invalidation)
     if (current or b"0") != expected:
         _ok((yield [_release(lock_key, token)]))
         return False
-    indexes = index_list(index_key)
     keys = [key for key, _, _ in writes]
     if writes:
         _ok((yield [("SET", key, value, "EX", ttl) for key, value, ttl in writes]))
         if indexes:
-            step = [cmd for ix in indexes for cmd in _index_add(ix, keys, index_ttl)]
+            step = [cmd for ix in indexes for cmd in _index_add(ix, keys, fill.index_ttl)]
             replies = _ok((yield step))
             yield from _prune_plan(indexes, replies[3::4])
     step = [_release(lock_key, token), ("GET", epoch_key)]

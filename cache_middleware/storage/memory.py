@@ -21,13 +21,11 @@ from typing import Any
 from .._core.globs import compile_glob
 from .base import (
     EPOCH_KEY,
-    Write,
+    Fill,
     cache_epoch,
     check_fill_ttl,
     check_ttl,
-    check_writes,
     fill_epoch,
-    index_list,
     is_epoch,
     key_epochs,
     literal_head,
@@ -206,29 +204,21 @@ class MemoryStore:
                 self._index_add(index_key, [lock_key], max(1, -(-ttl_ms // 1000)), now)
             return self._epochs.setdefault(fill_epoch(lock_key), 0)
 
-    def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        check_writes(writes, index_key, index_ttl)
+    def store_fill(self, fill: Fill) -> bool:
+        lock_key, writes = fill.lock_key, fill.writes
         with self._lock:
             now = time.monotonic()
-            if self._live(lock_key, now) != token.encode():
+            if self._live(lock_key, now) != fill.token.encode():
                 return False  # the lease expired (and may be someone else's now): not ours
-            if self._epochs.get(fill_epoch(lock_key), 0) != epoch:
+            if self._epochs.get(fill_epoch(lock_key), 0) != fill.epoch:
                 self._drop(lock_key)  # invalidated since acquire_fill: the value may be stale
                 return False
             for key, value, ttl in writes:
                 self._put(key, value, now + ttl)
             if writes:
-                for index in index_list(index_key):
-                    self._index_add(index, [key for key, _, _ in writes], index_ttl, now)
-            for index in index_list(index_key):
+                for index in fill.index_keys:
+                    self._index_add(index, [key for key, _, _ in writes], fill.index_ttl, now)
+            for index in fill.index_keys:
                 live = self._live_index(index, now)
                 if live is not None:
                     live.members.discard(lock_key)  # the lease leaves the index with the lock
@@ -379,16 +369,8 @@ class AsyncMemoryStore:
     ) -> int | None:
         return self.sync.acquire_fill(lock_key, token, ttl_ms, index_key)
 
-    async def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        return self.sync.store_fill(lock_key, token, epoch, writes, index_key, index_ttl)
+    async def store_fill(self, fill: Fill) -> bool:
+        return self.sync.store_fill(fill)
 
     async def release_fill(self, lock_key: str, token: str) -> None:
         self.sync.release_fill(lock_key, token)

@@ -7,19 +7,15 @@ copies coherent, are near.py's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import AsyncStore, Write, get_then_acquire_async
+from .base import AsyncStore, Fill, get_then_acquire_async
 
 if TYPE_CHECKING:
     from .near import NearCache
 
 __all__ = ["NearAsyncStore"]
-
-
-def _written(writes: Sequence[Write]) -> list[str]:
-    return [key for key, _, _ in writes]
 
 
 class NearAsyncStore:
@@ -104,19 +100,11 @@ class NearAsyncStore:
         finally:
             self.near.invalidate((key,))
 
-    async def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
+    async def store_fill(self, fill: Fill) -> bool:
         try:
-            return await self.inner.store_fill(lock_key, token, epoch, writes, index_key, index_ttl)
+            return await self.inner.store_fill(fill)
         finally:
-            self.near.invalidate(_written(writes))
+            self.near.invalidate([key for key, _, _ in fill.writes])
 
     async def set_indexed(
         self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int

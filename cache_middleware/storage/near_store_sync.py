@@ -9,19 +9,15 @@ copies coherent, are near.py's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import SyncStore, Write, get_then_acquire
+from .base import Fill, SyncStore, get_then_acquire
 
 if TYPE_CHECKING:
     from .near import NearCache
 
 __all__ = ["NearSyncStore"]
-
-
-def _written(writes: Sequence[Write]) -> list[str]:
-    return [key for key, _, _ in writes]
 
 
 class NearSyncStore:
@@ -106,19 +102,11 @@ class NearSyncStore:
         finally:
             self.near.invalidate((key,))
 
-    def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
+    def store_fill(self, fill: Fill) -> bool:
         try:
-            return self.inner.store_fill(lock_key, token, epoch, writes, index_key, index_ttl)
+            return self.inner.store_fill(fill)
         finally:
-            self.near.invalidate(_written(writes))
+            self.near.invalidate([key for key, _, _ in fill.writes])
 
     def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
         try:

@@ -27,11 +27,10 @@ from .base import (
     EPOCH_KEY,
     EPOCH_REGISTRY,
     SCAN_BATCH,
-    Write,
+    Fill,
     cache_epoch,
     check_fill_ttl,
     check_ttl,
-    check_writes,
     get_then_acquire,
     is_epoch,
     key_epochs,
@@ -282,17 +281,8 @@ class RedisBase(abc.ABC):
         keys, args = lookup_or_acquire_call(key, lock_key, token, ttl_ms, index_key)
         return lookup_result(self._run(lambda: self._eval(LOOKUP_OR_ACQUIRE, keys, args)))
 
-    def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        check_writes(writes, index_key, index_ttl)
-        keys, args = store_fill_call(lock_key, token, epoch, writes, index_key, index_ttl)
+    def store_fill(self, fill: Fill) -> bool:
+        keys, args = store_fill_call(fill)
         return bool(self._run(lambda: self._eval(STORE_FILL, keys, args), writes=True))
 
     def release_fill(self, lock_key: str, token: str) -> None:

@@ -45,10 +45,9 @@ from .base import (
     EPOCH_KEY,
     EPOCH_REGISTRY,
     SCAN_BATCH,
-    Write,
+    Fill,
     check_fill_ttl,
     check_ttl,
-    check_writes,
     is_epoch,
 )
 from .cluster_plans import (
@@ -209,18 +208,8 @@ class RedisClusterStore(RedisStore):
         check_fill_ttl(ttl_ms)
         return self._run(lambda: self._drive(acquire_plan(lock_key, token, ttl_ms, index_key)))
 
-    def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        check_writes(writes, index_key, index_ttl)
-        plan = store_plan(lock_key, token, epoch, writes, index_key, index_ttl)
-        return self._run(lambda: self._drive(plan))
+    def store_fill(self, fill: Fill) -> bool:
+        return self._run(lambda: self._drive(store_plan(fill)))
 
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         return self._run(lambda: self._drive(peek_plan(key, lock_key)))
@@ -344,18 +333,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
             lambda: self._drive(acquire_plan(lock_key, token, ttl_ms, index_key))
         )
 
-    async def store_fill(
-        self,
-        lock_key: str,
-        token: str,
-        epoch: int,
-        writes: list[Write],
-        index_key: str | Sequence[str] | None = None,
-        index_ttl: int = 0,
-    ) -> bool:
-        check_writes(writes, index_key, index_ttl)
-        plan = store_plan(lock_key, token, epoch, writes, index_key, index_ttl)
-        return await self._run(lambda: self._drive(plan))
+    async def store_fill(self, fill: Fill) -> bool:
+        return await self._run(lambda: self._drive(store_plan(fill)))
 
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         return await self._run(lambda: self._drive(peek_plan(key, lock_key)))

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from .base import EPOCH_REGISTRY, Write, fill_epoch, index_list
+from .base import EPOCH_REGISTRY, Fill, fill_epoch
 from .health import is_wrong_type
 from .resp import encode_arg
 
@@ -289,19 +289,13 @@ def lookup_result(reply: Any) -> tuple[bytes | None, int | None]:
     return None, None if epoch is None else int(epoch)
 
 
-def store_fill_call(
-    lock_key: str,
-    token: str,
-    epoch: int,
-    writes: Sequence[Write],
-    index_key: str | Sequence[str] | None,
-    index_ttl: int,
-) -> tuple[list[str], list[Any]]:
+def store_fill_call(fill: Fill) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV for STORE_FILL."""
-    indexes = index_list(index_key)
+    lock_key, indexes = fill.lock_key, fill.index_keys
     keys = [lock_key, fill_epoch(lock_key), *indexes]
-    args: list[Any] = [token, str(epoch), str(index_ttl) if indexes else "0", len(indexes)]
-    for key, value, ttl in writes:
+    index_ttl = str(fill.index_ttl) if indexes else "0"
+    args: list[Any] = [fill.token, str(fill.epoch), index_ttl, len(indexes)]
+    for key, value, ttl in fill.writes:
         keys.append(key)
         args += [value, ttl]
     return keys, args
