@@ -29,6 +29,7 @@ from cache_middleware.events.consumer import (  # noqa: E402
     load_consumer_config,
 )
 from cache_middleware.events.envelope import build_envelopes, load_events_config  # noqa: E402
+from cache_middleware.storage.base import Indexed  # noqa: E402
 from cache_middleware.storage.memory import MemoryStore  # noqa: E402
 
 from .test_events_envelope import ORG, TENANT, validate  # noqa: E402
@@ -204,7 +205,7 @@ def test_data_updated_invalidates_mapped_paths_and_tags(running: Running) -> Non
     for k in doomed + kept:
         store.set(k, b"x", 60)
     tagged = key("/api/home")
-    store.set_indexed(tagged, b"x", 60, tag_index_key(PREFIX, "product:42"), 60)
+    store.set_indexed(Indexed(tagged, b"x", 60, tag_index_key(PREFIX, "product:42"), 60))
     event_id = str(uuid.uuid4())
     running.publish(
         envelope("data.updated", {"entityType": "product", "entityId": 42}, event_id),

@@ -30,7 +30,7 @@ import redis
 from cache_middleware._core.globs import escape_glob
 from cache_middleware.errors import StoreUnavailable
 from cache_middleware.storage import AsyncMemoryStore, MemoryStore
-from cache_middleware.storage.base import SCAN_BATCH, Fill
+from cache_middleware.storage.base import SCAN_BATCH, Fill, Indexed
 from cache_middleware.storage.health import CircuitBreaker
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_cluster import AsyncRedisClusterStore, RedisClusterStore
@@ -149,10 +149,8 @@ class Store:
         found: tuple[bytes | None, bool] = await self._call("peek_fill", key, lock_key)
         return found
 
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None:
-        await self._call("set_indexed", key, value, ttl, index_key, index_ttl)
+    async def set_indexed(self, entry: Indexed) -> None:
+        await self._call("set_indexed", entry)
 
     async def delete_index(self, index_key: str) -> int:
         count: int = await self._call("delete_index", index_key)
@@ -574,7 +572,7 @@ OPS: dict[str, tuple[Any, ...]] = {
     "store_fill": ("store_fill", Fill("lk", "t", 0, [("k", b"v", 60)], ["ix"], 60)),
     "release_fill": ("release_fill", "lk", "t"),
     "peek_fill": ("peek_fill", "k", "lk"),
-    "set_indexed": ("set_indexed", "k", b"v", 60, "ix", 60),
+    "set_indexed": ("set_indexed", Indexed("k", b"v", 60, "ix", 60)),
     "delete_index": ("delete_index", "ix"),
 }
 

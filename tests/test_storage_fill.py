@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cache_middleware._core.globs import escape_glob
-from cache_middleware.storage.base import EPOCH_KEY, SCAN_BATCH, Fill
+from cache_middleware.storage.base import EPOCH_KEY, SCAN_BATCH, Fill, Indexed
 from cache_middleware.storage.redis_async import AsyncRedisStore
 from cache_middleware.storage.redis_sync import RedisStore
 from tests import test_storage_contract as contract
@@ -84,7 +84,7 @@ async def _delete_matching_miss(store: Store, k: K) -> int:
 
 
 async def _delete_index_hit(store: Store, k: K) -> int:
-    await store.set_indexed(k("entry"), b"v", 60, k("other-index"), 60)
+    await store.set_indexed(Indexed(k("entry"), b"v", 60, k("other-index"), 60))
     return await store.delete_index(k("other-index"))
 
 
@@ -404,7 +404,7 @@ async def test_index_ttl_is_extended_never_shortened(store: Store, k: K) -> None
         Fill(k("lock"), "t", epoch, [(k("a"), b"x", 100)], [k("ix")], 100)
     )
     assert near(store.inspect.pttl(k("ix")), 100)
-    await store.set_indexed(k("b"), b"x", 300, k("ix"), 300)
+    await store.set_indexed(Indexed(k("b"), b"x", 300, k("ix"), 300))
     assert near(store.inspect.pttl(k("ix")), 300)
     epoch = await store.acquire_fill(k("lock"), "t", LEASE_MS)
     assert epoch is not None
@@ -415,8 +415,8 @@ async def test_index_ttl_is_extended_never_shortened(store: Store, k: K) -> None
 
 async def test_set_indexed(store: Store, k: K) -> None:
     before = await store.epoch()
-    await store.set_indexed(k("a"), b"A", 40, k("ix"), 80)
-    await store.set_indexed(k("a"), b"A2", 40, k("ix"), 80)  # re-adding is idempotent
+    await store.set_indexed(Indexed(k("a"), b"A", 40, k("ix"), 80))
+    await store.set_indexed(Indexed(k("a"), b"A2", 40, k("ix"), 80))  # re-adding is idempotent
     assert await store.get(k("a")) == b"A2"
     assert near(store.inspect.pttl(k("a")), 40)
     assert store.inspect.members(k("ix")) == {k("a")}
@@ -429,8 +429,8 @@ async def test_set_indexed(store: Store, k: K) -> None:
 
 async def test_delete_index_counts_only_members_that_existed(store: Store, k: K) -> None:
     for name in ["a", "b", "c"]:
-        await store.set_indexed(k(name), name.encode(), 60, k("ix"), 60)
-    await store.set_indexed(k("other"), b"o", 60, k("ix2"), 60)
+        await store.set_indexed(Indexed(k(name), name.encode(), 60, k("ix"), 60))
+    await store.set_indexed(Indexed(k("other"), b"o", 60, k("ix2"), 60))
     await store.set(k("plain"), b"p", 60)
     assert await store.delete(k("b")) == 1  # gone already: not counted again
     assert await store.delete_index(k("ix")) == 2
@@ -445,9 +445,9 @@ async def test_delete_index_counts_only_members_that_existed(store: Store, k: K)
 
 
 async def test_index_starts_afresh_after_delete_index(store: Store, k: K) -> None:
-    await store.set_indexed(k("old"), b"o", 60, k("ix"), 60)
+    await store.set_indexed(Indexed(k("old"), b"o", 60, k("ix"), 60))
     assert await store.delete_index(k("ix")) == 1
-    await store.set_indexed(k("new"), b"n", 60, k("ix"), 60)
+    await store.set_indexed(Indexed(k("new"), b"n", 60, k("ix"), 60))
     assert store.inspect.members(k("ix")) == {k("new")}
     assert await store.delete_index(k("ix")) == 1
 
@@ -480,8 +480,8 @@ async def test_delete_many_keys_in_one_call(store: Store, k: K) -> None:
 
 
 async def test_index_members_may_be_gone_already(store: Store, k: K) -> None:
-    await store.set_indexed(k("a"), b"x", 60, k("ix"), 60)
-    await store.set_indexed(k("b"), b"x", 60, k("ix"), 60)
+    await store.set_indexed(Indexed(k("a"), b"x", 60, k("ix"), 60))
+    await store.set_indexed(Indexed(k("b"), b"x", 60, k("ix"), 60))
     assert await store.delete_matching(escape_glob(k("a"))) == 1
     assert await store.delete_index(k("ix")) == 1
 
@@ -523,7 +523,7 @@ def test_a_big_index_sheds_dead_members_as_it_grows(redis_url: str, prefix: str)
     live = [f"{prefix}:GET:/big:live{i}" for i in range(80)]
     try:
         for key in live:
-            store.set_indexed(key, b"v", 60, index, 60)
+            store.set_indexed(Indexed(key, b"v", 60, index, 60))
         members = {m.decode() for m in raw.smembers(index)}
         assert set(live) <= members  # a live member is never shed
         assert len(members) < 400, len(members)  # dead ones go faster than adds come

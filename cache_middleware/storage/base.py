@@ -23,6 +23,7 @@ trip. The memory store does the same under its lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SCAN_BATCH",
     "AsyncStore",
     "Fill",
+    "Indexed",
     "SyncStore",
     "Write",
     "cache_epoch",
@@ -136,18 +138,30 @@ class Fill:
             _refuse(b"", index_ttl, "index_ttl")
         if isinstance(index_keys, str):
             raise TypeError(f"index_keys must be a sequence of keys, not the str {index_keys!r}")
-        self.lock_key = lock_key
-        self.token = token
-        self.epoch = epoch
-        self.writes = writes
-        self.index_keys = index_keys
-        self.index_ttl = index_ttl
+        self.lock_key, self.token, self.epoch = lock_key, token, epoch
+        self.writes, self.index_keys, self.index_ttl = writes, index_keys, index_ttl
 
 
 def _refuse(value: object, ttl: int, what: str) -> NoReturn:
     """Raise what a `Fill` with this value or TTL is refused for."""
     check_ttl(ttl, what)
     raise TypeError(f"values must be bytes, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What `set_indexed` writes: one entry (`key`, `value`, kept `ttl` seconds), added to the
+    index `index_key` (kept at least `index_ttl` seconds). Checked when made, as a `Fill` is."""
+
+    key: str
+    value: bytes
+    ttl: int
+    index_key: str
+    index_ttl: int
+
+    def __post_init__(self) -> None:
+        check_ttl(self.ttl)
+        check_ttl(self.index_ttl, "index_ttl")
 
 
 class SyncStore(Protocol):
@@ -165,9 +179,7 @@ class SyncStore(Protocol):
     def store_fill(self, fill: Fill) -> bool: ...
     def release_fill(self, lock_key: str, token: str) -> None: ...
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
-    def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None: ...
+    def set_indexed(self, entry: Indexed) -> None: ...
     def delete_index(self, index_key: str) -> int: ...
     def forget(self, key: str) -> None: ...
     def add_stats(self, hash_key: str, deltas: dict[str, int], ttl: int) -> None: ...
@@ -188,9 +200,7 @@ class AsyncStore(Protocol):
     async def store_fill(self, fill: Fill) -> bool: ...
     async def release_fill(self, lock_key: str, token: str) -> None: ...
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]: ...
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None: ...
+    async def set_indexed(self, entry: Indexed) -> None: ...
     async def delete_index(self, index_key: str) -> int: ...
     async def forget(self, key: str) -> None: ...
     # Housekeeping and figures for the admin sub-app (never on the request path).

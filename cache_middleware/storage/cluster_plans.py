@@ -21,6 +21,7 @@ from .base import (
     EPOCH_REGISTRY,
     SCAN_BATCH,
     Fill,
+    Indexed,
     cache_epoch,
     fill_epoch,
     is_epoch,
@@ -199,14 +200,12 @@ def store_plan(fill: Fill) -> Plan[bool]:
     return False
 
 
-def set_indexed_plan(
-    key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-) -> Plan[None]:
+def set_indexed_plan(entry: Indexed) -> Plan[None]:
     # The entry first, then its index entry: an index deletion that pops the member finds the
     # entry already there to unlink.
-    _ok((yield [("SET", key, value, "EX", ttl)]))
-    replies = _ok((yield _index_add(index_key, [key], index_ttl)))
-    yield from _prune_plan([index_key], [replies[3]])
+    _ok((yield [("SET", entry.key, entry.value, "EX", entry.ttl)]))
+    replies = _ok((yield _index_add(entry.index_key, [entry.key], entry.index_ttl)))
+    yield from _prune_plan([entry.index_key], [replies[3]])
 
 
 def delete_index_plan(index_key: str) -> Plan[int]:

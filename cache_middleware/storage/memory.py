@@ -22,9 +22,9 @@ from .._core.globs import compile_glob
 from .base import (
     EPOCH_KEY,
     Fill,
+    Indexed,
     cache_epoch,
     check_fill_ttl,
-    check_ttl,
     fill_epoch,
     is_epoch,
     key_epochs,
@@ -235,13 +235,11 @@ class MemoryStore:
             now = time.monotonic()
             return self._read(key, now), self._live(lock_key, now) is not None
 
-    def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
-        check_ttl(ttl)
-        check_ttl(index_ttl, "index_ttl")
+    def set_indexed(self, entry: Indexed) -> None:
         with self._lock:
             now = time.monotonic()
-            self._put(key, value, now + ttl)
-            self._index_add(index_key, [key], index_ttl, now)
+            self._put(entry.key, entry.value, now + entry.ttl)
+            self._index_add(entry.index_key, [entry.key], entry.index_ttl, now)
 
     def delete_index(self, index_key: str) -> int:
         with self._lock:
@@ -378,10 +376,8 @@ class AsyncMemoryStore:
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         return self.sync.peek_fill(key, lock_key)
 
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None:
-        self.sync.set_indexed(key, value, ttl, index_key, index_ttl)
+    async def set_indexed(self, entry: Indexed) -> None:
+        self.sync.set_indexed(entry)
 
     async def delete_index(self, index_key: str) -> int:
         return self.sync.delete_index(index_key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import AsyncStore, Fill, get_then_acquire_async
+from .base import AsyncStore, Fill, Indexed, get_then_acquire_async
 
 if TYPE_CHECKING:
     from .near import NearCache
@@ -106,13 +106,11 @@ class NearAsyncStore:
         finally:
             self.near.invalidate([key for key, _, _ in fill.writes])
 
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None:
+    async def set_indexed(self, entry: Indexed) -> None:
         try:
-            await self.inner.set_indexed(key, value, ttl, index_key, index_ttl)
+            await self.inner.set_indexed(entry)
         finally:
-            self.near.invalidate((key,))
+            self.near.invalidate((entry.key,))
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import Fill, SyncStore, get_then_acquire
+from .base import Fill, Indexed, SyncStore, get_then_acquire
 
 if TYPE_CHECKING:
     from .near import NearCache
@@ -108,11 +108,11 @@ class NearSyncStore:
         finally:
             self.near.invalidate([key for key, _, _ in fill.writes])
 
-    def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
+    def set_indexed(self, entry: Indexed) -> None:
         try:
-            self.inner.set_indexed(key, value, ttl, index_key, index_ttl)
+            self.inner.set_indexed(entry)
         finally:
-            self.near.invalidate((key,))
+            self.near.invalidate((entry.key,))
 
     def close(self) -> None:
         self.inner.close()

@@ -27,9 +27,9 @@ from .base import (
     EPOCH_REGISTRY,
     SCAN_BATCH,
     Fill,
+    Indexed,
     cache_epoch,
     check_fill_ttl,
-    check_ttl,
     get_then_acquire_async,
     is_epoch,
     key_epochs,
@@ -65,6 +65,7 @@ from .scripts import (
     lookup_result,
     peek_result,
     run_async,
+    set_indexed_call,
     store_fill_call,
 )
 from .url_parts import pipelined_params, safe_url
@@ -326,15 +327,9 @@ class AsyncRedisBase(abc.ABC):
 
         return await self._run(op)
 
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None:
-        check_ttl(ttl)
-        check_ttl(index_ttl, "index_ttl")
-        await self._run(
-            lambda: run_async(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl]),
-            writes=True,
-        )
+    async def set_indexed(self, entry: Indexed) -> None:
+        keys, args = set_indexed_call(entry)
+        await self._run(lambda: run_async(self.client, SET_INDEXED, keys, args), writes=True)
 
     async def delete_index(self, index_key: str) -> int:
         detached = detached_index_name(index_key)

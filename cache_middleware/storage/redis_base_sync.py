@@ -28,9 +28,9 @@ from .base import (
     EPOCH_REGISTRY,
     SCAN_BATCH,
     Fill,
+    Indexed,
     cache_epoch,
     check_fill_ttl,
-    check_ttl,
     get_then_acquire,
     is_epoch,
     key_epochs,
@@ -66,6 +66,7 @@ from .scripts import (
     lookup_result,
     peek_result,
     run_sync,
+    set_indexed_call,
     store_fill_call,
 )
 from .url_parts import pipelined_params, safe_url
@@ -315,13 +316,9 @@ class RedisBase(abc.ABC):
 
         return self._run(op)
 
-    def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
-        check_ttl(ttl)
-        check_ttl(index_ttl, "index_ttl")
-        self._run(
-            lambda: run_sync(self.client, SET_INDEXED, [key, index_key], [value, ttl, index_ttl]),
-            writes=True,
-        )
+    def set_indexed(self, entry: Indexed) -> None:
+        keys, args = set_indexed_call(entry)
+        self._run(lambda: run_sync(self.client, SET_INDEXED, keys, args), writes=True)
 
     def delete_index(self, index_key: str) -> int:
         detached = detached_index_name(index_key)

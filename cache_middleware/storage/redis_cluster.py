@@ -46,8 +46,8 @@ from .base import (
     EPOCH_REGISTRY,
     SCAN_BATCH,
     Fill,
+    Indexed,
     check_fill_ttl,
-    check_ttl,
     is_epoch,
 )
 from .cluster_plans import (
@@ -214,10 +214,8 @@ class RedisClusterStore(RedisStore):
     def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         return self._run(lambda: self._drive(peek_plan(key, lock_key)))
 
-    def set_indexed(self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int) -> None:
-        check_ttl(ttl)
-        check_ttl(index_ttl, "index_ttl")
-        self._run(lambda: self._drive(set_indexed_plan(key, value, ttl, index_key, index_ttl)))
+    def set_indexed(self, entry: Indexed) -> None:
+        self._run(lambda: self._drive(set_indexed_plan(entry)))
 
     def delete_index(self, index_key: str) -> int:
         return self._run(lambda: self._drive(delete_index_plan(index_key)))
@@ -339,14 +337,8 @@ class AsyncRedisClusterStore(AsyncRedisStore):
     async def peek_fill(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
         return await self._run(lambda: self._drive(peek_plan(key, lock_key)))
 
-    async def set_indexed(
-        self, key: str, value: bytes, ttl: int, index_key: str, index_ttl: int
-    ) -> None:
-        check_ttl(ttl)
-        check_ttl(index_ttl, "index_ttl")
-        await self._run(
-            lambda: self._drive(set_indexed_plan(key, value, ttl, index_key, index_ttl))
-        )
+    async def set_indexed(self, entry: Indexed) -> None:
+        await self._run(lambda: self._drive(set_indexed_plan(entry)))
 
     async def delete_index(self, index_key: str) -> int:
         return await self._run(lambda: self._drive(delete_index_plan(index_key)))

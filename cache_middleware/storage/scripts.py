@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from .base import EPOCH_REGISTRY, Fill, fill_epoch
+from .base import EPOCH_REGISTRY, Fill, Indexed, fill_epoch
 from .health import is_wrong_type
 from .resp import encode_arg
 
@@ -45,6 +45,7 @@ __all__ = [
     "peek_result",
     "run_async",
     "run_sync",
+    "set_indexed_call",
     "store_fill_call",
 ]
 
@@ -299,6 +300,11 @@ def store_fill_call(fill: Fill) -> tuple[list[str], list[Any]]:
         keys.append(key)
         args += [value, ttl]
     return keys, args
+
+
+def set_indexed_call(entry: Indexed) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for SET_INDEXED."""
+    return [entry.key, entry.index_key], [entry.value, entry.ttl, entry.index_ttl]
 
 
 def evalsha_command(script: Script, keys: Sequence[str], args: Sequence[Any]) -> bytes:
