@@ -10,7 +10,7 @@ docs/deployment.md#cluster-consistency.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -20,8 +20,6 @@ from .base import (
     EPOCH_KEY,
     EPOCH_REGISTRY,
     SCAN_BATCH,
-    Fill,
-    Indexed,
     cache_epoch,
     fill_epoch,
     is_epoch,
@@ -31,6 +29,9 @@ from .base import (
 from .health import RETRIES, RETRY_ERRORS
 from .scripts import RELEASE_FILL, peek_result
 from .url_parts import host_port, split_credentials
+
+if TYPE_CHECKING:
+    from .base import Fill, Indexed
 
 T = TypeVar("T")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")

@@ -32,7 +32,7 @@ from typing import Any
 from .health import SlowWatch
 from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
 
-__all__ = ["DirectGetter", "Dropped"]
+__all__ = ["DirectGetter", "Dropped", "LeanClient"]
 
 _RECV = 65536
 
@@ -108,11 +108,10 @@ def _receive(sock: socket.socket, deadline: float) -> bytes:
         raise Dropped(f"connection to Redis reset: {exc}") from exc
 
 
-class DirectGetter:
-    """GET (and any one-reply command) over blocking sockets: each call takes an idle one (or
-    opens one), and gives it back afterwards. A list's pop and append are atomic, so threads
-    share the idle sockets without a lock; a server that starts a thread per request reuses
-    them as well as a thread pool does."""
+class LeanClient:
+    """What both lean clients (this one and pipelined_get.py's) keep: where Redis is, what a
+    new connection sends first (AUTH, SELECT), how long a reply may take, and the slow-store
+    watch their round trips are reported to."""
 
     def __init__(
         self,
@@ -123,18 +122,27 @@ class DirectGetter:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 0.1,
-        max_idle: int = 16,
         slow: SlowWatch | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.max_idle = max_idle
-        self.dropped = 0  # calls retried because the server had closed the socket
+        self.dropped = 0  # calls sent again because the server had closed the connection
         # Round trips slower than its bound are reported to it; never when it is None.
         self.slow = slow
-        self._slow_after = slow.bound if slow is not None else float("inf")
+        self.slow_after = slow.bound if slow is not None else float("inf")
         self._handshake = handshake_commands(db, username, password)
+
+
+class DirectGetter(LeanClient):
+    """GET (and any one-reply command) over blocking sockets: each call takes an idle one (or
+    opens one), and gives it back afterwards. A list's pop and append are atomic, so threads
+    share the idle sockets without a lock; a server that starts a thread per request reuses
+    them as well as a thread pool does. At most `max_idle` idle sockets are kept."""
+
+    def __init__(self, host: str, port: int, *, max_idle: int = 16, **settings: Any) -> None:
+        super().__init__(host, port, **settings)
+        self.max_idle = max_idle
         self._idle: list[_Connection] = []
 
     def _connection(self) -> _Connection:
@@ -171,7 +179,7 @@ class DirectGetter:
         self._release(conn)
         # The round trip, for the slow-store watch: one clock read more than the call makes.
         elapsed = time.monotonic() - conn.sent
-        if elapsed > self._slow_after:
+        if elapsed > self.slow_after:
             self.slow.seen(elapsed, threaded=True)  # type: ignore[union-attr]  # finite: a watch
         elif self.slow is not None and self.slow.streak:
             self.slow.streak = 0  # a streak is consecutive slow round trips

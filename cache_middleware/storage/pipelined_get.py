@@ -29,9 +29,8 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from .direct_get import Dropped
-from .health import SlowWatch
-from .resp import GET_COMMAND, ReplyError, encode_command, handshake_commands, parse_reply
+from .direct_get import Dropped, LeanClient
+from .resp import GET_COMMAND, ReplyError, encode_command, parse_reply
 
 __all__ = ["PipelinedGetter", "ReplyError"]
 
@@ -152,29 +151,13 @@ class _Protocol(asyncio.Protocol):
             del buf[:pos]
 
 
-class PipelinedGetter:
+class PipelinedGetter(LeanClient):
     """GET over one pipelined connection; bound to the event loop that first uses it."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        db: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-        timeout: float = 0.1,
-        slow: SlowWatch | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.slow = slow
-        self.slow_after = slow.bound if slow is not None else float("inf")
-        self.dropped = 0  # requests sent again because the server had closed the connection
+    def __init__(self, host: str, port: int, **settings: Any) -> None:
+        super().__init__(host, port, **settings)
         self.protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._handshake = handshake_commands(db, username, password)
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()

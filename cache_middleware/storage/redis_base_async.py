@@ -81,6 +81,10 @@ class AsyncRedisBase(abc.ABC):
     # Whether `get_or_acquire` may run as one script: the entry, its lease and the epoch on one
     # server (a Cluster spreads them over slots).
     MERGES_LOOKUP = True
+    # Whether plain TCP URLs may read through the lean connection, which speaks to one server.
+    LEAN_CONNECTION = True
+    # How long an outage must have been quiet before a success ends it (health.OutageMonitor).
+    OUTAGE_SETTLE = 0.0
 
     _loop: asyncio.AbstractEventLoop | None = None  # unasync: async only
 
@@ -98,7 +102,7 @@ class AsyncRedisBase(abc.ABC):
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self.monitor = OutageMonitor(safe_url(url))
+        self.monitor = OutageMonitor(safe_url(url), settle=self.OUTAGE_SETTLE)
         self.breaker = CircuitBreaker(
             safe_url(url), breaker_failures, breaker_cooldown, clock=breaker_clock
         )
@@ -114,9 +118,8 @@ class AsyncRedisBase(abc.ABC):
         }
         # Plain TCP URLs read through the lean connection (the HIT path); the rest use redis-py,
         # as do stores given redis-py options it would not honour (credentials, TLS...).
-        self._fast_params = (
-            pipelined_params(url, timeout) if fast_get and not redis_kwargs else None
-        )
+        lean = fast_get and self.LEAN_CONNECTION and not redis_kwargs
+        self._fast_params = pipelined_params(url, timeout) if lean else None
         self._getter: PipelinedGetter | None = None
         self._client: Any = None
 

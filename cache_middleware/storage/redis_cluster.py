@@ -33,6 +33,7 @@ and receive its replies), run by a blocking driver and by an asyncio driver.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -75,7 +76,7 @@ from .cluster_plans import (
     stats_plan,
     store_plan,
 )
-from .health import CircuitBreaker, OutageMonitor
+from .health import CircuitBreaker
 from .redis_async import AsyncRedisStore
 from .redis_sync import RedisStore
 
@@ -87,58 +88,78 @@ __all__ = [
 ]
 
 
-def _node_breaker(store: Any, key: str) -> CircuitBreaker:
-    """The breaker of the primary that owns `key`'s slot, made on first use with the store's
-    settings. A primary down then opens its own breaker only: reads of its keys fail fast while
-    the failover runs (instead of each paying a connection attempt, `redis_timeout` when the host
-    is gone), and the other primaries' keys are served all the while. Before the client knows the
-    slot map (its first command), and for anything but a single-key read, the store's breaker."""
-    try:
-        name = str(store.client.get_node_from_key(key).name)
-    except Exception:
-        return store.breaker  # type: ignore[no-any-return]
-    breakers: dict[str, CircuitBreaker] = store.node_breakers
-    found = breakers.get(name)
-    if found is None:
-        shared: CircuitBreaker = store.breaker
-        found = breakers.setdefault(
-            name,
-            CircuitBreaker(
-                f"{shared.name} primary {name}",
-                shared.failures,
-                shared.cooldown,
-                clock=shared._clock,
-            ),
-        )
-    return found
+class _OnCluster:
+    """What both cluster stores change in their single-server store (module docstring)."""
+
+    MERGES_LOOKUP = False  # the entry and its lease live on different slots
+    LEAN_CONNECTION = False  # the lean connections speak to one server
+    OUTAGE_SETTLE = OUTAGE_SETTLE  # one primary down leaves the others answering
+
+    url: str
+    timeout: float
+    breaker: CircuitBreaker
+    client: Any
+    _kwargs: dict[str, Any]
+
+    @functools.cached_property
+    def node_breakers(self) -> dict[str, CircuitBreaker]:
+        """The primaries' breakers, by node name, each made on the first read of its keys."""
+        return {}
+
+    def _breaker_for(self, key: str) -> CircuitBreaker:
+        """The breaker of the primary that owns `key`'s slot, made on first use with the store's
+        settings. A primary down then opens its own breaker only: reads of its keys fail fast
+        while the failover runs (instead of each paying a connection attempt, `redis_timeout`
+        when the host is gone), and the other primaries' keys are served all the while. Before
+        the client knows the slot map (its first command), and for anything but a single-key
+        read, the store's breaker."""
+        try:
+            name = str(self.client.get_node_from_key(key).name)
+        except Exception:
+            return self.breaker
+        breakers = self.node_breakers
+        found = breakers.get(name)
+        if found is None:
+            shared = self.breaker
+            found = breakers.setdefault(
+                name,
+                CircuitBreaker(
+                    f"{shared.name} primary {name}",
+                    shared.failures,
+                    shared.cooldown,
+                    clock=shared._clock,
+                ),
+            )
+        return found
+
+    def _pipeline(self, step: Step) -> Any:
+        """A pipeline with the step's commands queued (redis-py sends each node its share)."""
+        pipe = self.client.pipeline()
+        for command in step:
+            pipe.execute_command(*command)
+        return pipe
+
+    def _client_options(self, retry_cls: Any) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+        """The seed nodes and the RedisCluster options, of the URL and the store's settings."""
+        nodes, url_kwargs = cluster_parts(self.url)
+        extra = {k: v for k, v in self._kwargs.items() if k not in _STORE_KEYS}
+        return nodes, _cluster_kwargs(self.timeout, url_kwargs, extra, _one_retry(retry_cls))
 
 
 # -- the blocking store ------------------------------------------------------------------------
 
 
-class RedisClusterStore(RedisStore):
+class RedisClusterStore(_OnCluster, RedisStore):
     """RedisStore on a Redis Cluster (see the module docstring for the multi-key operations)."""
 
-    MERGES_LOOKUP = False  # the entry and its lease live on different slots
-
-    def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
-        kwargs.pop("fast_get", None)  # the lean GET speaks to one server: off
-        super().__init__(url, timeout=timeout, fast_get=False, **kwargs)
-        self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
-        self.node_breakers: dict[str, CircuitBreaker] = {}
-
-    def _breaker_for(self, key: str) -> CircuitBreaker:
-        return _node_breaker(self, key)
-
     def _new_client(self) -> Any:
-        nodes, url_kwargs = cluster_parts(self.url)
-        extra = {k: v for k, v in self._kwargs.items() if k not in _STORE_KEYS}
+        nodes, options = self._client_options(SyncRetry)
         return redis.cluster.RedisCluster(
             startup_nodes=[
                 redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in nodes
             ],
-            **_cluster_kwargs(self.timeout, url_kwargs, extra, _one_retry(SyncRetry)),
+            **options,
         )
 
     def _step(self, step: Step) -> list[Any]:
@@ -150,10 +171,7 @@ class RedisClusterStore(RedisStore):
                 if _is_reply(exc):
                     return [exc]
                 raise
-        pipe = client.pipeline()
-        for command in step:
-            pipe.execute_command(*command)
-        return list(pipe.execute(raise_on_error=False))
+        return list(self._pipeline(step).execute(raise_on_error=False))
 
     def _drive(self, plan: Plan[T]) -> T:
         try:
@@ -227,26 +245,14 @@ class RedisClusterStore(RedisStore):
 # -- the asyncio store -------------------------------------------------------------------------
 
 
-class AsyncRedisClusterStore(AsyncRedisStore):
+class AsyncRedisClusterStore(_OnCluster, AsyncRedisStore):
     """AsyncRedisStore on a Redis Cluster (see the module docstring)."""
 
-    MERGES_LOOKUP = False  # the entry and its lease live on different slots
-
-    def __init__(self, url: str, *, timeout: float = 0.1, **kwargs: Any) -> None:
-        kwargs.pop("fast_get", None)  # the pipelined GET speaks to one server: off
-        super().__init__(url, timeout=timeout, fast_get=False, **kwargs)
-        self.monitor = OutageMonitor(self.monitor.name, settle=OUTAGE_SETTLE)
-        self.node_breakers: dict[str, CircuitBreaker] = {}
-
-    def _breaker_for(self, key: str) -> CircuitBreaker:
-        return _node_breaker(self, key)
-
     def _new_client(self) -> Any:
-        nodes, url_kwargs = cluster_parts(self.url)
-        extra = {k: v for k, v in self._kwargs.items() if k not in _STORE_KEYS}
+        nodes, options = self._client_options(AsyncRetry)
         return redis.asyncio.cluster.RedisCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in nodes],
-            **_cluster_kwargs(self.timeout, url_kwargs, extra, _one_retry(AsyncRetry)),
+            **options,
         )
 
     async def _step(self, step: Step) -> list[Any]:
@@ -258,10 +264,7 @@ class AsyncRedisClusterStore(AsyncRedisStore):
                 if _is_reply(exc):
                     return [exc]
                 raise
-        pipe = client.pipeline()
-        for command in step:
-            pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
+        return list(await self._pipeline(step).execute(raise_on_error=False))
 
     async def _drive(self, plan: Plan[T]) -> T:
         try:
