@@ -12,6 +12,7 @@ from .headers import (
     TARGETED_FIELDS,
     HeaderList,
     get_header,
+    has_header,
     parse_etag_list,
     parse_http_date,
     weak_match,
@@ -138,7 +139,7 @@ class Replayer(PolicyState):
             # revalidation, so a HIT drops them here (built once per entry: `_replayed`).
             headers[:] = [(n, v) for n, v in headers if n.lower() not in _TARGETED]
         # A standard shared cache passes the response's own fields on: it adds none.
-        if not rule.standard and not any(name.lower() == b"cache-control" for name, _ in headers):
+        if not rule.standard and not has_header(headers, b"cache-control"):
             # The lifetime actually granted (a response's max-age or Expires may shorten it);
             # with the Age sent beside it, what is left of it (an upstream Age counts).
             if ttl == rule.ttl:

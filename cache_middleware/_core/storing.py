@@ -95,8 +95,7 @@ class Storer(PolicyState):
             out.append((b"age", b"%d" % start.age))
         self._decorate(out, lookup.rule, lookup.key_header, b"MISS", start.ttl)
         if lookup.rule.shows_status:
-            fwd = "request" if lookup.refresh else "uri-miss"
-            out.append((b"cache-status", _cache_status(f"fwd={fwd}; stored")))
+            out.append((b"cache-status", _STORED_REFRESH if lookup.refresh else _STORED_MISS))
         start.headers = out
         return start
 
@@ -113,24 +112,31 @@ class Storer(PolicyState):
         none when the body is not the length the app declared (RFC 9111 §3.3: a response
         cut short is incomplete and must not be stored as if it were whole)."""
         length = b"%d" % len(body)
-        # One pass over the headers: names lower-cased once, what the checks need picked out.
-        lowered: list[tuple[bytes, bytes]] = []
+        # One pass over the headers: names lower-cased once, what is never stored left out,
+        # what the checks need picked out.
+        kept: list[tuple[bytes, bytes]] = []
         declared: list[bytes] = []
         connection: list[tuple[bytes, bytes]] = []
+        etag = False
         for name, value in headers:
             lname = name.lower()
-            lowered.append((lname, value))
-            if lname == b"content-length":
-                declared.append(value)
-            elif lname == b"connection":
-                connection.append((lname, value))
+            if lname in _NOT_STORED:
+                if lname == b"content-length":
+                    declared.append(value)
+                elif lname == b"connection":
+                    connection.append((lname, value))
+                continue
+            etag = etag or lname == b"etag"
+            kept.append((lname, value))
         if declared and b", ".join(declared).strip() != length:
             return [], 0
-        dropped = _NOT_STORED | connection_listed(connection) if connection else _NOT_STORED
-        kept = [(name, value) for name, value in lowered if name not in dropped]
+        if connection:  # the fields it lists are hop-by-hop too (RFC 9110 §7.6.1)
+            listed = connection_listed(connection)
+            kept = [(name, value) for name, value in kept if name not in listed]
+            etag = etag and b"etag" not in listed
         if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
             kept.append((b"content-length", length))
-        if not any(name == b"etag" for name, _ in kept):
+        if not etag:
             kept.append((b"etag", body_etag(body)))
         # Its age when it arrived counts from the start (RFC 9111 §4.2.3): `now - stored_at`
         # is the current_age that freshness, Age and Cache-Status are computed from.
@@ -160,12 +166,15 @@ class Storer(PolicyState):
     def tags_of(self, lookup: Lookup, headers: HeaderList) -> list[str]:
         """The response's surrogate keys: the route's `tags` filled from the path, plus the
         app's own `Cache-Tag` header (comma- or space-separated), bounded in number and size."""
+        value = get_header(headers, b"cache-tag")
+        templates = lookup.rule.tags
+        if not templates and not value:
+            return []  # the usual response: no tags
         params = lookup.path_params
         tags = [
             _TAG_FIELD.sub(lambda m: params.get(m.group(1), m.group(0)), template)
-            for template in lookup.rule.tags
+            for template in templates
         ]
-        value = get_header(headers, b"cache-tag")
         if value:
             text = value.decode("latin-1").replace(",", " ")
             tags.extend(
@@ -304,7 +313,10 @@ class Storer(PolicyState):
             if b"*" in listed:
                 return no("vary-star")  # RFC 9111 §4.1: Vary: * never matches a later request
             names = tuple(sorted({n.decode("latin-1") for n in listed}))
-        if content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
+        if (
+            b"event-stream" in content_type.lower()
+            and _media_type(content_type) == b"text/event-stream"
+        ):
             return no("event-stream")
         declared: int | None = None
         if content_length is not None:
@@ -324,22 +336,34 @@ class Storer(PolicyState):
         ):
             return no("credentials")
         swr, sie = rule.stale_while_revalidate, rule.stale_if_error
-        # RFC 5861 §3-4: the response's own stale directives override the route's.
-        if "stale-while-revalidate" in cache_control:
-            swr = delta_seconds(cache_control["stale-while-revalidate"]) or 0
-        if "stale-if-error" in cache_control:
-            sie = delta_seconds(cache_control["stale-if-error"]) or 0
-        # RFC 9111 §5.2.2.2 / §5.2.2.8 / §5.2.2.10: must-revalidate, proxy-revalidate and
-        # s-maxage forbid a shared cache to serve the response stale.
-        # No-cache: never used without revalidating.
-        if (
-            "must-revalidate" in cache_control
-            or "proxy-revalidate" in cache_control
-            or "s-maxage" in cache_control
-            or "no-cache" in cache_control
-        ):
-            swr = sie = 0
+        if cache_control:  # (most apps send none on a gateway route: no checks then)
+            # RFC 5861 §3-4: the response's own stale directives override the route's.
+            if "stale-while-revalidate" in cache_control:
+                swr = delta_seconds(cache_control["stale-while-revalidate"]) or 0
+            if "stale-if-error" in cache_control:
+                sie = delta_seconds(cache_control["stale-if-error"]) or 0
+            # RFC 9111 §5.2.2.2 / §5.2.2.8 / §5.2.2.10: must-revalidate, proxy-revalidate
+            # and s-maxage forbid a shared cache to serve the response stale.
+            # No-cache: never used without revalidating.
+            if (
+                "must-revalidate" in cache_control
+                or "proxy-revalidate" in cache_control
+                or "s-maxage" in cache_control
+                or "no-cache" in cache_control
+            ):
+                swr = sie = 0
         return MissStart(True, [], "", ttl, swr, sie, names, declared, has_etag, age, keep)
+
+
+# The Cache-Status of a stored MISS: asked by the cache (its lookup missed) or by the request
+# (a honoured no-cache); built once.
+_STORED_MISS = _cache_status("fwd=uri-miss; stored")
+_STORED_REFRESH = _cache_status("fwd=request; stored")
+
+
+def _media_type(content_type: bytes) -> bytes:
+    """A Content-Type's media type, lower-cased, without parameters."""
+    return content_type.split(b";", 1)[0].strip().lower()
 
 
 def freshness_lifetime(
