@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from ._asgi.lookup import GetOrAcquireCall, LookupDriver
+from ._asgi.lookup import LookupDriver
 from ._asgi.refresh import BackgroundRefresh
 from ._asgi.request import (
     HEADER_FRAMED,
@@ -32,18 +32,16 @@ from ._core.policy import (
     CachePolicy,
     Invalidate,
     Lookup,
+    Resolver,
 )
 from ._core.rules import Rule
-from ._core.stats import StatsBook
-from ._core.trend import MissTrend
-from .config import ConfigSource, load_config
+from .config import ConfigSource, Settings
 from .errors import ConfigError, StoreUnavailable
-from .events.in_process import maybe_start_in_process
-from .events.process_sink import events_of, flush_events, publish_write_invalidation
-from .registry import register
+from .events.process_sink import flush_events, publish_write_invalidation
+from .middleware_base import MiddlewareBase
 from .storage import AsyncStore, make_async_store
 from .storage.tracking import with_near_cache_async
-from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
+from .wiring import FLUSH_INTERVAL, STATS_TTL, stats_key
 
 __all__ = ["CacheMiddleware"]
 
@@ -52,21 +50,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("cache_middleware")
 
 
-class CacheMiddleware(LookupDriver, BackgroundRefresh):
+class CacheMiddleware(LookupDriver, BackgroundRefresh, MiddlewareBase[ASGIApp, AsyncStore]):
     """`app.add_middleware(CacheMiddleware, config="cache.yaml")`."""
 
     policy: CachePolicy
 
-    def __init__(
+    def _set_up(
         self,
-        app: ASGIApp,
         config: ConfigSource,
-        *,
-        user_resolver: Callable[[object], str | None] | None = None,
-        venue_resolver: Callable[[object], str | None] | None = None,
-        store: AsyncStore | None = None,
+        user_resolver: Resolver | None,
+        venue_resolver: Resolver | None,
+        store: AsyncStore | None,
     ) -> None:
-        self.app = app
         # A bad config is kept, not raised: Starlette and FastAPI build their middleware on the
         # first call, the lifespan scope, and an exception there makes uvicorn's (and
         # hypercorn's) "auto" lifespan conclude that lifespan is unsupported and serve 500s.
@@ -74,50 +69,22 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
         # lifespan, every request raises it). Invariant 5 of DESIGN.md.
         self.config_error: ConfigError | None = None
         try:
-            self._configure(config, user_resolver, venue_resolver, store)
+            super()._set_up(config, user_resolver, venue_resolver, store)
         except ConfigError as exc:
             self.config_error = exc
             # Every request asks `policy.covers` first: this one raises the error, so a
             # refused config costs a working one nothing on its hot path.
             self.policy = RefusedConfig(exc)  # type: ignore[assignment]
-
-    def _configure(
-        self,
-        config: ConfigSource,
-        user_resolver: Callable[[object], str | None] | None,
-        venue_resolver: Callable[[object], str | None] | None,
-        store: AsyncStore | None,
-    ) -> None:
-        self.settings = load_config(config)
-        self.policy = build_policy(
-            self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
-        )
-        self.store = with_near_cache_async(
-            store if store is not None else make_async_store(self.settings), self.settings
-        )
-        self.book = StatsBook()
-        self.stats = self.book.total  # the process totals; per route/venue in self.book
-        self._next_flush = time.monotonic() + FLUSH_INTERVAL
+            return
         self._flushing: asyncio.Task[None] | None = None
-        register(self)
-        # `events.consume.in_process: true`: invalidate on domain events from this process
-        # (a daemon thread; stopped at exit). None when the config does not ask for it.
-        self.events_consumer = maybe_start_in_process(config, self.settings)
-        # `events:` in the config: a write that drops entries is published (reason `write`)
-        # through the process's one event sink. None, the usual case, costs a write nothing.
-        self.events = events_of(config)
-        self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> done when the entry is (or is not) in.
         self._fills: dict[str, asyncio.Future[None]] = {}
-        # On routes that mostly miss, the lookup also takes the fill lease when it finds
-        # nothing (one round trip instead of two), if the store can (AsyncRedisStore can).
-        self.trend = MissTrend()
-        self._get_or_acquire: GetOrAcquireCall | None = getattr(self.store, "get_or_acquire", None)
-        # An entry this process holds (near-cache, memory store) is read without a coroutine.
-        self._local_get: Callable[[str], bytes | None] | None = getattr(
-            self.store, "local_get", None
-        )
         self._background: set[asyncio.Task[None]] = set()
+
+    def _open_store(self, settings: Settings, store: AsyncStore | None) -> AsyncStore:
+        return with_near_cache_async(
+            store if store is not None else make_async_store(settings), settings
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["path"]):
@@ -129,13 +96,11 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
         if time.monotonic() >= self._next_flush:
             self._schedule_flush()
         prefetched: PlainRead | None = None
+        query = scope.get("query_string", b"").decode("latin-1")
+        scheme = scope.get("scheme", "http")
         # (rule, key, X-Cache-Key value) of a plain GET seen before (`plain_key`), else None.
         plain = self.policy.plain_key(
-            scope["method"],
-            scope["path"],
-            scope.get("query_string", b"").decode("latin-1"),
-            scope["headers"],
-            scope.get("scheme", "http"),
+            scope["method"], scope["path"], query, scope["headers"], scheme
         )
         if plain is not None:
             # The short way (`_core/held.py`): what this process holds, else one GET.
@@ -152,12 +117,7 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
                 await send({"type": "http.response.body", "body": hit[2]})
                 return
         plan = self.policy.plan(
-            scope["method"],
-            scope["path"],
-            scope.get("query_string", b"").decode("latin-1"),
-            AsgiRequest(scope),
-            scope.get("scheme", "http"),
-            target_of(scope),
+            scope["method"], scope["path"], query, AsgiRequest(scope), scheme, target_of(scope)
         )
         if plan is None:
             await self.app(scope, receive, send)
@@ -204,9 +164,6 @@ class CacheMiddleware(LookupDriver, BackgroundRefresh):
         return receive_and_stop
 
     # -- statistics ------------------------------------------------------------------------------
-
-    def bump(self, name: str, plan: Lookup) -> None:
-        self.book.bump(name, plan.rule.route, plan.venue)
 
     @staticmethod
     def now() -> float:

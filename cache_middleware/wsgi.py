@@ -17,12 +17,11 @@ from ._core.held import PlainRead, reads_plain, replay_held, replay_read
 from ._core.policy import (
     Invalidate,
     Lookup,
+    Resolver,
     declares_no_body,
 )
 from ._core.rules import Rule
-from ._core.stats import StatsBook
-from ._core.trend import MissTrend
-from ._wsgi.lookup import GetOrAcquireCall, LookupDriver
+from ._wsgi.lookup import LookupDriver
 from ._wsgi.refresh import BackgroundRefresh
 from ._wsgi.request import (
     STREAM_FRAMED,
@@ -40,14 +39,13 @@ from ._wsgi.request import (
     to_bytes,
     to_str,
 )
-from .config import ConfigSource, load_config
+from .config import ConfigSource, Settings
 from .errors import StoreUnavailable
-from .events.in_process import maybe_start_in_process
-from .events.process_sink import events_of, publish_write_invalidation
-from .registry import register
+from .events.process_sink import publish_write_invalidation
+from .middleware_base import MiddlewareBase
 from .storage import SyncStore, make_sync_store
 from .storage.tracking import with_near_cache_sync
-from .wiring import FLUSH_INTERVAL, STATS_TTL, build_policy, stats_key
+from .wiring import FLUSH_INTERVAL, STATS_TTL, stats_key
 
 __all__ = ["WSGICacheMiddleware"]
 
@@ -55,52 +53,32 @@ __all__ = ["WSGICacheMiddleware"]
 logger = logging.getLogger("cache_middleware")
 
 
-class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
-    def __init__(
+class WSGICacheMiddleware(LookupDriver, BackgroundRefresh, MiddlewareBase[WSGIApp, SyncStore]):
+    """`app.wsgi_app = WSGICacheMiddleware(app.wsgi_app, config="cache.yaml")`."""
+
+    def _set_up(
         self,
-        app: WSGIApp,
         config: ConfigSource,
-        *,
-        user_resolver: Callable[[object], str | None] | None = None,
-        venue_resolver: Callable[[object], str | None] | None = None,
-        store: SyncStore | None = None,
+        user_resolver: Resolver | None,
+        venue_resolver: Resolver | None,
+        store: SyncStore | None,
     ) -> None:
-        self.app = app
-        self.settings = load_config(config)
-        self.policy = build_policy(
-            self.settings, user_resolver=user_resolver, venue_resolver=venue_resolver
-        )
-        self.store = with_near_cache_sync(
-            store if store is not None else make_sync_store(self.settings), self.settings
-        )
-        self.book = StatsBook()
-        self.stats = self.book.total  # the process totals; per route/venue in self.book
-        self._next_flush = time.monotonic() + FLUSH_INTERVAL
+        super()._set_up(config, user_resolver, venue_resolver, store)  # ConfigError: raised
         self._flush_lock = threading.Lock()
-        register(self)
-        # `events.consume.in_process: true`: invalidate on domain events from this process
-        # (a daemon thread; stopped at exit). None when the config does not ask for it.
-        self.events_consumer = maybe_start_in_process(config, self.settings)
-        # `events:` in the config: a write that drops entries is published (reason `write`)
-        # through the process's one event sink. None, the usual case, costs a write nothing.
-        self.events = events_of(config)
-        self._lease_ms = int(self.settings.lock_timeout * 1000)
         # Fills under way in this process: primary key -> set when the entry is (or is not) in.
         self._fills: dict[str, threading.Event] = {}
         self._fills_lock = threading.Lock()
-        # On routes that mostly miss, the lookup also takes the fill lease when it finds
-        # nothing (one round trip instead of two), if the store can (RedisStore can).
-        self.trend = MissTrend()
-        self._get_or_acquire: GetOrAcquireCall | None = getattr(self.store, "get_or_acquire", None)
         # A plain GET whose entry this process holds is answered without its plan; "plain" read
         # from the environ: none of these keys (Content-Length is looked at on its own).
-        self._local_get: Callable[[str], bytes | None] | None = getattr(
-            self.store, "local_get", None
-        )
         self._not_plain_environ = frozenset(
             environ_name(name) for name in self.policy.not_plain_headers - {"content-length"}
         )
         self._refreshing = 0  # background refresh threads running
+
+    def _open_store(self, settings: Settings, store: SyncStore | None) -> SyncStore:
+        return with_near_cache_sync(
+            store if store is not None else make_sync_store(settings), settings
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = request_path(environ)
@@ -170,9 +148,6 @@ class WSGICacheMiddleware(LookupDriver, BackgroundRefresh):
             return PlainRead(key, None, exc)
 
     # -- statistics ------------------------------------------------------------------------------
-
-    def bump(self, name: str, plan: Lookup) -> None:
-        self.book.bump(name, plan.rule.route, plan.venue)
 
     @staticmethod
     def now() -> float:

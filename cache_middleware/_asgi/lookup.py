@@ -14,6 +14,7 @@ from .._core.entry import CachedResponse
 from .._core.flow import (
     Acquire,
     Claim,
+    Flow,
     Forget,
     Get,
     GetOrAcquire,
@@ -25,13 +26,12 @@ from .._core.flow import (
     Step,
     WaitLocal,
     WaitRemote,
-    lookup_flow,
 )
 from .._core.held import PlainRead
 from .._core.policy import CachePolicy, Found, Lookup
 from .._core.rules import Rule
 from .._core.stats import StatsBook
-from .._core.trend import MissTrend, lookup_takes_lease
+from .._core.trend import MissTrend
 from ..config import Settings
 from ..errors import StoreUnavailable
 from ..storage import AsyncStore
@@ -74,6 +74,10 @@ class LookupDriver:
 
     if TYPE_CHECKING:  # provided by CacheMiddleware and its other parts
 
+        def _lookup_flow(
+            self, plan: Lookup, prefetched: PlainRead | None, local: Found | None = None
+        ) -> Flow: ...
+
         def bump(self, name: str, plan: Lookup) -> None: ...
         @staticmethod
         def now() -> float: ...
@@ -97,17 +101,7 @@ class LookupDriver:
         local = None
         if prefetched is None and not plan.refresh:
             local = self._found_locally(plan)
-        flow = lookup_flow(
-            self.policy,
-            self.trend,
-            self.book,
-            plan,
-            prefetched=prefetched,
-            local=local,
-            takes_lease=self._get_or_acquire is not None
-            and lookup_takes_lease(self.trend, plan, self._fills),
-            clock=self.now,  # the middleware's module clock: tests move it
-        )
+        flow = self._lookup_flow(plan, prefetched, local)
         claim: asyncio.Future[None] | None = None  # this request's claim on plan.key
         result: Any = None
         error: StoreUnavailable | None = None

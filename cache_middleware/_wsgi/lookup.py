@@ -10,28 +10,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from .._core import flow as steps
 from .._core.entry import CachedResponse
-from .._core.flow import (
-    Acquire,
-    Claim,
-    Forget,
-    Get,
-    GetOrAcquire,
-    OnlyIfCached,
-    PassOn,
-    Release,
-    Serve,
-    Step,
-    WaitLocal,
-    WaitRemote,
-    drive_sync,
-    lookup_flow,
-)
+from .._core.flow import Flow, Step, drive_sync
 from .._core.held import PlainRead
-from .._core.policy import CachePolicy, Lookup
+from .._core.policy import CachePolicy, Found, Lookup
 from .._core.rules import Rule
 from .._core.stats import StatsBook
-from .._core.trend import MissTrend, lookup_takes_lease
+from .._core.trend import MissTrend
 from ..config import Settings
 from ..errors import StoreUnavailable
 from ..storage import SyncStore
@@ -68,6 +54,10 @@ class LookupDriver:
 
     if TYPE_CHECKING:  # provided by WSGICacheMiddleware and its other parts
 
+        def _lookup_flow(
+            self, plan: Lookup, prefetched: PlainRead | None, local: Found | None = None
+        ) -> Flow: ...
+
         @staticmethod
         def now() -> float: ...
         def _bypass(
@@ -85,47 +75,38 @@ class LookupDriver:
     ) -> Iterable[bytes]:
         """Drive `_core/flow.lookup_flow` with blocking I/O, then do what it ends with. This
         process's claims on keys it fills are events in `self._fills`."""
-        flow = lookup_flow(
-            self.policy,
-            self.trend,
-            self.book,
-            plan,
-            prefetched=prefetched,
-            takes_lease=self._get_or_acquire is not None
-            and lookup_takes_lease(self.trend, plan, self._fills),
-            clock=self.now,  # the middleware's module clock: tests move it
-        )
+        flow = self._lookup_flow(plan, prefetched)
         claimed = False
 
         def perform(step: Step) -> Any:
             nonlocal claimed
-            if isinstance(step, Get):
+            if isinstance(step, steps.Get):
                 return self.store.get(step.key)
-            if isinstance(step, Claim):
+            if isinstance(step, steps.Claim):
                 claimed = self._claim(plan.key) is None
                 return claimed
-            if isinstance(step, Release):
+            if isinstance(step, steps.Release):
                 if claimed:
                     claimed = False
                     self._release(plan.key)
                 return None
-            if isinstance(step, GetOrAcquire):
+            if isinstance(step, steps.GetOrAcquire):
                 assert self._get_or_acquire is not None  # asked only when the store has it
                 return self._get_or_acquire(
                     step.key, step.lock_key, step.token, self._lease_ms, step.index_key
                 )
-            if isinstance(step, Acquire):
+            if isinstance(step, steps.Acquire):
                 return self.store.acquire_fill(
                     step.lock_key, step.token, self._lease_ms, step.index_key
                 )
-            if isinstance(step, Forget):
+            if isinstance(step, steps.Forget):
                 return self.store.forget(step.key)
-            if isinstance(step, WaitLocal):
+            if isinstance(step, steps.WaitLocal):
                 event = self._fills.get(plan.key)
                 if event is not None:
                     event.wait(self.settings.coalesce_wait)
                 return None
-            if isinstance(step, WaitRemote):
+            if isinstance(step, steps.WaitRemote):
                 return self._wait_remote(step.key, step.lock_key)
             raise AssertionError(f"unknown flow step {step!r}")
 
@@ -135,13 +116,13 @@ class LookupDriver:
             if claimed:
                 self._release(plan.key)
             raise
-        if isinstance(outcome, Serve):
+        if isinstance(outcome, steps.Serve):
             if outcome.refresh:
                 self._refresh_in_background(plan, environ)
             return self._replay(plan, outcome.entry, outcome.now, start_response, outcome.stale)
-        if isinstance(outcome, PassOn):
+        if isinstance(outcome, steps.PassOn):
             return self._bypass(environ, start_response, outcome.detail, plan.rule, plan.venue)
-        if isinstance(outcome, OnlyIfCached):
+        if isinstance(outcome, steps.OnlyIfCached):
             headers = self.policy.bypass_headers(_EMPTY, "only-if-cached", plan.rule)
             start_response(status_line(504), to_str(headers))
             return []
