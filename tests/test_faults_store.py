@@ -104,15 +104,18 @@ def test_a_slow_redis_opens_the_breaker_once(
 ) -> None:
     proxy = FaultProxy("127.0.0.1", redis_process.port).start()
     try:
+        # The timeout well above the slow round trips (not the default 100 ms, 20 ms above
+        # them): on a loaded machine a slow reply must not also time out (then it is logged
+        # as unavailable, which this test says a slow store never is).
         yaml = (
             f"redis_url: redis://127.0.0.1:{proxy.port}/0\nbreaker_cooldown: 0.5\n"
-            "routes:\n  /item: {ttl: 60}\n"
+            "redis_timeout: 0.5\nroutes:\n  /item: {ttl: 60}\n"
         )
         with serve(kind, tmp_path, yaml) as server:
             load = Load(server.port)
             load.run(400)
             assert load.run(100)["HIT"] == 100
-            proxy.delay = 0.04  # each way: an 80 ms round trip, under the 100 ms timeout
+            proxy.delay = 0.04  # each way: an 80 ms round trip, over slow_store_ms (50 ms)
             _until(lambda: load.run(64) and len(server.lines("SlowStore")) >= 2)
             before = load.counts.copy()
             started = time.monotonic()
