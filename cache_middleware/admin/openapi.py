@@ -6,7 +6,10 @@ against the live app with this document, and keeps docs/openapi.json equal to it
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
+
+from .._core.stats import Counters
 
 __all__ = ["OPENAPI"]
 
@@ -43,17 +46,8 @@ _NO_STORE = {
         "schema": {"type": "string", "enum": ["no-store"]},
     }
 }
-_COUNTERS = (
-    "hits",
-    "stale_hits",
-    "misses",
-    "bypasses",
-    "stores",
-    "errors",
-    "coalesced",
-    "invalidations",
-    "lost_leases",
-)
+# Every counter of the stats, as `/stats` reports them (the metrics export the same list).
+_COUNTERS = tuple(counter.name for counter in fields(Counters))
 _FIGURES: dict[str, Any] = {
     "type": "object",
     "properties": {name: {"type": "integer", "minimum": 0} for name in _COUNTERS}
