@@ -214,7 +214,7 @@ class Storer(PolicyState):
         # 304 when the app gives it explicit freshness (checked below, with the lifetime).
         if status not in rule.statuses and not (rule.standard and status in STANDARD_STATUSES):
             return no("status")
-        cache_control = parse_cache_control(get_header(headers, b"cache-control"))
+        cache_control_field: bytes | None = None
         set_cookie = False
         content_type = b""
         content_length: bytes | None = None
@@ -231,6 +231,10 @@ class Storer(PolicyState):
             lname = name.lower()
             if lname == b"set-cookie":
                 set_cookie = True
+            elif lname == b"cache-control":  # several lines: one list (RFC 9110 §5.3)
+                cache_control_field = (
+                    value if cache_control_field is None else cache_control_field + b", " + value
+                )
             elif lname == b"content-type":
                 content_type = value
             elif lname == b"content-length":
@@ -255,6 +259,7 @@ class Storer(PolicyState):
                 surrogate.append(value)
         if set_cookie:
             return no("set-cookie")  # one user's session must never be replayed to another
+        cache_control = parse_cache_control(cache_control_field)
         # Standard mode keeps an entry `revalidate_window` seconds past its freshness: to be
         # revalidated (with the app's validator: the ETag the cache derives from the body is not
         # one the app knows) or served stale while the app cannot be reached (RFC 9111 §4.2.4).
