@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
-from .._core.policy import Lookup
-from .._core.recording import MissRecording, replaced_by_stale, stale_detail
-from .._core.revalidation import head_freshened
+from .._core.recording import RecorderBase, stale_detail
 from ..errors import StoreUnavailable
 from .request import Message, Receive, Scope, Send
 
@@ -22,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["EmptyRequest", "MissRecorder", "discard"]
 
 
-class MissRecorder:
+class MissRecorder(RecorderBase[Send]):
     """Runs the app and forwards its response unchanged in timing, keeping a copy of a storable
     body; with a lease, writes the entry as soon as the body is known whole (its last message,
     or the declared Content-Length reached), before that last chunk is handed on: a client
@@ -31,32 +27,10 @@ class MissRecorder:
     held until that message). With a stale entry, an app error or 5xx is replaced by the stale
     entry (RFC 5861 §4, stale-if-error). `on_settled` is called once the lease is settled."""
 
-    def __init__(
-        self,
-        mw: CacheMiddleware,
-        plan: Lookup,
-        send: Send,
-        token: str | None,
-        epoch: int,
-        stale: CachedResponse | None,
-        on_settled: Callable[[], None] | None = None,
-    ) -> None:
-        self.mw = mw
-        self.plan = plan
-        self.downstream = send
-        self.token = token
-        self.epoch = epoch
-        self.stale = stale
-        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
-        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
-        self.freshening: CachedResponse | None = None
-        self.on_settled = on_settled
-        self.started = False  # something was forwarded: the answer can no longer be replaced
-        self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
-        self.held: Message | None = None  # the start, held until the first body message
-        self.written = False  # the whole body was stored (or not): the lease is settled
-        self.rec = MissRecording(mw.policy, mw.book, plan, token)
-        self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
+    mw: CacheMiddleware
+    started = False  # something was forwarded: the answer can no longer be replaced
+    held: Message | None = None  # the start, held until the first body message
+    written = False  # the whole body was stored (or not): the lease is settled
 
     async def run(self, scope: Scope, receive: Receive) -> None:
         mw = self.mw
@@ -155,8 +129,7 @@ class MissRecorder:
 
     async def _start(self, message: Message) -> None:
         status = message["status"]
-        if self.stale is not None and replaced_by_stale(status, self.disconnected):
-            self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+        if self.stale is not None and self.replaced(status):
             return
         headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
         message["headers"] = self.rec.begin(status, headers, self.mw.now()).headers
@@ -175,11 +148,7 @@ class MissRecorder:
     async def _refresh_from_head(
         self, entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        """RFC 9111 §4.3.5: the app's 200 to a HEAD refreshes the stored GET response, written
-        under this HEAD's lease as soon as its headers are known (a HEAD has no body)."""
-        refreshed = head_freshened(entry, status, headers)
-        plan = dataclasses.replace(self.plan, head=False)
-        if refreshed is not None and self.rec.adopt(plan, entry.status, refreshed, self.mw.now()):
+        if self.refreshes(entry, status, headers):
             await self._write(entry.body)
             self.written = True
 

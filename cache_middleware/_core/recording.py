@@ -1,22 +1,28 @@
 """What both adapters' MISS recorders decide, written once: the start of the app's answer,
 the copy kept of a storable body, the ETag a stored MISS carries, and the fill's writes.
 
-A recorder (asgi.py, wsgi.py) runs the app and forwards its answer in its own protocol's
-terms (ASGI messages, a WSGI iterable) and performs the store I/O (awaited or blocking); a
-`MissRecording` holds the state that decides: whether this answer is stored, the body kept so
-far, and what to write when it is whole: the store's `Fill` (storage/base.py, the store
-contract's value type, plain Python). No I/O here.
+A recorder (_asgi/recorder.py, _wsgi/recorder.py) runs the app and forwards its answer in its
+own protocol's terms (ASGI messages, a WSGI iterable) and performs the store I/O (awaited or
+blocking); a `MissRecording` holds the state that decides: whether this answer is stored, the
+body kept so far, and what to write when it is whole: the store's `Fill` (storage/base.py, the
+store contract's value type, plain Python). `RecorderBase` is what both recorders hold and
+decide besides: the lease, the stale entry that may stand in for the app, a HEAD's refresh of
+the stored GET response. No I/O here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..storage.base import Fill
+from .entry import CachedResponse
 from .policy import CachePolicy, Lookup, MissStart, miss_etag
+from .revalidation import head_freshened
 from .stats import StatsBook
 
-__all__ = ["MissRecording", "replaced_by_stale", "stale_detail"]
+__all__ = ["MissRecording", "RecorderBase", "replaced_by_stale", "stale_detail"]
 
 
 class MissRecording:
@@ -125,6 +131,75 @@ class MissRecording:
         """Count the fill's outcome: written, or its lease lost to an invalidation while the
         app was answering (not written)."""
         self.book.bump("stores" if ok else "lost_leases", self.plan.rule.route, self.plan.venue)
+
+
+class _Middleware(Protocol):
+    """What a recorder reads of its middleware (asgi.py's or wsgi.py's)."""
+
+    @property
+    def policy(self) -> CachePolicy: ...
+    @property
+    def book(self) -> StatsBook: ...
+    @property
+    def app(self) -> Any: ...
+    def now(self) -> float: ...
+
+
+Downstream = TypeVar("Downstream")  # where the answer goes: ASGI's send, WSGI's start_response
+
+
+class RecorderBase(Generic[Downstream]):
+    """What both adapters' MISS recorders hold, and decide without I/O: the request's `plan`,
+    where its answer goes (`downstream`), the fill lease (`token`, None: none held; taken at
+    `epoch`), the `stale` entry an app's failure may be answered with, the recording of the
+    app's answer (`rec`); `on_settled` is called once the lease is settled. The recorders add
+    no constructor of their own (their other fields start as class attributes): a MISS makes
+    one call for this, as it did before it was shared."""
+
+    def __init__(
+        self,
+        mw: _Middleware,
+        plan: Lookup,
+        downstream: Downstream,
+        token: str | None,
+        epoch: int,
+        stale: CachedResponse | None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        self.mw = mw
+        self.plan = plan
+        self.downstream = downstream
+        self.token = token
+        self.epoch = epoch
+        self.rec = MissRecording(mw.policy, mw.book, plan, token)
+        self.stale = stale
+        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
+        self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
+        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
+        self.freshening: CachedResponse | None = None
+        self.on_settled = on_settled
+        self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
+
+    def replaced(self, status: int) -> bool:
+        """With a stale entry: whether the app's answer `status` gives way to it (RFC 5861 §4,
+        or RFC 9111 §4.2.4 when disconnected); the rest of the answer is then suppressed."""
+        if replaced_by_stale(status, self.disconnected):
+            self.suppressed = True
+            return True
+        return False
+
+    def refreshes(
+        self, entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """RFC 9111 §4.3.5: whether the app's `status` and `headers` to a HEAD refresh the
+        stored GET response `entry`, recorded in place of the HEAD's answer; its body is then
+        to be written under this HEAD's lease, as soon as the headers are known (a HEAD has no
+        body)."""
+        refreshed = head_freshened(entry, status, headers)
+        plan = dataclasses.replace(self.plan, head=False)
+        return refreshed is not None and self.rec.adopt(
+            plan, entry.status, refreshed, self.mw.now()
+        )
 
 
 # An app that cannot be reached, as a gateway or proxy in front of the origin reports it.

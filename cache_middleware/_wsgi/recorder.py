@@ -4,14 +4,11 @@ and stores it (blocking)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .._core.entry import CachedResponse
-from .._core.policy import Lookup
-from .._core.recording import MissRecording, replaced_by_stale, stale_detail
-from .._core.revalidation import head_freshened
+from .._core.recording import RecorderBase, stale_detail
 from ..errors import StoreUnavailable
 from .request import Environ, ExcInfo, StartResponse, status_code, to_bytes, to_str
 
@@ -27,7 +24,7 @@ def ignore_start(
     return lambda data: None
 
 
-class MissRecorder:
+class MissRecorder(RecorderBase[StartResponse]):
     """Runs the app and passes its response through, keeping a copy of a storable body; with a
     lease, stores it as soon as the body is known whole, before its last chunk is handed to the
     server (whose write to a slow client would otherwise hold the key's fill, and every request
@@ -42,40 +39,18 @@ class MissRecorder:
     the MISS carries the ETag its HITs will. A streamed body with no length is whole only when
     the server asks past its last chunk: stored then, as before."""
 
-    def __init__(
-        self,
-        mw: WSGICacheMiddleware,
-        plan: Lookup,
-        start_response: StartResponse,
-        token: str | None,
-        epoch: int,
-        stale: CachedResponse | None,
-    ) -> None:
-        self.mw = mw
-        self.plan = plan
-        self.downstream = start_response
-        self.token = token
-        self.epoch = epoch
-        self.stale = stale
-        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
-        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
-        self.freshening: CachedResponse | None = None
-        self.suppressed = False
-        self.forwarded = False  # the server's start_response was called: no replacing now
-        self.settled = False
-        self.on_done: Callable[[], None] | None = None
-        # The app's start_response, not yet passed on (status, headers, exc_info).
-        self.pending: tuple[str, list[tuple[bytes, bytes]], ExcInfo | None] | None = None
-        self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
-        self.write: Callable[[bytes], object] | None = None  # the server's, once forwarded
-        self.rec = MissRecording(mw.policy, mw.book, plan, token)
+    mw: WSGICacheMiddleware
+    forwarded = False  # the server's start_response was called: no replacing now
+    settled = False  # the lease was stored or given back
+    # The app's start_response, not yet passed on (status, headers, exc_info).
+    pending: tuple[str, list[tuple[bytes, bytes]], ExcInfo | None] | None = None
+    write: Callable[[bytes], object] | None = None  # the server's, once forwarded
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
         code = status_code(status)
-        if self.stale is not None and replaced_by_stale(code, self.disconnected):
-            self.suppressed = True  # RFC 5861 §4: a 5xx may be replaced by the stale entry
+        if self.stale is not None and self.replaced(code):
             return lambda data: None
         # An exc_info call replaces an earlier start: only the final response may be stored.
         decision = self.rec.begin(code, to_bytes(headers), self.mw.now(), final=exc_info is None)
@@ -89,12 +64,8 @@ class MissRecorder:
     def _refresh_from_head(
         self, entry: CachedResponse, status: int, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        """RFC 9111 §4.3.5: the app's 200 to a HEAD refreshes the stored GET response, written
-        under this HEAD's lease as soon as its headers are known (a HEAD has no body; the
-        server may never iterate it)."""
-        refreshed = head_freshened(entry, status, headers)
-        plan = dataclasses.replace(self.plan, head=False)
-        if refreshed is not None and self.rec.adopt(plan, entry.status, refreshed, self.mw.now()):
+        # Written at once: the server may never iterate a HEAD's (empty) body.
+        if self.refreshes(entry, status, headers):
             self.settle(self._store(entry.body))
 
     def _forward(self) -> None:
@@ -115,7 +86,7 @@ class MissRecorder:
     def response(self, environ: Environ, on_done: Callable[[], None] | None = None) -> Response:
         """The body iterable for the server; however it ends (even never iterated, only
         closed), the lease is settled and the claim released."""
-        self.on_done = on_done
+        self.on_settled = on_done
         return Response(self.run(environ), self.settle)
 
     def settle(self, stored: bool = False) -> None:
@@ -129,8 +100,8 @@ class MissRecorder:
                 except StoreUnavailable:
                     self.mw.bump("errors", self.plan)
         finally:
-            if self.on_done is not None:
-                self.on_done()
+            if self.on_settled is not None:
+                self.on_settled()
 
     def run(self, environ: Environ) -> Iterator[bytes]:
         """The response body; the lease is settled (stored or released) however it ends."""
