@@ -22,6 +22,7 @@ trip. The memory store does the same under its lock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
@@ -62,8 +63,17 @@ _MARKERS = (":GET:", ":LOCK:", ":IDX:", ":TAG:")
 _GLOB = frozenset("*?[\\")
 
 
+_MARKER = re.compile("|".join(re.escape(marker) for marker in _MARKERS))
+
+
 def cache_epoch(name: str) -> str | None:
-    """The epoch of the cache a key (or a glob's literal head) belongs to, if it says."""
+    """The epoch of the cache a key (or a glob's literal head) belongs to, if it says: what
+    stands before the first marker, when a marker's first place is not the very start."""
+    first = _MARKER.search(name)  # one scan: a MISS asks twice (the lease, then the fill)
+    if first is None:
+        return None
+    if first.start() > 0:
+        return name[: first.start()] + _EPOCH_SUFFIX
     found = [at for marker in _MARKERS if (at := name.find(marker)) > 0]
     return name[: min(found)] + _EPOCH_SUFFIX if found else None
 
