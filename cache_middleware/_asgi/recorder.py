@@ -53,14 +53,14 @@ class MissRecorder(RecorderBase[Send]):
                     stale_detail(self.disconnected),
                 )
                 return
-            await self._send_held()  # an app that sent no body message: as it answered
+            if self.held is not None:  # an app that sent no body message: as it answered
+                await self._send_held()
         finally:
-            await self._settle()
+            if not self.written:  # else `_write` settled it (no coroutine for nothing)
+                await self._settle()
 
     async def _settle(self) -> None:
         """However the request ended without the entry written: the lease given back."""
-        if self.written:
-            return  # `_write` settled it
         if self.token is not None:
             # In a task of its own: a cancelled request (a timeout, a disconnect) must still
             # give the lease back, or the key stays blocked for lock_timeout.
@@ -107,14 +107,14 @@ class MissRecorder(RecorderBase[Send]):
                 etag = rec.etag(body)
                 if etag is not None:
                     self.held["headers"].append(etag)
-            await self._send_held()
+                await self._send_held()
             # Stored before the last chunk is handed on, not after the client has read it:
             # the waiters are woken now. Awaited here rather than in a task alongside the
             # send: a task costs a MISS 3% more instructions (bench/instructions.py) to save
             # its client one store round trip.
             await self._write(body)
             self.written = True
-        else:
+        elif self.held is not None:
             await self._send_held()
         await self.downstream(message)
 
@@ -160,23 +160,22 @@ class MissRecorder(RecorderBase[Send]):
 
     async def _write(self, body: bytes) -> None:
         """Stores the whole body (or gives the lease back), then wakes the fill's waiters."""
-        assert self.token is not None
-        if not await self._store(body):
-            await self._release(self.token)
-        self._settled()
-
-    async def _store(self, body: bytes) -> bool:
+        token = self.token
+        assert token is not None
         rec = self.rec
         fill = rec.fill(body, self.mw.now(), self.epoch)
-        if fill is None:
-            return False  # incomplete body: not stored, and the lease is released
-        try:
-            ok = await self.mw.store.store_fill(fill)
-        except StoreUnavailable:
-            self.mw.bump("errors", self.plan)
-            return False
-        rec.stored(ok)
-        return True
+        written = False
+        if fill is not None:  # None: an incomplete body, not stored (the lease is released)
+            try:
+                ok = await self.mw.store.store_fill(fill)
+            except StoreUnavailable:
+                self.mw.bump("errors", self.plan)
+            else:
+                rec.stored(ok)
+                written = True
+        if not written:
+            await self._release(token)
+        self._settled()
 
 
 async def discard(message: Message) -> None:
