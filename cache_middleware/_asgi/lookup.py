@@ -149,17 +149,7 @@ class LookupDriver:
                 settled = (
                     None if claim is None else functools.partial(self._unclaim, plan.key, claim)
                 )
-                recorder = MissRecorder(
-                    cast("CacheMiddleware", self),
-                    plan,
-                    send,
-                    outcome.token,
-                    outcome.epoch,
-                    outcome.stale,
-                    settled,
-                )
-                recorder.disconnected = outcome.disconnected
-                recorder.freshening = outcome.freshening
+                recorder = MissRecorder(cast("CacheMiddleware", self), plan, send, outcome, settled)
                 if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
                     recorder.app = revalidating(self.app, outcome.validating)
                     scope = conditional_scope(scope, outcome.validating)

@@ -9,6 +9,7 @@ import functools
 import logging
 from typing import TYPE_CHECKING, cast
 
+from .._core.flow import RunApp
 from .._core.policy import REFRESH_DROPPED, Lookup
 from .._core.tokens import lease_token
 from ..errors import StoreUnavailable
@@ -80,9 +81,7 @@ class BackgroundRefresh:
                 cast("CacheMiddleware", self),
                 dataclasses.replace(plan, head=False),
                 discard,
-                token,
-                epoch,
-                None,
+                RunApp(token, epoch, None),
                 functools.partial(self._unclaim, plan.key, done),
             )
             await recorder.run(refresh_scope, EmptyRequest())

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..storage.base import Fill
 from .entry import CachedResponse
+from .flow import RunApp
 from .policy import CachePolicy, Lookup, MissStart, miss_etag
 from .revalidation import head_freshened
 from .stats import StatsBook
@@ -161,22 +162,20 @@ class RecorderBase(Generic[Downstream]):
         mw: _Middleware,
         plan: Lookup,
         downstream: Downstream,
-        token: str | None,
-        epoch: int,
-        stale: CachedResponse | None,
+        run: RunApp,
         on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.mw = mw
         self.plan = plan
         self.downstream = downstream
-        self.token = token
-        self.epoch = epoch
+        self.token = token = run.token
+        self.epoch = run.epoch
         self.rec = MissRecording(mw.policy, mw.book, plan, token)
-        self.stale = stale
-        self.disconnected = False  # `stale` answers only an unreachable app (RunApp's flag)
+        self.stale = run.stale
+        self.disconnected = run.disconnected  # `stale` answers only an unreachable app
         self.suppressed = False  # the app's 5xx is being swallowed in favour of the stale entry
-        # A HEAD under a lease: the stored GET response its 200 may refresh (RunApp's).
-        self.freshening: CachedResponse | None = None
+        # A HEAD under a lease: the stored GET response its 200 may refresh.
+        self.freshening = run.freshening
         self.on_settled = on_settled
         self.app = mw.app  # the app as asked: a revalidation wraps it (revalidate.py)
 

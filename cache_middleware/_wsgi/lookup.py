@@ -126,16 +126,7 @@ class LookupDriver:
             headers = self.policy.bypass_headers(_EMPTY, "only-if-cached", plan.rule)
             start_response(status_line(504), to_str(headers))
             return []
-        recorder = MissRecorder(
-            cast("WSGICacheMiddleware", self),
-            plan,
-            start_response,
-            outcome.token,
-            outcome.epoch,
-            outcome.stale,
-        )
-        recorder.disconnected = outcome.disconnected
-        recorder.freshening = outcome.freshening
+        recorder = MissRecorder(cast("WSGICacheMiddleware", self), plan, start_response, outcome)
         if outcome.validating is not None:  # RFC 9111 §4.3: ask conditionally
             recorder.app = revalidating(recorder.app, outcome.validating)
             environ = conditional_environ(environ, outcome.validating)

@@ -9,6 +9,7 @@ import threading
 from io import BytesIO
 from typing import TYPE_CHECKING, cast
 
+from .._core.flow import RunApp
 from .._core.policy import REFRESH_DROPPED, Lookup
 from .._core.tokens import lease_token
 from ..errors import StoreUnavailable
@@ -72,9 +73,7 @@ class BackgroundRefresh:
                 cast("WSGICacheMiddleware", self),
                 dataclasses.replace(plan, head=False),
                 ignore_start,
-                token,
-                epoch,
-                None,
+                RunApp(token, epoch, None),
             )
             for _ in recorder.run(environ):
                 pass
