@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .policy import CachePolicy, Lookup
 
-__all__ = ["UNREAD", "Lease", "MissTrend", "lookup_takes_lease"]
+__all__ = ["Lease", "MissTrend", "lookup_takes_lease"]
 
 # How far the counter goes either way: a route needs this many more misses than hits in a row
 # to switch after it settled on hits (and the reverse).
@@ -50,9 +50,6 @@ class Lease:
 
     token: str
     epoch: int | None
-
-
-UNREAD = object()  # the adapters' `_read`: the first key is still to be read
 
 
 def lookup_takes_lease(trend: MissTrend, plan: Lookup, filling: Container[str]) -> bool:
