@@ -3,7 +3,7 @@
 Reads like a script of calls into `_core` (decisions) and `storage` (bytes): plan the request;
 replay a fresh HIT; serve stale and refresh in the background; or fill: one request per key
 runs the app (coalescing in this process with a future, across processes with a Redis lease)
-while the others wait for its entry. Per-request state lives in a `_MissRecorder`, never on the
+while the others wait for its entry. Per-request state lives in a `MissRecorder`, never on the
 middleware. Any storage failure fails open: the app answers and the response says BYPASS.
 """
 

@@ -11,8 +11,9 @@ awaited (asgi.py) or blocking (wsgi.py), the way hishel's proxies drive its `_sp
 and h11's users drive its connection: `drive_sync` is that loop for blocking I/O; the ASGI one
 awaits inside the same loop shape.
 
-What stays in the adapters: running the app and recording its response (`_MissRecorder`),
-the background refresh's task or thread, and the process-local claims (a future or an event).
+What stays in the adapters: running the app and recording its response (each adapter's
+`MissRecorder`), the background refresh's task or thread, and the process-local claims (a
+future or an event).
 """
 
 from __future__ import annotations
