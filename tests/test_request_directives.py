@@ -14,6 +14,7 @@ from werkzeug.test import Client
 
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from tests.conftest import AdapterClock
+from tests.helpers.origin_apps import asgi_origin, wsgi_origin
 
 
 class Origin:
@@ -33,27 +34,13 @@ Send = Callable[..., Any]
 
 
 def asgi_client(origin: Origin, config: dict[str, Any]) -> Iterator[Send]:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        status, headers, body = origin.record(scope["method"], scope["path"])
-        raw = [(k.encode(), v.encode()) for k, v in headers]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-
+    app = asgi_origin(lambda scope: origin.record(scope["method"], scope["path"]))
     with TestClient(CacheMiddleware(app, config=config)) as client:
         yield lambda method, path, headers=None: client.request(method, path, headers=headers)
 
 
 def wsgi_client(origin: Origin, config: dict[str, Any]) -> Iterator[Send]:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        status, headers, body = origin.record(environ["REQUEST_METHOD"], environ["PATH_INFO"])
-        start_response(f"{status} X", headers)
-        return [body]
-
+    app = wsgi_origin(lambda env: origin.record(env["REQUEST_METHOD"], env["PATH_INFO"]))
     client = Client(WSGICacheMiddleware(app, config=config))
     yield lambda method, path, headers=None: client.open(path, method=method, headers=headers)
 

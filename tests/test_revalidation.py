@@ -16,6 +16,7 @@ from cache_middleware._core.entry import CachedResponse
 from cache_middleware._core.revalidation import conditional_headers, has_validator, revalidated
 from cache_middleware._core.storing import body_etag
 from tests.conftest import AdapterClock
+from tests.helpers.origin_apps import Answer, asgi_origin, wsgi_origin
 
 # -- the decisions ---------------------------------------------------------------------------
 
@@ -70,28 +71,17 @@ class Origin:
 
 
 def asgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    def answer(scope: dict[str, Any]) -> Answer:
         inm = dict(scope["headers"]).get(b"if-none-match")
-        status, headers, body = origin.answer(inm.decode() if inm else None)
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        return origin.answer(inm.decode() if inm else None)
 
+    app = asgi_origin(answer)
     with TestClient(CacheMiddleware(app, config=config)) as client:
         yield lambda headers=None: client.get("/r", headers=headers)
 
 
 def wsgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        status, headers, body = origin.answer(environ.get("HTTP_IF_NONE_MATCH"))
-        start_response(f"{status} X", headers)
-        return [body]
-
+    app = wsgi_origin(lambda environ: origin.answer(environ.get("HTTP_IF_NONE_MATCH")))
     client = Client(WSGICacheMiddleware(app, config=config))
     yield lambda headers=None: client.get("/r", headers=headers or {})
 

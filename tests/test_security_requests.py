@@ -30,6 +30,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from cache_middleware._core.keys import build_key, entry_venue, in_venue, venue_patterns
 from cache_middleware._core.rules import path_problem
+from tests.helpers.origin_apps import Answer, asgi_origin, wsgi_origin
 
 ROUTES: dict[str, Any] = {
     "/": {"ttl": 60},  # a shared route over everything: the `//api/me` trap
@@ -431,20 +432,14 @@ UNSAFE_ODD = ["//items/1", "/items//1", "/./items/1", "/x/../items/1", "/items\\
 ITEM_ROUTES = {"/items": {"ttl": 60}}
 
 
-def normalising_wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+def _any_path(request: dict[str, Any]) -> Answer:
     """A framework that normalises before routing (as werkzeug merges `//`): answers any path."""
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"{environ['REQUEST_METHOD']} item".encode()]
+    method = request.get("method") or request["REQUEST_METHOD"]
+    return 200, [("Content-Type", "text/plain")], f"{method} item".encode()
 
 
-async def normalising_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": f"{scope['method']} item".encode()})
+normalising_wsgi_app = wsgi_origin(_any_path)
+normalising_asgi_app = asgi_origin(_any_path)
 
 
 @pytest.mark.parametrize("odd", UNSAFE_ODD)

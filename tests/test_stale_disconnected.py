@@ -14,6 +14,7 @@ from werkzeug.test import Client
 
 from cache_middleware import CacheMiddleware, WSGICacheMiddleware
 from tests.conftest import AdapterClock
+from tests.helpers.origin_apps import asgi_origin, wsgi_origin
 
 
 class Origin:
@@ -32,27 +33,13 @@ class Origin:
 
 
 def asgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        status, headers, body = origin.answer()
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-
+    app = asgi_origin(lambda scope: origin.answer())
     with TestClient(CacheMiddleware(app, config=config), raise_server_exceptions=False) as c:
         yield lambda: c.get("/s")
 
 
 def wsgi(config: dict[str, Any], origin: Origin) -> Iterator[Any]:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        status, headers, body = origin.answer()
-        start_response(f"{status} X", headers)
-        return [body]
-
+    app = wsgi_origin(lambda environ: origin.answer())
     client = Client(WSGICacheMiddleware(app, config=config))
 
     def get() -> Any:
