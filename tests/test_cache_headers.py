@@ -27,6 +27,7 @@ from cache_middleware._core.rules import CACHE_HEADERS, Rule
 from cache_middleware.cli import main as cli_main
 from cache_middleware.config import ALL_CACHE_HEADERS
 from cache_middleware.storage.tracking import near_cache_for
+from tests.helpers.echo_table import EmptySource
 
 OURS = ("x-cache", "x-cache-key", "x-cache-ttl", "cache-status")
 PROTOCOL = ("age", "etag", "cache-control")  # on every HIT, whatever the setting
@@ -270,27 +271,10 @@ def test_the_short_way_hit_replays_the_chosen_headers(make: Any, cache: dict[str
 # -- the policy: STALE and a BYPASS with or without its rule ----------------------------------
 
 
-class _Source:
-    def header(self, name: str) -> str | None:
-        return None
-
-    def has_any(self, names: frozenset[str]) -> bool:
-        return False
-
-    def default_user(self) -> str | None:
-        return None
-
-    def native(self) -> object:
-        return {}
-
-    def view(self) -> Any:
-        raise AssertionError
-
-
 def test_a_stale_answer_carries_the_chosen_headers() -> None:
     rule = Rule("/s", 10, stale_while_revalidate=30, cache_headers=("X-Cache", "Cache-Status"))
     policy = CachePolicy((rule,), key_prefix="p")
-    lookup = policy.plan("GET", "/s", "", _Source())
+    lookup = policy.plan("GET", "/s", "", EmptySource())
     assert isinstance(lookup, Lookup)
     entry = CachedResponse(200, [(b"etag", b'"e"')], b"x", 1000.0, 10, 30, 0)
     _, headers, _ = policy.respond_hit(lookup, entry, 1015.0, stale="stale-while-revalidate")
@@ -314,7 +298,7 @@ def test_bypass_headers_follow_the_rule_else_the_global_list() -> None:
 
 def test_no_key_is_derived_for_a_route_that_does_not_show_it() -> None:
     rule = Rule("/k", 10, cache_headers=("X-Cache",))
-    lookup = CachePolicy((rule,), key_prefix="p").plan("GET", "/k", "", _Source())
+    lookup = CachePolicy((rule,), key_prefix="p").plan("GET", "/k", "", EmptySource())
     assert isinstance(lookup, Lookup)
     assert lookup.key_header is None
 
