@@ -123,7 +123,7 @@ def store_config(request: pytest.FixtureRequest, memory_url: str) -> dict[str, o
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rabbitmq() -> str:
     """The real RabbitMQ's URL; a skip with the reason when it does not answer, a failure
     when `CI` is set."""

@@ -42,20 +42,6 @@ def _no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CACHE_REDIS_URL", raising=False)
 
 
-@pytest.fixture
-def rabbitmq() -> str:
-    kombu = pytest.importorskip("kombu") if not os.environ.get("CI") else __import__("kombu")
-    try:
-        with kombu.Connection(AMQP_URL, connect_timeout=1) as conn:
-            conn.ensure_connection(max_retries=1, timeout=1)
-    except Exception as exc:
-        message = f"no RabbitMQ at {AMQP_URL}: {type(exc).__name__}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set: {message}")
-        pytest.skip(message)
-    return AMQP_URL
-
-
 def write_config(tmp_path: Path, url: str, prefix: str, **extra: Any) -> str:
     path = tmp_path / "cache.yaml"
     path.write_text(

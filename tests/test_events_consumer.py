@@ -33,7 +33,6 @@ from cache_middleware.storage.base import Indexed  # noqa: E402
 from cache_middleware.storage.memory import MemoryStore  # noqa: E402
 
 from .test_events_envelope import ORG, TENANT, validate  # noqa: E402
-from .test_events_publisher import rabbitmq  # noqa: E402, F401
 
 PREFIX = "gateway:response"
 ENTITIES = {
@@ -187,7 +186,7 @@ class Running:
 
 
 @pytest.fixture
-def running(rabbitmq: str) -> Iterator[Running]:  # noqa: F811
+def running(rabbitmq: str) -> Iterator[Running]:
     r = Running(rabbitmq)
     r.start()
     yield r
@@ -286,7 +285,7 @@ class FlakyStore(MemoryStore):
         return super().delete_matching(pattern)
 
 
-def test_store_failure_requeues_until_it_works(rabbitmq: str) -> None:  # noqa: F811
+def test_store_failure_requeues_until_it_works(rabbitmq: str) -> None:
     r = Running(rabbitmq)
     r.store = r.worker.store = FlakyStore()
     r.start()

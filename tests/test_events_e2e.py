@@ -33,7 +33,7 @@ from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .test_admin import BASE_URL, TOKEN, AppState, build_inner, call_admin, make_config  # noqa: E402
 from .test_events_envelope import validate  # noqa: E402
-from .test_events_publisher import Listener, events_config, listen, rabbitmq  # noqa: E402, F401
+from .test_events_publisher import Listener, events_config, listen  # noqa: E402, F401
 
 WAIT = 10.0
 
@@ -74,7 +74,7 @@ async def site(
     request: pytest.FixtureRequest,
     prefix: str,
     memory_url: str,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> AsyncIterator[Site]:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else memory_url
@@ -161,7 +161,7 @@ async def test_admin_actions_reach_rabbitmq_as_valid_events(site: Site) -> None:
 async def test_data_updated_round_trip_through_the_in_process_consumer(
     prefix: str,
     memory_url: str,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> None:
     """data.updated on coder.events -> the app's in-process consumer drops the entry -> its own

@@ -45,7 +45,7 @@ from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .adapters import Harness  # noqa: E402
 from .test_events_envelope import ORG, TENANT, validate  # noqa: E402
-from .test_events_publisher import Listener, events_config, listen, rabbitmq  # noqa: E402, F401
+from .test_events_publisher import Listener, events_config, listen  # noqa: E402, F401
 
 WAIT = 10.0
 VENUE_TENANT = "0b6f3c1e-6a8e-4a6b-9d43-5a1a8a0c4a12"
@@ -243,7 +243,7 @@ def notifications(redis_url: str) -> str:
 async def test_an_expired_entry_is_published_with_reason_expired(
     notifications: str,
     prefix: str,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> None:
     config = events_config(broker_url=rabbitmq, report_expired=True)
@@ -286,7 +286,7 @@ def test_the_consume_worker_reports_expiries(
     notifications: str,
     prefix: str,
     tmp_path: Path,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> None:
     """`cache-middleware events consume --config` with `report_expired: true`, in a process."""
@@ -340,7 +340,7 @@ def test_the_consume_worker_reports_expiries(
 def test_the_in_process_consumer_reports_expiries(
     notifications: str,
     prefix: str,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
 ) -> None:
     queue = f"test-expiry-in-process-{uuid.uuid4().hex[:10]}"
     config = {

@@ -43,7 +43,7 @@ from cache_middleware.storage.factory import make_sync_store, shared_memory_stor
 
 from .adapters import Harness  # noqa: E402
 from .test_events_envelope import ORG, TENANT  # noqa: E402
-from .test_events_publisher import Proxy, proxied, rabbitmq  # noqa: E402, F401
+from .test_events_publisher import Proxy, proxied  # noqa: E402
 
 WAIT = 10.0
 LOGGER = "cache_middleware.events"
@@ -230,7 +230,7 @@ def test_memory_transport_every_process_sees_every_event(
 
 
 def test_memory_store_each_process_has_its_own_exclusive_queue(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
 ) -> None:
     world = world_factory(rabbitmq)
@@ -268,7 +268,7 @@ def test_memory_store_each_process_has_its_own_exclusive_queue(
 
 
 def test_redis_store_processes_share_the_durable_queue(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     redis_url: str,
     world_factory: Callable[..., World],
 ) -> None:
@@ -307,7 +307,7 @@ async def _get(harness: Harness, target: str) -> str | None:
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 async def test_an_app_is_invalidated_by_data_updated(
     kind: str,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
 ) -> None:
     world = world_factory(rabbitmq)
@@ -342,7 +342,7 @@ async def test_an_app_is_invalidated_by_data_updated(
 
 
 def test_reconnects_after_a_broker_outage(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
 ) -> None:
     proxy = Proxy(
@@ -393,7 +393,7 @@ def link_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 
 
 def test_a_broker_fault_is_said_once_and_its_end_at_info(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -469,7 +469,7 @@ def test_a_failure_that_is_not_the_broker_is_logged_with_its_traceback_once(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_consumes_with_its_own_queue(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
 ) -> None:
     world = world_factory(rabbitmq)
@@ -512,7 +512,7 @@ def test_a_forked_child_consumes_with_its_own_queue(
 
 
 def test_the_middleware_starts_its_consumer_and_stops_it_at_shutdown(
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     world_factory: Callable[..., World],
 ) -> None:
     from starlette.applications import Starlette

@@ -61,16 +61,6 @@ def amqp_available(url: str) -> str | None:
         return f"no RabbitMQ at {url}: {type(exc).__name__}: {exc}"
 
 
-@pytest.fixture(scope="session")
-def rabbitmq() -> str:
-    problem = amqp_available(AMQP_URL)
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set: {problem}")
-        pytest.skip(problem)
-    return AMQP_URL
-
-
 class Listener:
     """A queue bound to coder.events with `cache.#`; collects the envelopes of one tenant."""
 

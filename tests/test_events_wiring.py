@@ -57,7 +57,7 @@ from cache_middleware.events.in_process import start_in_process_consumer  # noqa
 from cache_middleware.events.publisher import KombuEventSink  # noqa: E402
 
 from .test_events_envelope import ORG, validate  # noqa: E402
-from .test_events_publisher import Listener, events_config, listen, rabbitmq  # noqa: E402, F401
+from .test_events_publisher import Listener, events_config, listen  # noqa: E402, F401
 
 WAIT = 10.0
 TOKEN = "wiring-s3cret"
@@ -508,7 +508,7 @@ def test_flush_process_sinks_closes_all_once(tmp_path: Path) -> None:
 
 def test_the_sink_is_flushed_at_exit(
     tmp_path: Path,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> None:
     """A process that invalidates and exits at once, with no shutdown code: the atexit hook
@@ -533,7 +533,7 @@ def test_the_sink_is_flushed_at_exit(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_publishes_through_a_sink_of_its_own(
     tmp_path: Path,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     listen: Callable[..., Listener],  # noqa: F811
 ) -> None:
     """gunicorn --preload: the sink was started in the parent; the child's copy has no thread.

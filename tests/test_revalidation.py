@@ -172,27 +172,13 @@ class HeadOrigin:
 
 
 def head_asgi(config: dict[str, Any], origin: HeadOrigin) -> Iterator[Any]:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        status, headers, body = origin.answer(scope["method"])
-        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-
+    app = asgi_origin(lambda scope: origin.answer(scope["method"]))
     with TestClient(CacheMiddleware(app, config=config)) as client:
         yield lambda method: client.request(method, "/r")
 
 
 def head_wsgi(config: dict[str, Any], origin: HeadOrigin) -> Iterator[Any]:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        status, headers, body = origin.answer(environ["REQUEST_METHOD"])
-        start_response(f"{status} X", headers)
-        return [body]
-
+    app = wsgi_origin(lambda environ: origin.answer(environ["REQUEST_METHOD"]))
     client = Client(WSGICacheMiddleware(app, config=config))
     yield lambda method: client.open("/r", method=method)
 
