@@ -38,7 +38,6 @@ from .test_events_publisher import (  # noqa: E402, F401
     events_config,
     proxied,
     proxy,
-    rabbitmq,
 )
 
 WAIT = 10.0
@@ -161,7 +160,7 @@ def test_an_unreachable_broker_is_reported_and_stop_still_works(
 
 def test_connection_loss_and_reconnection_over_rabbitmq(
     tmp_path: Path,
-    rabbitmq: str,  # noqa: F811
+    rabbitmq: str,
     proxy: Proxy,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
